@@ -1,0 +1,185 @@
+"""Tables of the relay. The database is the queue: a delivery's state is a column.
+
+Times are stored in UTC (`UTCDateTime` refuses naive values) and columns that
+hold them end in `_at`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware in Python, UTC in the database, whatever the backend."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime refused: times are stored in UTC")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):  # type: ignore[no-untyped-def]
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MemberState(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REMOVED = "removed"
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for its first attempt
+    ACTIVE = "active"  # claimed by a worker (leased)
+    DEFERRED = "deferred"  # temporary failure, retried at next_attempt_at
+    HELD = "held"  # waits for an administrator or a key (never sent in plaintext)
+    SENT = "sent"  # accepted by the next hop
+    FAILED = "failed"  # permanent error or queue lifetime exceeded
+
+
+PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.ACTIVE, DeliveryStatus.DEFERRED)
+
+
+class MessageKind(enum.StrEnum):
+    POST = "post"  # a signed post distributed to the list
+    NOTICE = "notice"  # text the relay itself writes (failures, unreachable members)
+
+
+class Member(Base):
+    __tablename__ = "members"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    state: Mapped[str] = mapped_column(String(16), default=MemberState.ACTIVE)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    keys: Mapped[list[MemberKey]] = relationship(
+        back_populates="member", cascade="all, delete-orphan", order_by="MemberKey.id"
+    )
+
+
+class MemberKey(Base):
+    __tablename__ = "member_keys"
+    __table_args__ = (UniqueConstraint("member_id", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    member: Mapped[Member] = relationship(back_populates="keys")
+
+
+class Sender(Base):
+    """An authorised SRC sender (or the security contact): may post, receives notices."""
+
+    __tablename__ = "senders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    keys: Mapped[list[SenderKey]] = relationship(
+        back_populates="sender", cascade="all, delete-orphan", order_by="SenderKey.id"
+    )
+
+
+class SenderKey(Base):
+    __tablename__ = "sender_keys"
+    __table_args__ = (UniqueConstraint("sender_id", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sender_id: Mapped[int] = mapped_column(ForeignKey("senders.id", ondelete="CASCADE"))
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sender: Mapped[Sender] = relationship(back_populates="keys")
+
+
+class Message(Base):
+    """One accepted post or relay notice; its bytes live in the spool."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default=MessageKind.POST)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    mail_from: Mapped[str] = mapped_column(String(320), default="")
+    signer_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    original_message_id: Mapped[str | None] = mapped_column(String(998))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str] = mapped_column(String(64))
+    deliveries: Mapped[list[Delivery]] = relationship(back_populates="message")
+
+
+class Delivery(Base):
+    """One copy of one message to one recipient, with its Postfix-like state."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("message_id", "recipient"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"))
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("members.id"))
+    recipient: Mapped[str] = mapped_column(String(320))
+    # Only relay notices that quote nothing may go out unencrypted to a keyless recipient.
+    plaintext_allowed: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Fixed at accept time so a resend after a crash carries the same Message-ID.
+    copy_message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    fingerprints: Mapped[list[str] | None] = mapped_column(JSON)
+    last_code: Mapped[str | None] = mapped_column(String(16))
+    last_reason: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[Message] = relationship(back_populates="deliveries")
+    member: Mapped[Member | None] = relationship()
+
+
+class AuditEvent(Base):
+    """Append-only record of every change: who, when, what, old and new value."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str] = mapped_column(String(320), index=True)
+    detail: Mapped[dict | None] = mapped_column(JSON)
