@@ -194,7 +194,9 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
                     "spool_dir": _resolve(base, settings.storage.spool_dir),
                 }
             ),
-            "gnupg": settings.gnupg.model_copy(update={"home": _resolve(base, settings.gnupg.home)}),
+            "gnupg": settings.gnupg.model_copy(
+                update={"home": _resolve(base, settings.gnupg.home)}
+            ),
             "source": chosen.resolve(),
         }
     )

@@ -23,8 +23,18 @@ import gnupg
 from relay.errors import CryptoError, KeyProblem
 
 # Algorithms GnuPG reports by number in --with-colons output (RFC 4880 §9.1, RFC 9580).
-_ALGORITHMS = {1: "RSA", 2: "RSA", 3: "RSA", 16: "ElGamal", 17: "DSA", 18: "ECDH",
-               19: "ECDSA", 22: "EdDSA", 25: "X25519", 27: "Ed25519"}
+_ALGORITHMS = {
+    1: "RSA",
+    2: "RSA",
+    3: "RSA",
+    16: "ElGamal",
+    17: "DSA",
+    18: "ECDH",
+    19: "ECDSA",
+    22: "EdDSA",
+    25: "X25519",
+    27: "Ed25519",
+}
 MIN_RSA_BITS = 2048
 
 # Options that keep gpg local and fast: no network look-ups, no shared random
@@ -32,11 +42,14 @@ MIN_RSA_BITS = 2048
 _GPG_OPTIONS = [
     "--no-random-seed-file",
     "--no-auto-key-retrieve",
-    "--auto-key-locate", "local",
-    "--keyserver-options", "no-auto-key-retrieve",
+    "--auto-key-locate",
+    "local",
+    "--keyserver-options",
+    "no-auto-key-retrieve",
     "--no-emit-version",
     "--no-comments",
-    "--trust-model", "always",
+    "--trust-model",
+    "always",
 ]
 _GPG_CONF = "no-auto-key-retrieve\nauto-key-locate local\nno-random-seed-file\n"
 
@@ -127,9 +140,7 @@ def signature_from_status(status: list[list[str]]) -> Signature | None:
             return Signature(False, None, _SIG_PROBLEMS[fields[0]], fields[0])
         if fields[0] == "ERRSIG":
             missing = "NO_PUBKEY" in keywords or (len(fields) > 6 and fields[6] == "9")
-            reason = (
-                "signed by an unknown key" if missing else "the signature cannot be checked"
-            )
+            reason = "signed by an unknown key" if missing else "the signature cannot be checked"
             return Signature(False, None, reason, "ERRSIG")
     valid = [s for s in status if s[0] == "VALIDSIG"]
     if "GOODSIG" in keywords and len(valid) == 1 and len(valid[0]) >= 11:
@@ -188,8 +199,9 @@ class GnuPG:
         """Describe the keys in `data` without importing them."""
         with tempfile.TemporaryDirectory(prefix="relay-inspect-") as scratch:
             os.chmod(scratch, 0o700)
-            probe = gnupg.GPG(gnupghome=scratch, gpgbinary=self._gpg.gpgbinary,
-                              options=_GPG_OPTIONS)
+            probe = gnupg.GPG(
+                gnupghome=scratch, gpgbinary=self._gpg.gpgbinary, options=_GPG_OPTIONS
+            )
             result = probe.import_keys(data)
             if not result.fingerprints:
                 return []
@@ -230,9 +242,16 @@ class GnuPG:
     def generate_key(self, name: str, address: str) -> str:
         """A signing (ed25519) + encryption (cv25519) key without passphrase."""
         params = self._gpg.gen_key_input(
-            key_type="EDDSA", key_curve="ed25519", key_usage="sign",
-            subkey_type="ECDH", subkey_curve="cv25519", subkey_usage="encrypt",
-            name_real=name, name_email=address, expire_date="0", no_protection=True,
+            key_type="EDDSA",
+            key_curve="ed25519",
+            key_usage="sign",
+            subkey_type="ECDH",
+            subkey_curve="cv25519",
+            subkey_usage="encrypt",
+            name_real=name,
+            name_email=address,
+            expire_date="0",
+            no_protection=True,
         )
         result = self._gpg.gen_key(params)
         if not result.fingerprint:
@@ -278,7 +297,11 @@ class GnuPG:
         if not targets:
             raise CryptoError("no recipient key to encrypt to")
         result = self._gpg.encrypt(
-            data, targets, sign=signer, always_trust=True, armor=True,
+            data,
+            targets,
+            sign=signer,
+            always_trust=True,
+            armor=True,
         )
         status = _status(result.stderr)
         keywords = {s[0] for s in status}

@@ -61,9 +61,9 @@ class Database:
         command.upgrade(config, "head")
 
     def is_current(self) -> bool:
+        from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
-        from alembic.config import Config
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))

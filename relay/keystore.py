@@ -1,0 +1,59 @@
+"""Who owns which key: the list key, members' encryption keys, senders' signing keys.
+
+Keys live in the GnuPG home; ownership lives in the database. A member's usable
+keys are resolved at delivery time, so an expiry or revocation takes effect at
+once and never leads to plaintext.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from relay.crypto import Crypto, KeyInfo
+from relay.errors import KeyProblem
+from relay.models import Member, Sender, SenderKey
+
+
+def list_key(crypto: Crypto) -> KeyInfo:
+    """The list's own key: the one secret key in the relay's GnuPG home."""
+    secret = [k for k in crypto.list_keys() if k.secret]
+    if not secret:
+        raise KeyProblem("the list has no key yet; run 'relay init'")
+    if len(secret) > 1:
+        raise KeyProblem("more than one secret key in the GnuPG home; cannot tell the list key")
+    return secret[0]
+
+
+def usable_keys(crypto: Crypto, fingerprints: list[str]) -> tuple[list[str], str | None]:
+    """The fingerprints that can be encrypted to now, and why none can (if so)."""
+    usable: list[str] = []
+    problems: list[str] = []
+    for fpr in fingerprints:
+        info = crypto.key_info(fpr)
+        problem = "key is missing from the keyring" if info is None else info.problem
+        if problem is None:
+            usable.append(fpr)
+        else:
+            problems.append(f"{fpr[-16:]}: {problem}")
+    if usable:
+        return usable, None
+    return [], "; ".join(problems) or "no key on file"
+
+
+def member_keys(crypto: Crypto, member: Member) -> tuple[list[str], str | None]:
+    return usable_keys(crypto, [k.fingerprint for k in member.keys])
+
+
+def sender_for(session: Session, fingerprint: str) -> Sender | None:
+    """The authorised sender whose key made a signature (by primary fingerprint)."""
+    row = session.execute(
+        select(SenderKey).where(SenderKey.fingerprint == fingerprint.upper())
+    ).scalar_one_or_none()
+    return row.sender if row else None
+
+
+def sender_by_address(session: Session, address: str) -> Sender | None:
+    return session.execute(
+        select(Sender).where(Sender.address == address.lower())
+    ).scalar_one_or_none()
