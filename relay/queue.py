@@ -1,0 +1,345 @@
+"""The durable queue: the only writer of message and delivery state.
+
+States (Postfix names): queued -> active -> sent, or deferred (retried at
+`next_attempt_at`), held (waits for an administrator or a usable key), failed
+(permanent error or queue lifetime exceeded). `accept_post` writes the spool
+files and commits the Message with one Delivery per active member before the
+SMTP edge may answer `250`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from relay import audit
+from relay.db import Database
+from relay.errors import RelayError
+from relay.models import (
+    Delivery,
+    DeliveryStatus,
+    Member,
+    MemberState,
+    Message,
+    MessageKind,
+    utcnow,
+)
+from relay.spool import PAYLOAD, RAW, Spool
+
+RELAY_ACTOR = "relay"
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+def copy_message_id(domain: str) -> str:
+    """A fresh Message-ID for one copy, fixed at accept time so a resend reuses it."""
+    return f"<{secrets.token_hex(12)}@{domain}>"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    message_id: str
+    deliveries: int
+
+
+def accept_post(
+    db: Database,
+    spool: Spool,
+    *,
+    raw: bytes,
+    payload: bytes,
+    subject: str,
+    mail_from: str,
+    signer: str,
+    original_message_id: str | None,
+    list_domain: str,
+) -> Accepted:
+    """Make a verified post durable: spool files fsynced, then one committed transaction."""
+    message_id = new_id()
+    spool.write(message_id, RAW, raw)
+    spool.write(message_id, PAYLOAD, payload)
+    try:
+        with db.transaction() as session:
+            members = session.execute(
+                select(Member).where(Member.state == MemberState.ACTIVE).order_by(Member.id)
+            ).scalars()
+            message = Message(
+                id=message_id,
+                kind=MessageKind.POST,
+                mail_from=mail_from,
+                signer_fingerprint=signer,
+                original_message_id=original_message_id,
+                subject=subject,
+                size=len(raw),
+                sha256=hashlib.sha256(raw).hexdigest(),
+            )
+            session.add(message)
+            count = 0
+            for member in members:
+                session.add(
+                    Delivery(
+                        message_id=message_id,
+                        member_id=member.id,
+                        recipient=member.address,
+                        copy_message_id=copy_message_id(list_domain),
+                    )
+                )
+                count += 1
+            audit.record(
+                session, signer, "message.accepted", message_id, deliveries=count, size=len(raw)
+            )
+    except BaseException:
+        spool.remove(message_id)
+        raise
+    return Accepted(message_id, count)
+
+
+def enqueue_notice(
+    session: Session,
+    spool: Spool,
+    *,
+    recipients: Iterable[str],
+    subject: str,
+    text: str,
+    list_domain: str,
+    reason: str,
+) -> str:
+    """Queue a relay notice (text only, quoting no advisory content) in the caller's transaction."""
+    message_id = new_id()
+    payload = _text_entity(text)
+    spool.write(message_id, PAYLOAD, payload)
+    session.add(
+        Message(
+            id=message_id,
+            kind=MessageKind.NOTICE,
+            subject=subject,
+            size=len(payload),
+            sha256=hashlib.sha256(payload).hexdigest(),
+        )
+    )
+    for recipient in dict.fromkeys(r.lower() for r in recipients):
+        session.add(
+            Delivery(
+                message_id=message_id,
+                recipient=recipient,
+                plaintext_allowed=True,
+                copy_message_id=copy_message_id(list_domain),
+            )
+        )
+    audit.record(session, RELAY_ACTOR, "notice.queued", message_id, reason=reason)
+    return message_id
+
+
+def _text_entity(text: str) -> bytes:
+    from email.message import EmailMessage
+    from email.policy import SMTP
+
+    part = EmailMessage(policy=SMTP)
+    part.set_content(text, charset="utf-8", cte="quoted-printable")
+    del part["MIME-Version"]
+    return part.as_bytes()
+
+
+# Claiming and outcomes
+
+
+def recover(db: Database) -> int:
+    """At start-up: deliveries left active by a crash go back to the queue."""
+    with db.transaction() as session:
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.status == DeliveryStatus.ACTIVE)
+            .values(status=DeliveryStatus.QUEUED, lease_until=None)
+        )
+        return result.rowcount or 0
+
+
+def claim_due(db: Database, now: datetime, limit: int, lease_for: timedelta) -> list[int]:
+    """Lease up to `limit` due deliveries to this process, oldest first."""
+    with db.transaction() as session:
+        ids = list(
+            session.execute(
+                select(Delivery.id)
+                .where(
+                    (
+                        Delivery.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED))
+                        & (Delivery.next_attempt_at <= now)
+                    )
+                    | ((Delivery.status == DeliveryStatus.ACTIVE) & (Delivery.lease_until < now))
+                )
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(limit)
+            ).scalars()
+        )
+        if ids:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(ids))
+                .values(status=DeliveryStatus.ACTIVE, lease_until=now + lease_for)
+            )
+        return ids
+
+
+def release(db: Database, delivery_ids: list[int]) -> None:
+    """Give back claimed deliveries that were never started (orderly shutdown)."""
+    with db.transaction() as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.ACTIVE)
+            .values(status=DeliveryStatus.QUEUED, lease_until=None)
+        )
+
+
+def mark_sent(db: Database, delivery_id: int, code: str, reason: str, fingerprints: list[str]):
+    with db.transaction() as session:
+        delivery = session.get_one(Delivery, delivery_id)
+        delivery.status = DeliveryStatus.SENT
+        delivery.attempts += 1
+        delivery.sent_at = utcnow()
+        delivery.lease_until = None
+        delivery.last_code, delivery.last_reason = code, reason
+        delivery.fingerprints = fingerprints or None
+        audit.record(
+            session,
+            RELAY_ACTOR,
+            "delivery.sent",
+            str(delivery_id),
+            recipient=delivery.recipient,
+            code=code,
+            message=delivery.message_id,
+        )
+
+
+def backoff(attempts: int, minimum: timedelta, maximum: timedelta) -> timedelta:
+    """Exponential backoff: minimum, 2x, 4x ... clamped to maximum."""
+    return min(maximum, minimum * (2 ** max(0, attempts - 1)))
+
+
+def defer(
+    db: Database,
+    delivery_id: int,
+    code: str,
+    reason: str,
+    *,
+    now: datetime,
+    min_backoff: timedelta,
+    max_backoff: timedelta,
+    lifetime: timedelta,
+) -> Delivery:
+    """A temporary failure: retry later, or fail once the queue lifetime is over."""
+    with db.transaction() as session:
+        delivery = session.get_one(Delivery, delivery_id)
+        delivery.attempts += 1
+        delivery.lease_until = None
+        delivery.last_code, delivery.last_reason = code, reason
+        if now - delivery.created_at >= lifetime:
+            delivery.status = DeliveryStatus.FAILED
+            delivery.last_reason = f"queue lifetime exceeded; last error: {reason}"
+            action = "delivery.failed"
+        else:
+            delivery.status = DeliveryStatus.DEFERRED
+            delivery.next_attempt_at = now + backoff(delivery.attempts, min_backoff, max_backoff)
+            action = "delivery.deferred"
+        audit.record(
+            session,
+            RELAY_ACTOR,
+            action,
+            str(delivery_id),
+            recipient=delivery.recipient,
+            code=code,
+            attempts=delivery.attempts,
+            message=delivery.message_id,
+        )
+        return delivery
+
+
+def fail(db: Database, delivery_id: int, code: str, reason: str) -> Delivery:
+    with db.transaction() as session:
+        delivery = session.get_one(Delivery, delivery_id)
+        delivery.status = DeliveryStatus.FAILED
+        delivery.attempts += 1
+        delivery.lease_until = None
+        delivery.last_code, delivery.last_reason = code, reason
+        audit.record(
+            session,
+            RELAY_ACTOR,
+            "delivery.failed",
+            str(delivery_id),
+            recipient=delivery.recipient,
+            code=code,
+            message=delivery.message_id,
+        )
+        return delivery
+
+
+def hold(session: Session, delivery: Delivery, reason: str) -> None:
+    """Hold a delivery in the caller's transaction; it is never sent in plaintext instead."""
+    delivery.status = DeliveryStatus.HELD
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = "held", reason
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "delivery.held",
+        str(delivery.id),
+        recipient=delivery.recipient,
+        reason=reason,
+        message=delivery.message_id,
+    )
+
+
+# Administrative changes
+
+
+def retry(session: Session, delivery_id: int, actor: str) -> Delivery:
+    """Put a held, deferred or failed delivery back in the queue for an attempt now."""
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        raise RelayError(f"no delivery with id {delivery_id}")
+    if delivery.status == DeliveryStatus.SENT:
+        raise RelayError(f"delivery {delivery_id} was already sent")
+    if delivery.status == DeliveryStatus.ACTIVE:
+        raise RelayError(f"delivery {delivery_id} is being attempted right now")
+    if delivery.member is not None and delivery.member.state != MemberState.ACTIVE:
+        raise RelayError(f"delivery {delivery_id} is for a {delivery.member.state} member")
+    old = delivery.status
+    delivery.status = DeliveryStatus.QUEUED
+    delivery.next_attempt_at = utcnow()
+    audit.record(session, actor, "delivery.retried", str(delivery_id), old=old, new="queued")
+    return delivery
+
+
+def cancel_member(session: Session, member_id: int, actor: str, reason: str) -> int:
+    """Stop every unsent delivery to a member at once (removal or suspension)."""
+    deliveries = session.execute(
+        select(Delivery).where(
+            Delivery.member_id == member_id,
+            Delivery.status.in_(
+                (
+                    DeliveryStatus.QUEUED,
+                    DeliveryStatus.DEFERRED,
+                    DeliveryStatus.HELD,
+                    DeliveryStatus.ACTIVE,
+                )
+            ),
+        )
+    ).scalars()
+    count = 0
+    for delivery in deliveries:
+        delivery.status = DeliveryStatus.FAILED
+        delivery.lease_until = None
+        delivery.last_code, delivery.last_reason = "cancelled", reason
+        count += 1
+    if count:
+        audit.record(
+            session, actor, "delivery.cancelled", f"member:{member_id}", count=count, reason=reason
+        )
+    return count

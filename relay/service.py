@@ -1,0 +1,110 @@
+"""The running relay: one asyncio loop with the SMTP edge and the dispatcher.
+
+`Relay` wires the parts together and can be started and stopped from tests;
+`serve` runs it until SIGINT or SIGTERM. At start, deliveries left active by a
+crash go back to the queue, so nothing accepted is lost across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from datetime import datetime
+
+from relay import queue
+from relay.config import Settings
+from relay.crypto import GnuPG
+from relay.db import Database
+from relay.dispatch import Dispatcher
+from relay.errors import RelayError
+from relay.logs import event
+from relay.models import utcnow
+from relay.smtp import ListHandler, make_server_factory
+from relay.spool import Spool
+from relay.transport import Transport
+
+log = logging.getLogger("relay.service")
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport_factory: Callable[[], Transport] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.db = Database(settings.storage.database_url)
+        if not self.db.is_current():
+            raise RelayError("the database schema is not current; run 'relay init'")
+        self.crypto = GnuPG(settings.gnupg.home, settings.gnupg.binary)
+        self.spool = Spool(settings.storage.spool_dir)
+        self.dispatcher = Dispatcher(
+            settings,
+            self.db,
+            self.spool,
+            self.crypto,
+            transport_factory=transport_factory,
+            clock=clock,
+        )
+        self.handler = ListHandler(
+            settings, self.db, self.spool, self.crypto, on_accept=self.dispatcher.wake
+        )
+        self._server: asyncio.Server | None = None
+        self._stop = asyncio.Event()
+        self._dispatch_task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, *, dispatch: bool = True) -> None:
+        recovered = await asyncio.to_thread(queue.recover, self.db)
+        if recovered:
+            event(log, "recovered", deliveries=recovered)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            make_server_factory(self.handler, self.settings),
+            host=self.settings.smtp.host,
+            port=self.settings.smtp.port,
+        )
+        event(log, "listening", host=self.settings.smtp.host, port=self.port)
+        if dispatch:
+            self._dispatch_task = asyncio.create_task(self.dispatcher.run(self._stop))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._dispatch_task is not None:
+            await self._dispatch_task
+        self.db.dispose()
+        event(log, "stopped")
+
+    async def run_until_stopped(self) -> None:
+        await self._stop.wait()
+
+
+async def _serve(settings: Settings) -> None:
+    relay = Relay(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, relay._stop.set)
+    await relay.start()
+    print(
+        f"Embargo Relay listening on {settings.smtp.host}:{relay.port} "
+        f"for {settings.list.address}; Ctrl-C stops it.",
+        flush=True,
+    )
+    await relay.run_until_stopped()
+    await relay.stop()
+
+
+def serve(settings: Settings) -> None:
+    """Run the relay until SIGINT or SIGTERM."""
+    asyncio.run(_serve(settings))

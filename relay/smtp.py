@@ -1,0 +1,165 @@
+"""The SMTP edge: aiosmtpd hooks that admit posts for the list address only.
+
+The protocol stays in aiosmtpd; this module implements `handle_MAIL`,
+`handle_RCPT` and `handle_DATA`. DATA runs the inbound checks (wire, MIME
+structure, signature) and the durable accept in worker threads, and answers
+`250` only after the queue transaction has committed. Any unexpected failure
+answers `451`, so the sender keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from email.message import EmailMessage
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay import queue
+from relay.config import Settings
+from relay.crypto import Crypto
+from relay.db import Database
+from relay.inbound import Rejection, check_structure, check_wire, verify_post
+from relay.keystore import sender_for
+from relay.logs import clean, event
+from relay.spool import Spool
+
+log = logging.getLogger("relay.smtp")
+
+# Replies, with enhanced status codes (RFC 3463).
+OK = "250 2.1.0 OK"
+RCPT_OK = "250 2.1.5 OK"
+QUEUED = "250 2.0.0 Queued as {id}"
+NO_SUCH_LIST = "550 5.1.1 No such list here; this server relays for no one"
+TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+TOO_BIG = "552 5.3.4 Message too big for this list"
+TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+
+# aiosmtpd's own replies that lack enhanced status codes.
+_REWRITES = {
+    "552 Error: Too much mail data": TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
+}
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with enhanced status codes on its built-in replies."""
+
+    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+        if isinstance(status, str):
+            status = _REWRITES.get(status, status)
+        await super().push(status)
+
+
+class ListHandler:
+    """The application side of the SMTP edge."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        spool: Spool,
+        crypto: Crypto,
+        on_accept: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.spool = spool
+        self.crypto = crypto
+        self.on_accept = on_accept
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return OK
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address.lower() != self.settings.list.address:
+            event(log, "rejected", peer=session.peer, rcpt=address, code="550 5.1.1")
+            return NO_SUCH_LIST
+        if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+            return TOO_MANY_RCPTS
+        if address.lower() not in (r.lower() for r in envelope.rcpt_tos):
+            envelope.rcpt_tos.append(address)
+        return RCPT_OK
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        if len(raw) > self.settings.smtp.max_message_size:
+            return TOO_BIG
+        try:
+            accepted = await asyncio.to_thread(self._accept, raw, envelope.mail_from or "")
+        except Rejection as rejection:
+            event(
+                log,
+                "rejected",
+                peer=session.peer,
+                mail_from=envelope.mail_from,
+                code=f"{rejection.code} {rejection.status}",
+                reason=rejection.text,
+            )
+            return rejection.reply
+        except Exception:
+            log.exception("accept failed; answered 451 peer=%s", clean(session.peer))
+            return TRY_LATER
+        event(
+            log,
+            "accepted",
+            id=accepted.message_id,
+            peer=session.peer,
+            mail_from=envelope.mail_from,
+            size=len(raw),
+            deliveries=accepted.deliveries,
+        )
+        self.on_accept()
+        return QUEUED.format(id=accepted.message_id)
+
+    def _accept(self, raw: bytes, mail_from: str) -> queue.Accepted:
+        """Validate, verify and commit; raises Rejection for anything refused."""
+        check_wire(raw)
+        message: EmailMessage = check_structure(raw)
+        post = verify_post(raw, message, self.crypto, self._is_authorised)
+        return queue.accept_post(
+            self.db,
+            self.spool,
+            raw=raw,
+            payload=post.payload,
+            subject=post.subject,
+            mail_from=mail_from,
+            signer=post.signer,
+            original_message_id=_header(message, "Message-ID"),
+            list_domain=self.settings.list.domain,
+        )
+
+    def _is_authorised(self, fingerprint: str) -> bool:
+        with self.db.transaction() as session:
+            return sender_for(session, fingerprint) is not None
+
+
+def _header(message: EmailMessage, name: str) -> str | None:
+    try:
+        value = message.get(name)
+    except (ValueError, IndexError):
+        return None
+    return str(value)[:998] if value is not None else None
+
+
+def make_server_factory(handler: ListHandler, settings: Settings) -> Callable[[], RelaySMTP]:
+    hostname = settings.smtp.hostname or settings.list.domain
+
+    def factory() -> RelaySMTP:
+        return RelaySMTP(
+            handler,
+            data_size_limit=settings.smtp.max_message_size,
+            hostname=hostname,
+            ident="Embargo Relay",
+            decode_data=False,
+        )
+
+    return factory

@@ -1,0 +1,97 @@
+"""Build real signed (and encrypted) posts the way a mail client would."""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+
+from tests.support.keys import Keyring
+
+CRLF = b"\r\n"
+
+
+def crlf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def text_entity(body: str, subject: str | None = None) -> bytes:
+    """A text/plain MIME entity (headers + body), quoted-printable, CRLF line ends."""
+    import quopri
+
+    headers = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n'
+    if subject is not None:
+        headers = b"Subject: " + subject.encode() + CRLF + headers
+    encoded = quopri.encodestring(body.encode("utf-8"))
+    return headers + CRLF + crlf(encoded)
+
+
+def _outer(subject: str, sender: str, to: str) -> bytes:
+    return crlf(
+        (
+            f"From: {sender}\nTo: {to}\nSubject: {subject}\n"
+            f"Date: {email.utils.formatdate(usegmt=True)}\n"
+            f"Message-ID: <{secrets.token_hex(8)}@example.net>\nMIME-Version: 1.0\n"
+        ).encode()
+    )
+
+
+def pgp_mime_signed(
+    keyring: Keyring, signer: str, entity: bytes, *, subject: str, sender: str, to: str
+) -> bytes:
+    """multipart/signed (RFC 3156) over exactly `entity`."""
+    boundary = "sig-" + secrets.token_hex(8)
+    signature = keyring.detach_sign(entity, signer)
+    assert signature.startswith(b"-----BEGIN PGP SIGNATURE-----"), signature
+    return (
+        _outer(subject, sender, to)
+        + crlf(
+            f'Content-Type: multipart/signed; micalg=pgp-sha512;\n protocol="application/pgp-signature"; boundary="{boundary}"\n\n'.encode()
+        )
+        + f"--{boundary}\r\n".encode()
+        + entity
+        + f"\r\n--{boundary}\r\n".encode()
+        + b'Content-Type: application/pgp-signature; name="signature.asc"\r\n\r\n'
+        + crlf(signature)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+
+def clearsigned(
+    keyring: Keyring, signer: str, body: str, *, subject: str, sender: str, to: str
+) -> bytes:
+    signed = keyring.clearsign(body.encode(), signer)
+    assert signed.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"), signed
+    return (
+        _outer(subject, sender, to)
+        + b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+        + crlf(signed)
+    )
+
+
+def encrypted(
+    keyring: Keyring,
+    inner: bytes,
+    recipients: list[str],
+    *,
+    subject: str,
+    sender: str,
+    to: str,
+    signer: str | None = None,
+) -> bytes:
+    """multipart/encrypted (RFC 3156) around `inner`, optionally signed in the same message."""
+    boundary = "enc-" + secrets.token_hex(8)
+    if signer:
+        armour = keyring.sign_encrypt(inner, signer, recipients)
+    else:
+        armour = keyring.encrypt(inner, recipients)
+    assert armour.startswith(b"-----BEGIN PGP MESSAGE-----"), armour
+    return (
+        _outer(subject, sender, to)
+        + crlf(
+            f'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\n boundary="{boundary}"\n\n'
+            f"--{boundary}\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n"
+            f'--{boundary}\nContent-Type: application/octet-stream; name="encrypted.asc"\n\n'.encode()
+        )
+        + crlf(armour)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )

@@ -1,0 +1,135 @@
+"""A complete relay in a temporary folder: config file, database, spool, GnuPG home, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from relay import config as relay_config
+from relay.crypto import GnuPG
+from relay.db import Database
+from relay.models import Member, MemberKey, Sender, SenderKey
+from relay.service import Relay
+from tests.support.keys import KeyFactory, Keyring, TestKey
+
+LIST = "distributors@example.org"
+CONTACT = "security@example.org"
+
+
+def write_config(root: Path, *, smarthost: str | None = None, extra: str = "") -> Path:
+    target = f'smarthost = "{smarthost}"' if smarthost else 'outbox = "outbox"'
+    path = root / "relay.toml"
+    path.write_text(
+        f"""
+[list]
+address = "{LIST}"
+name = "Test distributors"
+security_contact = "{CONTACT}"
+
+[smtp]
+host = "127.0.0.1"
+port = 0
+max_message_size = 1048576
+max_recipients = 3
+
+[delivery]
+{target}
+workers = 2
+min_backoff = "1m"
+max_backoff = "1h"
+queue_lifetime = "5d"
+poll_interval = "0.2s"
+connect_timeout = "5s"
+
+[storage]
+database_url = "sqlite:///state/relay.db"
+spool_dir = "state/spool"
+
+[gnupg]
+home = "state/gnupg"
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+class RelayHome:
+    def __init__(
+        self, root: Path, keys: KeyFactory, *, smarthost: str | None = None, extra: str = ""
+    ) -> None:
+        self.root = root
+        self.keys = keys
+        self.config_path = write_config(root, smarthost=smarthost, extra=extra)
+        self.settings = relay_config.load(self.config_path)
+        self.db = Database(self.settings.storage.database_url)
+        self.db.upgrade()
+        self.crypto = GnuPG(self.settings.gnupg.home)
+        self.list_fpr = self.crypto.generate_key("Test distributors", LIST)
+        self.list_public = self.crypto.export_public(self.list_fpr)
+
+    def add_sender(self, key: TestKey, address: str | None = None) -> None:
+        fprs = self.crypto.import_keys(key.public)
+        with self.db.transaction() as s:
+            sender = Sender(address=(address or key.address).lower())
+            sender.keys = [SenderKey(fingerprint=f) for f in fprs]
+            s.add(sender)
+
+    def add_member(self, key: TestKey | None, address: str | None = None) -> None:
+        fprs = self.crypto.import_keys(key.public) if key else []
+        with self.db.transaction() as s:
+            member = Member(address=(address or key.address).lower(), name=address or key.name)
+            member.keys = [MemberKey(fingerprint=f) for f in fprs]
+            s.add(member)
+
+    def client(self, key: TestKey) -> Keyring:
+        """The mail client of a key's owner: its secret key plus the list's public key."""
+        return Keyring(self.root / "clients" / key.name, key, trusted_public=(self.list_public,))
+
+
+class RelayThread:
+    """Runs a Relay on its own event loop in a thread, like aiosmtpd's Controller."""
+
+    def __init__(
+        self,
+        settings: relay_config.Settings,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        dispatch: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.dispatch = dispatch
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.relay: Relay | None = None
+
+    def __enter__(self) -> RelayThread:
+        self.thread.start()
+
+        async def start() -> Relay:
+            kwargs = {"clock": self.clock} if self.clock else {}
+            relay = Relay(self.settings, **kwargs)
+            await relay.start(dispatch=self.dispatch)
+            return relay
+
+        self.relay = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.relay is not None
+        return self.relay.port
+
+    def run(self, coro, timeout: float = 60):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.relay is not None:
+            self.run(self.relay.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

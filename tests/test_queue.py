@@ -1,0 +1,149 @@
+"""The durable queue: accept, claim, outcomes, recovery and backoff, on real SQLite."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from relay import queue
+from relay.db import Database
+from relay.errors import RelayError
+from relay.models import AuditEvent, Delivery, DeliveryStatus, Member, MemberState, Message
+from relay.spool import PAYLOAD, RAW, Spool
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'relay.db'}")
+    database.upgrade()
+    with database.transaction() as s:
+        for n in range(3):
+            s.add(Member(address=f"m{n}@example.net", name=f"M{n}"))
+        s.add(Member(address="gone@example.net", name="Gone", state=MemberState.REMOVED))
+    return database
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
+
+
+def _accept(db: Database, spool: Spool) -> queue.Accepted:
+    return queue.accept_post(
+        db,
+        spool,
+        raw=b"raw bytes\r\n",
+        payload=b"payload\r\n",
+        subject="S",
+        mail_from="src@example.org",
+        signer="F" * 40,
+        original_message_id="<x@y>",
+        list_domain="example.org",
+    )
+
+
+def test_accept_commits_message_spool_and_one_delivery_per_active_member(db, spool):
+    accepted = _accept(db, spool)
+    assert accepted.deliveries == 3
+    assert spool.read(accepted.message_id, RAW) == b"raw bytes\r\n"
+    assert spool.read(accepted.message_id, PAYLOAD) == b"payload\r\n"
+    assert oct(spool.path(accepted.message_id, RAW).stat().st_mode & 0o777) == "0o600"
+    with db.transaction() as s:
+        rows = s.execute(select(Delivery)).scalars().all()
+        assert sorted(d.recipient for d in rows) == [f"m{n}@example.net" for n in range(3)]
+        assert {d.status for d in rows} == {DeliveryStatus.QUEUED}
+        assert len({d.copy_message_id for d in rows}) == 3
+        assert all(d.copy_message_id.endswith("@example.org>") for d in rows)
+        assert s.execute(select(AuditEvent.action)).scalars().all() == ["message.accepted"]
+
+
+def test_failed_commit_leaves_no_spool_files_and_no_rows(db, spool, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(queue.audit, "record", broken)
+    with pytest.raises(RuntimeError):
+        _accept(db, spool)
+    assert not any(p.is_file() for p in spool.root.rglob("*"))
+    with db.transaction() as s:
+        assert s.execute(select(Message)).first() is None
+
+
+def test_claim_leases_due_rows_once_and_recover_returns_them(db, spool):
+    _accept(db, spool)
+    first = queue.claim_due(db, T0 + timedelta(days=1), 10, timedelta(minutes=10))
+    assert len(first) == 3
+    assert queue.claim_due(db, T0 + timedelta(days=1), 10, timedelta(minutes=10)) == []
+    assert queue.recover(db) == 3
+    assert sorted(queue.claim_due(db, T0 + timedelta(days=1), 10, timedelta(minutes=10))) == sorted(
+        first
+    )
+
+
+def test_expired_lease_is_claimed_again(db, spool):
+    _accept(db, spool)
+    now = datetime.now(UTC)
+    ids = queue.claim_due(db, now, 10, timedelta(minutes=10))
+    assert queue.claim_due(db, now + timedelta(minutes=5), 10, timedelta(minutes=10)) == []
+    assert sorted(queue.claim_due(db, now + timedelta(minutes=11), 10, timedelta(minutes=10))) == (
+        sorted(ids)
+    )
+
+
+def test_backoff_doubles_and_is_clamped():
+    lo, hi = timedelta(minutes=5), timedelta(hours=1)
+    assert [queue.backoff(n, lo, hi).total_seconds() / 60 for n in range(1, 7)] == [
+        5,
+        10,
+        20,
+        40,
+        60,
+        60,
+    ]
+
+
+def test_defer_schedules_retry_then_fails_after_lifetime(db, spool):
+    _accept(db, spool)
+    now = datetime.now(UTC)
+    (did, *_) = queue.claim_due(db, now, 10, timedelta(minutes=10))
+    kwargs = dict(
+        min_backoff=timedelta(minutes=5), max_backoff=timedelta(hours=1), lifetime=timedelta(days=5)
+    )
+    deferred = queue.defer(db, did, "451", "try later", now=now, **kwargs)
+    assert deferred.status == DeliveryStatus.DEFERRED
+    assert deferred.next_attempt_at == now + timedelta(minutes=5)
+    late = now + timedelta(days=5, seconds=1)
+    failed = queue.defer(db, did, "451", "try later", now=late, **kwargs)
+    assert failed.status == DeliveryStatus.FAILED
+    assert "lifetime" in failed.last_reason
+
+
+def test_retry_requeues_held_but_refuses_sent_and_unknown(db, spool):
+    _accept(db, spool)
+    now = datetime.now(UTC)
+    a, b, _ = sorted(queue.claim_due(db, now, 10, timedelta(minutes=10)))
+    queue.mark_sent(db, a, "250", "ok", ["F" * 40])
+    with db.transaction() as s:
+        queue.hold(s, s.get_one(Delivery, b), "no usable key")
+    with db.transaction() as s:
+        assert queue.retry(s, b, "cli:test").status == DeliveryStatus.QUEUED
+        with pytest.raises(RelayError, match="already sent"):
+            queue.retry(s, a, "cli:test")
+        with pytest.raises(RelayError, match="no delivery"):
+            queue.retry(s, 999, "cli:test")
+
+
+def test_cancel_member_stops_its_pending_deliveries(db, spool):
+    _accept(db, spool)
+    with db.transaction() as s:
+        member = s.execute(select(Member).where(Member.address == "m1@example.net")).scalar_one()
+        assert queue.cancel_member(s, member.id, "cli:test", "removed") == 1
+    with db.transaction() as s:
+        statuses = {d.recipient: d.status for d in s.execute(select(Delivery)).scalars()}
+    assert statuses["m1@example.net"] == DeliveryStatus.FAILED
+    assert statuses["m0@example.net"] == DeliveryStatus.QUEUED
