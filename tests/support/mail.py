@@ -18,7 +18,10 @@ def text_entity(body: str, subject: str | None = None) -> bytes:
     """A text/plain MIME entity (headers + body), quoted-printable, CRLF line ends."""
     import quopri
 
-    headers = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n'
+    headers = (
+        b'Content-Type: text/plain; charset="utf-8"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n"
+    )
     if subject is not None:
         headers = b"Subject: " + subject.encode() + CRLF + headers
     encoded = quopri.encodestring(body.encode("utf-8"))
@@ -45,7 +48,10 @@ def pgp_mime_signed(
     return (
         _outer(subject, sender, to)
         + crlf(
-            f'Content-Type: multipart/signed; micalg=pgp-sha512;\n protocol="application/pgp-signature"; boundary="{boundary}"\n\n'.encode()
+            (
+                "Content-Type: multipart/signed; micalg=pgp-sha512;\n"
+                f' protocol="application/pgp-signature"; boundary="{boundary}"\n\n'
+            ).encode()
         )
         + f"--{boundary}\r\n".encode()
         + entity
@@ -88,9 +94,13 @@ def encrypted(
     return (
         _outer(subject, sender, to)
         + crlf(
-            f'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\n boundary="{boundary}"\n\n'
-            f"--{boundary}\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n"
-            f'--{boundary}\nContent-Type: application/octet-stream; name="encrypted.asc"\n\n'.encode()
+            (
+                'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\n'
+                f' boundary="{boundary}"\n\n'
+                f"--{boundary}\nContent-Type: application/pgp-encrypted\n\nVersion: 1\n\n"
+                f"--{boundary}\nContent-Type: application/octet-stream;"
+                ' name="encrypted.asc"\n\n'
+            ).encode()
         )
         + crlf(armour)
         + f"\r\n--{boundary}--\r\n".encode()
