@@ -46,6 +46,7 @@ _GPG_OPTIONS = [
     "local",
     "--keyserver-options",
     "no-auto-key-retrieve",
+    "--no-encrypt-to",  # an encrypt-to line in gpg.conf must never add recipients
     "--no-emit-version",
     "--no-comments",
     "--trust-model",

@@ -85,8 +85,7 @@ class ListHandler:
             return NO_SUCH_LIST
         if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             return TOO_MANY_RCPTS
-        if address.lower() not in (r.lower() for r in envelope.rcpt_tos):
-            envelope.rcpt_tos.append(address)
+        envelope.rcpt_tos.append(address)  # repeats count toward the limit too
         return RCPT_OK
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
