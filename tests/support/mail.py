@@ -105,3 +105,14 @@ def encrypted(
         + crlf(armour)
         + f"\r\n--{boundary}--\r\n".encode()
     )
+
+
+def decoded_text(entity: bytes) -> str:
+    """All text/plain leaves of a MIME entity, transfer-decoded and joined."""
+    import email
+    import email.policy
+
+    message = email.message_from_bytes(entity, policy=email.policy.default)
+    return "\n".join(
+        part.get_content() for part in message.walk() if part.get_content_type() == "text/plain"
+    )
