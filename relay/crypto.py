@@ -194,6 +194,14 @@ class GnuPG:
             raise CryptoError(f"cannot run GnuPG ({binary}): {exc}") from None
         self._gpg.encoding = "utf-8"
 
+    @staticmethod
+    def version_text(binary: str = "gpg") -> str:
+        """The GnuPG version, for reports."""
+        import subprocess
+
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+        return out.stdout.split("\n", 1)[0].rsplit(" ", 1)[-1] if out.stdout else "unknown"
+
     # Keys
 
     def inspect_keys(self, data: bytes) -> list[KeyInfo]:

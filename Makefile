@@ -1,0 +1,37 @@
+# `make serve` runs the relay on the example configuration; `make test` runs lint and the tests.
+# Both bootstrap a fresh Debian machine: system packages when missing, then .venv, which is
+# rebuilt whenever pyproject.toml changes (the stamp file records the last install).
+
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+PYTHON := python3
+# apt-get needs root; use sudo only when not already root.
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: serve test system-packages clean
+
+serve: $(STAMP) | system-packages
+	$(VENV)/bin/relay --config config.example.toml serve
+
+test: $(STAMP) | system-packages
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+# gpg does the OpenPGP work; python3-venv provides ensurepip, which Debian ships separately.
+system-packages:
+	@missing=""; \
+	command -v gpg >/dev/null 2>&1 || missing="$$missing gnupg"; \
+	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | system-packages
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) var
