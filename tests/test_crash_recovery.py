@@ -73,7 +73,7 @@ def test_sigkill_mid_fanout_loses_nothing(tmp_path: Path, keys: KeyFactory):
         log = tmp_path / "relay.log"
         proc, port = _start(home.config_path, log)
         try:
-            errors, reply = _send(port, post)
+            _, reply = _send(port, post)
             assert reply.startswith("2.0.0")
             # Kill the relay once some, but not all, copies were accepted by the sink.
             deadline = time.monotonic() + 60
