@@ -1,12 +1,17 @@
 """Outgoing copies: the exact bytes of what one member receives.
 
-Each copy is one OpenPGP message (RFC 3156 §6.2, combined): signed by the list key
-and encrypted to that member's keys only, so the signature covers the whole inner
-entity, headers included. The real headers live only inside, on a
-`multipart/mixed` root marked both `protected-headers="v1"` (Thunderbird, K-9,
-mutt) and `hp="cipher"` (RFC 9788), with one `HP-Outer` line per outer field.
+A copy is signed, then encrypted (RFC 3156 §6.1): the list key signs the
+Cryptographic Payload once per message (`sign`), and each member's copy is that
+signed entity encrypted to the member's keys only (`seal`). Signing is the
+expensive half of a gpg call, and the signed content is the same for every
+member, so one signature serves the whole fan-out.
+
+The real headers live only inside the signature, on a `multipart/mixed` root
+marked both `protected-headers="v1"` (Thunderbird, K-9, mutt) and `hp="cipher"`
+(RFC 9788), with one `HP-Outer` line per outer field that every copy shares.
 Outside, only an allow-list travels and the Subject is the literal `[...]`
-(RFC 9788 `hcp_baseline`).
+(RFC 9788 `hcp_baseline`); `To` is the list address, the member is only the
+envelope recipient, and each copy has its own outer `Message-ID`.
 
 The carried payload is spliced in byte for byte: re-serialising it with the
 `email` package could re-fold or re-encode what its author signed. Everything
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
 from email.message import MIMEPart
@@ -43,33 +48,27 @@ _RESERVED |= {"references", "list-id", "hp-outer", "mime-version"}
 
 @dataclass(frozen=True)
 class Copy:
-    """Everything that goes into one member's copy."""
+    """What every copy of one message shares; only the outer Message-ID differs."""
 
     list_address: str  # From, and the envelope sender
     list_id: str  # List-Id value, e.g. 'Distributors <distributors.example.org>'
-    recipient: str  # the one To address
-    message_id: str  # this copy's own Message-ID, e.g. '<abc123@example.org>'
+    to: str  # the To field (the list address for posts; a notice's one recipient)
+    message_id: str  # the message's own Message-ID, carried inside, e.g. '<abc@example.org>'
     subject: str  # the real subject: only ever inside the encryption
     payload: bytes  # the verified MIME entity to carry (own headers + body, CRLF)
     preface: str | None = None  # short text/plain note placed first; None = no note
     extra_protected: tuple[tuple[str, str], ...] = ()  # extra fields placed only inside
     in_reply_to: str | None = None
-    date: datetime | None = None  # default: now, UTC
+    date: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-def build_encrypted(copy: Copy, crypto: Crypto, signer: str, recipient_keys: list[str]) -> bytes:
-    """The wire bytes of one copy, signed by `signer`, encrypted to `recipient_keys` only."""
+def sign(copy: Copy, crypto: Crypto, signer: str) -> bytes:
+    """The multipart/signed entity shared by every copy (RFC 3156 §5), signed by `signer`."""
     _check_entity(copy.payload)
-    outer = _outer_fields(
-        copy.list_address,
-        copy.list_id,
-        copy.recipient,
-        copy.message_id,
-        OBSCURED_SUBJECT,
-        copy.date,
-    )
+    outer = _shared_outer_fields(copy)
     subject = _one_line("Subject", copy.subject)
     protected = [(name, subject if name == "Subject" else value) for name, value in outer]
+    protected.insert(4, ("Message-ID", _message_id(copy.message_id)))
     if copy.in_reply_to is not None:
         protected.append(("In-Reply-To", _one_line("In-Reply-To", copy.in_reply_to)))
     for name, value in copy.extra_protected:
@@ -80,7 +79,7 @@ def build_encrypted(copy: Copy, crypto: Crypto, signer: str, recipient_keys: lis
 
     parts = [copy.payload] if copy.preface is None else [text_part(copy.preface), copy.payload]
     inner_boundary = _boundary(*parts)
-    inner = b"".join(
+    root = b"".join(
         [
             _fold(
                 "Content-Type",
@@ -89,11 +88,52 @@ def build_encrypted(copy: Copy, crypto: Crypto, signer: str, recipient_keys: lis
             *(_fold(name, value) for name, value in protected),
             _CRLF,
             *(b"--" + inner_boundary + _CRLF + part + _CRLF for part in parts),
-            b"--" + inner_boundary + b"--" + _CRLF,
+            b"--" + inner_boundary + b"--",
         ]
     )
-    armour = crypto.sign_encrypt(inner, recipient_keys, signer)
-    return _envelope(outer, _armour(armour))
+    signature, micalg = crypto.sign_detached(root, signer)
+    signature = _armoured(signature, b"SIGNATURE")
+    boundary = _boundary(root, signature)
+    return b"".join(
+        [
+            _fold(
+                "Content-Type",
+                _multipart(
+                    "signed", boundary, f'micalg={micalg}; protocol="application/pgp-signature"'
+                ),
+            ),
+            _CRLF,
+            b"--" + boundary + _CRLF + root + _CRLF,
+            b"--" + boundary + _CRLF,
+            b'Content-Type: application/pgp-signature; name="signature.asc"\r\n',
+            b"Content-Description: OpenPGP digital signature\r\n",
+            b'Content-Disposition: attachment; filename="signature.asc"\r\n\r\n',
+            signature,
+            b"--" + boundary + b"--" + _CRLF,
+        ]
+    )
+
+
+def seal(
+    signed: bytes, copy: Copy, copy_message_id: str, crypto: Crypto, recipient_keys: list[str]
+) -> bytes:
+    """One member's copy: the signed entity encrypted to `recipient_keys` only."""
+    outer = _shared_outer_fields(copy)
+    outer.insert(4, ("Message-ID", _message_id(copy_message_id)))
+    armour = _armoured(crypto.encrypt(signed, recipient_keys), b"MESSAGE")
+    return _envelope(outer, armour)
+
+
+def build_encrypted(
+    copy: Copy,
+    crypto: Crypto,
+    signer: str,
+    recipient_keys: list[str],
+    copy_message_id: str | None = None,
+) -> bytes:
+    """A single signed and encrypted copy (notices, one-off messages)."""
+    signed = sign(copy, crypto, signer)
+    return seal(signed, copy, copy_message_id or copy.message_id, crypto, recipient_keys)
 
 
 def build_plain_notice(
@@ -137,11 +177,11 @@ def build_encrypted_notice(
     copy = Copy(
         list_address=list_address,
         list_id=list_id,
-        recipient=recipient,
+        to=recipient,
         message_id=message_id,
         subject=subject,
         payload=text_part(text),
-        date=date,
+        date=date or datetime.now(UTC),
     )
     return build_encrypted(copy, crypto, signer, recipient_keys)
 
@@ -158,6 +198,20 @@ def text_part(text: str) -> bytes:
 
 
 # Building blocks
+
+
+def _shared_outer_fields(copy: Copy) -> list[tuple[str, str]]:
+    """The outer fields every copy carries (all but Message-ID), also the HP-Outer set."""
+    fields = _outer_fields(
+        copy.list_address, copy.list_id, copy.to, copy.message_id, OBSCURED_SUBJECT, copy.date
+    )
+    return [(name, value) for name, value in fields if name != "Message-ID"]
+
+
+def _message_id(value: str) -> str:
+    if not _MESSAGE_ID.match(value):
+        raise ValueError(f"not a Message-ID: {value!r}")
+    return value
 
 
 def _outer_fields(
@@ -211,16 +265,16 @@ def _envelope(outer: list[tuple[str, str]], armour: bytes) -> bytes:
     return message
 
 
-def _armour(data: bytes) -> bytes:
+def _armoured(data: bytes, kind: bytes) -> bytes:
     """gpg's armoured output with CRLF line ends, after checking it is one ASCII block."""
     text = data.replace(_CRLF, b"\n").strip(b"\n")
     if not (
         text.isascii()
-        and text.startswith(b"-----BEGIN PGP MESSAGE-----\n")
-        and text.endswith(b"\n-----END PGP MESSAGE-----")
+        and text.startswith(b"-----BEGIN PGP " + kind + b"-----\n")
+        and text.endswith(b"\n-----END PGP " + kind + b"-----")
         and text.count(b"-----BEGIN ") == 1
     ):
-        raise CryptoError("GnuPG did not return one armoured OpenPGP message")
+        raise CryptoError(f"GnuPG did not return one armoured OpenPGP {kind.decode().lower()}")
     return text.replace(b"\n", _CRLF) + _CRLF
 
 

@@ -114,6 +114,8 @@ class Crypto(Protocol):
     def verify_cleartext(self, data: bytes) -> tuple[Signature, bytes]: ...
     def decrypt(self, data: bytes) -> Decrypted: ...
     def sign_encrypt(self, data: bytes, recipients: Iterable[str], signer: str) -> bytes: ...
+    def sign_detached(self, data: bytes, signer: str) -> tuple[bytes, str]: ...
+    def encrypt(self, data: bytes, recipients: Iterable[str]) -> bytes: ...
 
 
 def _status(stderr: str) -> list[list[str]]:
@@ -318,6 +320,33 @@ class GnuPG:
             problem = result.status or "unknown error"
             raise CryptoError(f"signing and encryption failed: {problem}")
         return bytes(result.data)
+
+    def sign_detached(self, data: bytes, signer: str) -> tuple[bytes, str]:
+        """An armoured detached signature and its RFC 3156 micalg (from gpg's SIG_CREATED)."""
+        result = self._gpg.sign(data, keyid=signer, detach=True, clearsign=False)
+        created = [s for s in _status(result.stderr) if s[0] == "SIG_CREATED"]
+        if len(created) != 1 or len(created[0]) < 4 or not result.data:
+            raise CryptoError(f"signing failed: {result.status or 'unknown error'}")
+        micalg = _MICALG.get(int(created[0][3]))
+        if micalg is None:
+            raise CryptoError(f"signing used an unsupported hash algorithm {created[0][3]}")
+        return bytes(result.data), micalg
+
+    def encrypt(self, data: bytes, recipients: Iterable[str]) -> bytes:
+        """One OpenPGP message encrypted to `recipients` only (armoured)."""
+        targets = list(recipients)
+        if not targets:
+            raise CryptoError("no recipient key to encrypt to")
+        result = self._gpg.encrypt(data, targets, always_trust=True, armor=True)
+        keywords = {s[0] for s in _status(result.stderr)}
+        if not result.ok or "END_ENCRYPTION" not in keywords:
+            raise CryptoError(f"encryption failed: {result.status or 'unknown error'}")
+        return bytes(result.data)
+
+
+# RFC 4880 §9.4 hash numbers, as gpg reports them in SIG_CREATED, to RFC 3156 micalg names.
+_MICALG = {1: "pgp-md5", 2: "pgp-sha1", 3: "pgp-ripemd160", 8: "pgp-sha256", 9: "pgp-sha384",
+           10: "pgp-sha512", 11: "pgp-sha224"}
 
 
 def prepare_home(home: Path) -> None:

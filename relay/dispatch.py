@@ -1,11 +1,16 @@
 """The dispatcher (Postfix's qmgr): picks due deliveries and sees each one through.
 
-For each claimed delivery: resolve the recipient's usable keys, build its own
-signed and encrypted copy, hand it to the transport, record the outcome. A
-recipient without a usable key is held (never plaintext) and the security
-contact is told; `4xx` and connection errors are deferred on the backoff
-schedule; `5xx` fails at once. Workers run as asyncio tasks, each with its own
-transport connection; OpenPGP work runs in threads (gpg is a subprocess).
+For each claimed delivery: resolve the recipient's usable keys, seal its own
+encrypted copy of the message's signed entity, hand it to the transport, record
+the outcome. A recipient without a usable key is held (never plaintext) and the
+security contact is told; `4xx` and connection errors are deferred on the
+backoff schedule; `5xx` fails at once.
+
+Three kinds of concurrency, each sized on its own: `workers` threads run gpg
+(one per core), `connections` tasks talk SMTP so sending overlaps encryption,
+and one recorder commits outcomes in batches so the disk syncs once per batch,
+not once per copy. The list signs each message once; members differ only in
+the encryption.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -35,6 +41,7 @@ from relay.transport import Outcome, SendResult, Transport, make_transport
 log = logging.getLogger("relay.dispatch")
 
 CLAIM_BATCH = 64
+RECORD_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class Job:
     subject: str
     mail_from: str
     signer: str | None
+    received_at: datetime
     plaintext_allowed: bool
     fingerprints: tuple[str, ...]
 
@@ -76,29 +84,37 @@ class Dispatcher:
         )
         self._list_fpr = list_key(crypto).fingerprint
         self._wake = asyncio.Event()
-        self._payloads: OrderedDict[str, bytes] = OrderedDict()
+        self._signed: OrderedDict[str, asyncio.Future[bytes]] = OrderedDict()
         self._keys: dict[str, KeyInfo] = {}
+        self._payloads: OrderedDict[str, bytes] = OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._crypto_pool = ThreadPoolExecutor(
+            settings.delivery.workers, thread_name_prefix="crypto"
+        )
+        d = settings.delivery
+        self._retry = queue.Retry(d.min_backoff, d.max_backoff, d.queue_lifetime)
 
     def wake(self) -> None:
         """New work arrived (called from the event loop thread)."""
         self._wake.set()
 
-    # The loop
+    # The loops
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set; unstarted claims go back to the queue."""
         self._loop = asyncio.get_running_loop()
         work: asyncio.Queue[Job] = asyncio.Queue()
-        workers = [
-            asyncio.create_task(self._worker(work), name=f"delivery-worker-{n}")
-            for n in range(self.settings.delivery.workers)
+        outcomes: asyncio.Queue[queue.Outcome | None] = asyncio.Queue()
+        recorder = asyncio.create_task(self._recorder(outcomes), name="delivery-recorder")
+        senders = [
+            asyncio.create_task(self._sender(work, outcomes), name=f"delivery-sender-{n}")
+            for n in range(self.settings.delivery.connections)
         ]
         poll = self.settings.delivery.poll_interval.total_seconds()
         try:
             while not stop.is_set():
                 self._wake.clear()
-                if work.qsize() < self.settings.delivery.workers * 2:
+                if work.qsize() < self.settings.delivery.connections * 2:
                     jobs = await self._claim()
                     for job in jobs:
                         work.put_nowait(job)
@@ -121,37 +137,47 @@ class Dispatcher:
             # Let in-flight deliveries finish so their outcome is recorded.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(work.join(), timeout=30)
-            for task in workers:
+            for task in senders:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*senders, return_exceptions=True)
+            outcomes.put_nowait(None)
+            await recorder
+            self._crypto_pool.shutdown(wait=False)
 
     async def run_once(self) -> int:
-        """Deliver everything due now, then return how many deliveries were attempted."""
+        """Deliver everything due now by the injected clock; return the attempts made."""
         self._loop = asyncio.get_running_loop()
         done = 0
-        transports = [self._transport_factory() for _ in range(self.settings.delivery.workers)]
-        try:
-            while jobs := await self._claim():
-                pending = list(jobs)
-
-                async def drain(transport: Transport, pending: list[Job] = pending) -> None:
-                    while pending:
-                        await self._deliver(pending.pop(0), transport)
-
-                await asyncio.gather(*(drain(t) for t in transports))
-                done += len(jobs)
-        finally:
-            for transport in transports:
-                await transport.close()
+        while jobs := await self._claim():
+            work: asyncio.Queue[Job] = asyncio.Queue()
+            outcomes: asyncio.Queue[queue.Outcome | None] = asyncio.Queue()
+            for job in jobs:
+                work.put_nowait(job)
+            recorder = asyncio.create_task(self._recorder(outcomes))
+            senders = [
+                asyncio.create_task(self._sender(work, outcomes))
+                for _ in range(self.settings.delivery.connections)
+            ]
+            await work.join()
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+            outcomes.put_nowait(None)
+            await recorder
+            done += len(jobs)
         return done
 
-    async def _worker(self, work: asyncio.Queue[Job]) -> None:
+    async def _sender(
+        self, work: asyncio.Queue[Job], outcomes: asyncio.Queue[queue.Outcome | None]
+    ) -> None:
         transport = self._transport_factory()
         try:
             while True:
                 job = await work.get()
                 try:
-                    await self._deliver(job, transport)
+                    outcome = await self._deliver(job, transport)
+                    if outcome is not None:
+                        outcomes.put_nowait(outcome)
                 except Exception:
                     log.exception(
                         "delivery %s crashed; it stays leased and is retried", job.delivery_id
@@ -162,6 +188,21 @@ class Dispatcher:
                         self._wake.set()
         finally:
             await transport.close()
+
+    async def _recorder(self, outcomes: asyncio.Queue[queue.Outcome | None]) -> None:
+        """Commit outcomes in batches: whatever arrived while the last commit ran."""
+        finished = False
+        while not finished:
+            batch = [await outcomes.get()]
+            while not outcomes.empty() and len(batch) < RECORD_BATCH:
+                batch.append(outcomes.get_nowait())
+            finished = None in batch
+            ready = [o for o in batch if o is not None]
+            if ready:
+                recorded = await asyncio.to_thread(
+                    queue.record_outcomes, self.db, ready, now=self.clock(), retry=self._retry
+                )
+                await asyncio.to_thread(self._after_record, recorded)
 
     async def _claim(self) -> list[Job]:
         now = self.clock()
@@ -202,6 +243,7 @@ class Dispatcher:
                         subject=d.message.subject,
                         mail_from=d.message.mail_from,
                         signer=d.message.signer_fingerprint,
+                        received_at=d.message.received_at,
                         plaintext_allowed=d.plaintext_allowed,
                         fingerprints=fingerprints,
                     )
@@ -221,6 +263,46 @@ class Dispatcher:
                 problems.append(f"key {fpr[-16:]}: {problem}")
         return usable, (None if usable else "; ".join(problems) or "no key on file")
 
+    async def _deliver(self, job: Job, transport: Transport) -> queue.Outcome | None:
+        if not job.member_active:
+            return queue.Outcome(job.delivery_id, "permanent", "cancelled", "member is not active")
+        keys, problem = self._usable(job.fingerprints)
+        loop = asyncio.get_running_loop()
+        try:
+            if problem is not None:
+                if not job.plaintext_allowed:
+                    await asyncio.to_thread(
+                        self._hold_unreachable, job, f"no usable key: {problem}"
+                    )
+                    return None
+                data = await loop.run_in_executor(self._crypto_pool, self._plain_notice, job)
+            else:
+                copy = self._copy(job)
+                signed = await self._signed_entity(job, copy)
+                data = await loop.run_in_executor(
+                    self._crypto_pool,
+                    compose.seal,
+                    signed,
+                    copy,
+                    job.copy_message_id,
+                    self.crypto,
+                    keys,
+                )
+        except CryptoError as exc:
+            await asyncio.to_thread(self._hold_unreachable, job, f"encryption failed: {exc}")
+            return None
+        event(
+            log,
+            "decided",
+            id=job.delivery_id,
+            msg=job.message_id,
+            rcpt=job.recipient,
+            verdict="encrypt" if keys else "plain-notice",
+            keys=len(keys),
+        )
+        result = await transport.send(self.settings.list.address, job.recipient, data)
+        return _outcome(job.delivery_id, result, keys)
+
     def _payload(self, message_id: str) -> bytes:
         if message_id not in self._payloads:
             self._payloads[message_id] = self.spool.read(message_id, PAYLOAD)
@@ -228,85 +310,76 @@ class Dispatcher:
                 self._payloads.popitem(last=False)
         return self._payloads[message_id]
 
-    async def _deliver(self, job: Job, transport: Transport) -> None:
-        if not job.member_active:
-            await asyncio.to_thread(
-                queue.fail, self.db, job.delivery_id, "cancelled", "member is no longer active"
-            )
-            return
-        keys, problem = self._usable(job.fingerprints)
-        if problem is not None and not job.plaintext_allowed:
-            await asyncio.to_thread(self._hold_unreachable, job, f"no usable key: {problem}")
-            return
-        try:
-            data = await asyncio.to_thread(self._build, job, keys)
-        except CryptoError as exc:
-            await asyncio.to_thread(self._hold_unreachable, job, f"encryption failed: {exc}")
-            return
-        result = await transport.send(self.settings.list.address, job.recipient, data)
-        await asyncio.to_thread(self._record, job, result, keys)
-
-    def _build(self, job: Job, keys: list[str]) -> bytes:
+    def _copy(self, job: Job) -> compose.Copy:
+        """What every copy of the job's message shares."""
         lst = self.settings.list
-        if not keys:  # only relay notices that quote nothing reach this point
-            return compose.build_plain_notice(
-                list_address=lst.address,
-                list_id=lst.list_id_header,
-                recipient=job.recipient,
-                message_id=job.copy_message_id,
-                subject=job.subject,
-                text=self._payload(job.message_id).decode("utf-8", "replace"),
-            )
         preface = None
         if job.kind == MessageKind.POST:
             preface = (
                 f"Posted to {lst.address} by {job.mail_from or 'an authorised sender'}; "
                 f"the relay verified the OpenPGP signature of key {job.signer}.\r\n"
             )
-        copy = compose.Copy(
+        return compose.Copy(
+            list_address=lst.address,
+            list_id=lst.list_id_header,
+            to=lst.address if job.kind == MessageKind.POST else job.recipient,
+            message_id=f"<{job.message_id}@{lst.domain}>"
+            if job.kind == MessageKind.POST
+            else job.copy_message_id,
+            subject=job.subject,
+            payload=self._payload(job.message_id),
+            preface=preface,
+            date=job.received_at,
+        )
+
+    async def _signed_entity(self, job: Job, copy: compose.Copy) -> bytes:
+        """The list's signature over a message, made once and shared by its copies."""
+        key = (
+            job.message_id
+            if job.kind == MessageKind.POST
+            else f"{job.message_id}/{job.delivery_id}"
+        )
+        future = self._signed.get(key)
+        if future is None or (future.done() and future.exception() is not None):
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(
+                self._crypto_pool, compose.sign, copy, self.crypto, self._list_fpr
+            )
+            self._signed[key] = future
+            while len(self._signed) > 32:
+                self._signed.popitem(last=False)
+        return await future
+
+    def _plain_notice(self, job: Job) -> bytes:
+        lst = self.settings.list
+        return compose.build_plain_notice(
             list_address=lst.address,
             list_id=lst.list_id_header,
             recipient=job.recipient,
             message_id=job.copy_message_id,
             subject=job.subject,
-            payload=self._payload(job.message_id),
-            preface=preface,
+            text=_text_of(self._payload(job.message_id)),
         )
-        return compose.build_encrypted(copy, self.crypto, self._list_fpr, keys)
 
-    def _record(self, job: Job, result: SendResult, keys: list[str]) -> None:
-        fields = dict(id=job.delivery_id, msg=job.message_id, rcpt=job.recipient, code=result.code)
-        if result.outcome == Outcome.SENT:
-            queue.mark_sent(self.db, job.delivery_id, result.code, result.reason, keys)
-            event(log, "sent", **fields)
-            return
-        if result.outcome == Outcome.TEMPORARY:
-            d = self.settings.delivery
-            delivery = queue.defer(
-                self.db,
-                job.delivery_id,
-                result.code,
-                result.reason,
-                now=self.clock(),
-                min_backoff=d.min_backoff,
-                max_backoff=d.max_backoff,
-                lifetime=d.queue_lifetime,
-            )
-            if delivery.status == DeliveryStatus.DEFERRED:
-                event(log, "deferred", next_attempt=delivery.next_attempt_at.isoformat(), **fields)
-                return
-        else:
-            delivery = queue.fail(self.db, job.delivery_id, result.code, result.reason)
-        event(log, "failed", level=logging.WARNING, reason=delivery.last_reason, **fields)
-        if job.kind == MessageKind.POST:
-            self._notify(
-                "Delivery failed",
-                f"The copy of message {job.message_id} for {job.recipient} could not be "
-                f"delivered and was given up.\n\nCopy Message-ID: {job.copy_message_id}\n"
-                f"Last error: {result.code} {delivery.last_reason}\n\n"
-                f"Check the member's address, then run: relay queue retry {job.delivery_id}\n",
-                reason=f"delivery {job.delivery_id} failed",
-            )
+    def _after_record(self, deliveries: list[Delivery]) -> None:
+        """Log each outcome; tell the security contact about copies given up."""
+        for d in deliveries:
+            fields = dict(id=d.id, msg=d.message_id, rcpt=d.recipient, code=d.last_code)
+            if d.status == DeliveryStatus.SENT:
+                event(log, "sent", **fields)
+            elif d.status == DeliveryStatus.DEFERRED:
+                event(log, "deferred", next_attempt=d.next_attempt_at.isoformat(), **fields)
+            else:
+                event(log, "failed", level=logging.WARNING, reason=d.last_reason, **fields)
+                if d.member_id is not None:  # never a notice about a notice
+                    self._notify(
+                        "Delivery failed",
+                        f"The copy of message {d.message_id} for {d.recipient} could not be "
+                        f"delivered and was given up.\n\nCopy Message-ID: {d.copy_message_id}\n"
+                        f"Last error: {d.last_code} {d.last_reason}\n\n"
+                        f"Check the member's address, then run: relay queue retry {d.id}\n",
+                        reason=f"delivery {d.id} failed",
+                    )
 
     def _hold_unreachable(self, job: Job, reason: str) -> None:
         with self.db.transaction() as session:
@@ -345,3 +418,17 @@ class Dispatcher:
             )
         if self._loop is not None:  # called from a worker thread
             self._loop.call_soon_threadsafe(self._wake.set)
+
+
+def _outcome(delivery_id: int, result: SendResult, keys: list[str]) -> queue.Outcome:
+    kind = {Outcome.SENT: "sent", Outcome.TEMPORARY: "temporary"}.get(result.outcome, "permanent")
+    return queue.Outcome(delivery_id, kind, result.code, result.reason, tuple(keys))
+
+
+def _text_of(entity: bytes) -> str:
+    """The decoded text of a notice's text/plain entity."""
+    import email
+    import email.policy
+
+    part = email.message_from_bytes(entity, policy=email.policy.default)
+    return str(part.get_content())

@@ -198,24 +198,64 @@ def release(db: Database, delivery_ids: list[int]) -> None:
         )
 
 
-def mark_sent(db: Database, delivery_id: int, code: str, reason: str, fingerprints: list[str]):
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt came to, as reported by the transport."""
+
+    delivery_id: int
+    result: str  # "sent" | "temporary" | "permanent"
+    code: str
+    reason: str
+    fingerprints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The retry schedule: exponential backoff, given up after the queue lifetime."""
+
+    min_backoff: timedelta
+    max_backoff: timedelta
+    lifetime: timedelta
+
+
+def record_outcomes(
+    db: Database, outcomes: list[Outcome], *, now: datetime, retry: Retry
+) -> list[Delivery]:
+    """Record a batch of attempts in one transaction (one fsync for many deliveries)."""
+    recorded = []
     with db.transaction() as session:
-        delivery = session.get_one(Delivery, delivery_id)
-        delivery.status = DeliveryStatus.SENT
-        delivery.attempts += 1
-        delivery.sent_at = utcnow()
-        delivery.lease_until = None
-        delivery.last_code, delivery.last_reason = code, reason
-        delivery.fingerprints = fingerprints or None
-        audit.record(
-            session,
-            RELAY_ACTOR,
-            "delivery.sent",
-            str(delivery_id),
-            recipient=delivery.recipient,
-            code=code,
-            message=delivery.message_id,
-        )
+        for outcome in outcomes:
+            delivery = session.get_one(Delivery, outcome.delivery_id)
+            if delivery.status != DeliveryStatus.ACTIVE:
+                continue  # cancelled by an administrator meanwhile; keep that decision
+            if outcome.result == "sent":
+                mark_sent(session, delivery, outcome.code, outcome.reason, outcome.fingerprints)
+            elif outcome.result == "temporary":
+                defer(session, delivery, outcome.code, outcome.reason, now=now, retry=retry)
+            else:
+                fail(session, delivery, outcome.code, outcome.reason)
+            recorded.append(delivery)
+    return recorded
+
+
+def mark_sent(
+    session: Session, delivery: Delivery, code: str, reason: str, fingerprints: tuple[str, ...]
+) -> None:
+    delivery.status = DeliveryStatus.SENT
+    delivery.attempts += 1
+    delivery.sent_at = utcnow()
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = code, reason
+    delivery.fingerprints = list(fingerprints) or None
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "delivery.sent",
+        str(delivery.id),
+        recipient=delivery.recipient,
+        code=code,
+        message=delivery.message_id,
+    )
 
 
 def backoff(attempts: int, minimum: timedelta, maximum: timedelta) -> timedelta:
@@ -224,60 +264,48 @@ def backoff(attempts: int, minimum: timedelta, maximum: timedelta) -> timedelta:
 
 
 def defer(
-    db: Database,
-    delivery_id: int,
-    code: str,
-    reason: str,
-    *,
-    now: datetime,
-    min_backoff: timedelta,
-    max_backoff: timedelta,
-    lifetime: timedelta,
-) -> Delivery:
+    session: Session, delivery: Delivery, code: str, reason: str, *, now: datetime, retry: Retry
+) -> None:
     """A temporary failure: retry later, or fail once the queue lifetime is over."""
-    with db.transaction() as session:
-        delivery = session.get_one(Delivery, delivery_id)
-        delivery.attempts += 1
-        delivery.lease_until = None
-        delivery.last_code, delivery.last_reason = code, reason
-        if now - delivery.created_at >= lifetime:
-            delivery.status = DeliveryStatus.FAILED
-            delivery.last_reason = f"queue lifetime exceeded; last error: {reason}"
-            action = "delivery.failed"
-        else:
-            delivery.status = DeliveryStatus.DEFERRED
-            delivery.next_attempt_at = now + backoff(delivery.attempts, min_backoff, max_backoff)
-            action = "delivery.deferred"
-        audit.record(
-            session,
-            RELAY_ACTOR,
-            action,
-            str(delivery_id),
-            recipient=delivery.recipient,
-            code=code,
-            attempts=delivery.attempts,
-            message=delivery.message_id,
-        )
-        return delivery
-
-
-def fail(db: Database, delivery_id: int, code: str, reason: str) -> Delivery:
-    with db.transaction() as session:
-        delivery = session.get_one(Delivery, delivery_id)
+    delivery.attempts += 1
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = code, reason
+    if now - delivery.created_at >= retry.lifetime:
         delivery.status = DeliveryStatus.FAILED
-        delivery.attempts += 1
-        delivery.lease_until = None
-        delivery.last_code, delivery.last_reason = code, reason
-        audit.record(
-            session,
-            RELAY_ACTOR,
-            "delivery.failed",
-            str(delivery_id),
-            recipient=delivery.recipient,
-            code=code,
-            message=delivery.message_id,
+        delivery.last_reason = f"queue lifetime exceeded; last error: {reason}"
+        action = "delivery.failed"
+    else:
+        delivery.status = DeliveryStatus.DEFERRED
+        delivery.next_attempt_at = now + backoff(
+            delivery.attempts, retry.min_backoff, retry.max_backoff
         )
-        return delivery
+        action = "delivery.deferred"
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        action,
+        str(delivery.id),
+        recipient=delivery.recipient,
+        code=code,
+        attempts=delivery.attempts,
+        message=delivery.message_id,
+    )
+
+
+def fail(session: Session, delivery: Delivery, code: str, reason: str) -> None:
+    delivery.status = DeliveryStatus.FAILED
+    delivery.attempts += 1
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = code, reason
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "delivery.failed",
+        str(delivery.id),
+        recipient=delivery.recipient,
+        code=code,
+        message=delivery.message_id,
+    )
 
 
 def hold(session: Session, delivery: Delivery, reason: str) -> None:
@@ -341,5 +369,158 @@ def cancel_member(session: Session, member_id: int, actor: str, reason: str) -> 
     if count:
         audit.record(
             session, actor, "delivery.cancelled", f"member:{member_id}", count=count, reason=reason
+        )
+    return count
+
+
+# Advisory notices and embargo holds
+
+# `last_code` of a delivery held only because its advisory is under embargo.
+EMBARGO_HOLD = "embargo"
+
+
+def enqueue_list_notice(
+    session: Session,
+    spool: Spool,
+    *,
+    subject: str,
+    text: str,
+    list_domain: str,
+    reason: str,
+    advisory_id: str | None = None,
+) -> tuple[str, int]:
+    """Queue a relay notice to every active member, encrypted like a post, in the caller's
+    transaction; returns the message id and the number of deliveries."""
+    members = session.execute(
+        select(Member.id, Member.address)
+        .where(Member.state == MemberState.ACTIVE)
+        .order_by(Member.id)
+    ).all()
+    message_id = _queue_text(
+        session,
+        spool,
+        recipients=[(address, member_id) for member_id, address in members],
+        subject=subject,
+        text=text,
+        list_domain=list_domain,
+        advisory_id=advisory_id,
+        plaintext_allowed=False,
+    )
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "notice.queued",
+        message_id,
+        reason=reason,
+        advisory=advisory_id,
+        deliveries=len(members),
+    )
+    return message_id, len(members)
+
+
+def enqueue_advisory_notice(
+    session: Session,
+    spool: Spool,
+    *,
+    recipients: Iterable[str],
+    subject: str,
+    text: str,
+    list_domain: str,
+    reason: str,
+    advisory_id: str,
+    plaintext_allowed: bool = False,
+) -> str:
+    """Queue a notice about an advisory to addresses that are not members (senders, the
+    security contact, public announcement lists), in the caller's transaction.
+
+    Unless `plaintext_allowed`, a recipient without a usable key is held, never sent
+    in the clear: only a lifted advisory's public text may travel unencrypted.
+    """
+    addresses = list(dict.fromkeys(r.lower() for r in recipients))
+    message_id = _queue_text(
+        session,
+        spool,
+        recipients=[(address, None) for address in addresses],
+        subject=subject,
+        text=text,
+        list_domain=list_domain,
+        advisory_id=advisory_id,
+        plaintext_allowed=plaintext_allowed,
+    )
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "notice.queued",
+        message_id,
+        reason=reason,
+        advisory=advisory_id,
+        deliveries=len(addresses),
+        plaintext_allowed=plaintext_allowed,
+    )
+    return message_id
+
+
+def _queue_text(
+    session: Session,
+    spool: Spool,
+    *,
+    recipients: list[tuple[str, int | None]],
+    subject: str,
+    text: str,
+    list_domain: str,
+    advisory_id: str | None,
+    plaintext_allowed: bool,
+) -> str:
+    message_id = new_id()
+    payload = _text_entity(text)
+    spool.write(message_id, PAYLOAD, payload)
+    session.add(
+        Message(
+            id=message_id,
+            kind=MessageKind.NOTICE,
+            subject=subject,
+            size=len(payload),
+            sha256=hashlib.sha256(payload).hexdigest(),
+            advisory_id=advisory_id,
+        )
+    )
+    for address, member_id in recipients:
+        session.add(
+            Delivery(
+                message_id=message_id,
+                member_id=member_id,
+                recipient=address,
+                plaintext_allowed=plaintext_allowed,
+                copy_message_id=copy_message_id(list_domain),
+                advisory_id=advisory_id,
+            )
+        )
+    return message_id
+
+
+def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> int:
+    """At the lift: deliveries held only because of the embargo go back to the queue."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.advisory_id == advisory_id,
+            Delivery.status == DeliveryStatus.HELD,
+            Delivery.last_code == EMBARGO_HOLD,
+        )
+        .values(
+            status=DeliveryStatus.QUEUED,
+            next_attempt_at=now,
+            last_reason="released at the lift of the embargo",
+        )
+    )
+    count = result.rowcount or 0
+    if count:
+        audit.record(
+            session,
+            RELAY_ACTOR,
+            "delivery.released",
+            f"advisory:{advisory_id}",
+            count=count,
+            reason="embargo lifted",
         )
     return count

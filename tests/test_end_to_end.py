@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from relay.models import Delivery, DeliveryStatus, Message, MessageKind
 from tests.support.keys import KeyFactory
-from tests.support.mail import decoded_text, pgp_mime_signed, text_entity
+from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import CONTACT, LIST, RelayHome, RelayThread
 from tests.support.smtpsink import SmtpSink
 
@@ -88,23 +88,20 @@ def test_signed_advisory_reaches_every_member_encrypted_to_that_member_alone(
             assert line.encode() not in data
         outer = email.message_from_bytes(data, policy=email.policy.default)
         assert outer["Subject"] == "[...]"
-        assert outer["To"] == member.address
+        assert outer["To"] == LIST  # the member is only the envelope recipient
         assert outer.get_content_type() == "multipart/encrypted"
         for other in members:
             if other is not member:
                 assert other.address.encode() not in data
-        plaintext, status = home.client(member).decrypt(data)
-        codes = [s[0] for s in status]
-        assert "DECRYPTION_OKAY" in codes
-        assert [s[-1] for s in status if s[0] == "VALIDSIG"] == [home.list_fpr]
-        inner = email.message_from_bytes(plaintext, policy=email.policy.default)
-        assert inner["Subject"] == SUBJECT
-        assert "intercept traffic of other tenants" in decoded_text(plaintext)
+        opened = OpenedCopy(home.client(member), data)
+        assert opened.decrypted
+        assert opened.signer == home.list_fpr
+        assert opened.root["Subject"] == SUBJECT
+        assert "intercept traffic of other tenants" in opened.text
         message_ids.add(outer["Message-ID"])
         # Another member's key alone cannot read this copy.
         other = members[(members.index(member) + 1) % 3]
-        _, other_status = home.client(other).decrypt(data)
-        assert "DECRYPTION_OKAY" not in [s[0] for s in other_status]
+        assert not OpenedCopy(home.client(other), data).decrypted
     assert len(message_ids) == 3
 
     with home.db.transaction() as s:
@@ -141,9 +138,9 @@ def test_member_without_usable_key_gets_nothing_and_the_contact_is_told(
     assert rcpts == sorted([CONTACT, good.address])
     assert all(b"keyless" not in m.data or m.rcpt_tos == (CONTACT,) for m in received)
     notice = next(m for m in received if m.rcpt_tos == (CONTACT,))
-    plaintext, status = home.client(contact).decrypt(notice.data)
-    assert "DECRYPTION_OKAY" in [s[0] for s in status]
-    text = decoded_text(plaintext)
+    opened = OpenedCopy(home.client(contact), notice.data)
+    assert opened.signer == home.list_fpr
+    text = opened.text
     assert "security@keyless.example" in text and "no usable key" in text
     assert "intercept traffic" not in text and "CVE-2026-99999" not in text
     with home.db.transaction() as s:
@@ -176,8 +173,12 @@ async def _raw_post(port: int, data: bytes) -> tuple[int, str]:
 
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     await reader.readline()
-    for command in (b"HELO client.example\r\n", b"MAIL FROM:<src@example.org>\r\n",
-                    f"RCPT TO:<{LIST}>\r\n".encode(), b"DATA\r\n"):
+    for command in (
+        b"HELO client.example\r\n",
+        b"MAIL FROM:<src@example.org>\r\n",
+        f"RCPT TO:<{LIST}>\r\n".encode(),
+        b"DATA\r\n",
+    ):
         writer.write(command)
         await writer.drain()
         await reader.readline()

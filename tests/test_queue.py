@@ -111,14 +111,14 @@ def test_defer_schedules_retry_then_fails_after_lifetime(db, spool):
     _accept(db, spool)
     now = datetime.now(UTC)
     (did, *_) = queue.claim_due(db, now, 10, timedelta(minutes=10))
-    kwargs = dict(
-        min_backoff=timedelta(minutes=5), max_backoff=timedelta(hours=1), lifetime=timedelta(days=5)
-    )
-    deferred = queue.defer(db, did, "451", "try later", now=now, **kwargs)
+    retry = queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
+    outcome = queue.Outcome(did, "temporary", "451", "try later")
+    (deferred,) = queue.record_outcomes(db, [outcome], now=now, retry=retry)
     assert deferred.status == DeliveryStatus.DEFERRED
     assert deferred.next_attempt_at == now + timedelta(minutes=5)
     late = now + timedelta(days=5, seconds=1)
-    failed = queue.defer(db, did, "451", "try later", now=late, **kwargs)
+    assert did in queue.claim_due(db, late, 10, timedelta(minutes=10))
+    (failed,) = queue.record_outcomes(db, [outcome], now=late, retry=retry)
     assert failed.status == DeliveryStatus.FAILED
     assert "lifetime" in failed.last_reason
 
@@ -127,7 +127,10 @@ def test_retry_requeues_held_but_refuses_sent_and_unknown(db, spool):
     _accept(db, spool)
     now = datetime.now(UTC)
     a, b, _ = sorted(queue.claim_due(db, now, 10, timedelta(minutes=10)))
-    queue.mark_sent(db, a, "250", "ok", ["F" * 40])
+    retry = queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
+    queue.record_outcomes(
+        db, [queue.Outcome(a, "sent", "250", "ok", ("F" * 40,))], now=now, retry=retry
+    )
     with db.transaction() as s:
         queue.hold(s, s.get_one(Delivery, b), "no usable key")
     with db.transaction() as s:
@@ -147,3 +150,20 @@ def test_cancel_member_stops_its_pending_deliveries(db, spool):
         statuses = {d.recipient: d.status for d in s.execute(select(Delivery)).scalars()}
     assert statuses["m1@example.net"] == DeliveryStatus.FAILED
     assert statuses["m0@example.net"] == DeliveryStatus.QUEUED
+
+
+def test_outcome_for_a_cancelled_delivery_does_not_undo_the_cancel(db, spool):
+    _accept(db, spool)
+    now = datetime.now(UTC)
+    ids = queue.claim_due(db, now, 10, timedelta(minutes=10))
+    with db.transaction() as s:
+        member = s.execute(select(Member).where(Member.address == "m0@example.net")).scalar_one()
+        queue.cancel_member(s, member.id, "cli:test", "removed")
+    retry = queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
+    recorded = queue.record_outcomes(
+        db, [queue.Outcome(i, "sent", "250", "ok") for i in ids], now=now, retry=retry
+    )
+    assert len(recorded) == 2
+    with db.transaction() as s:
+        statuses = {d.recipient: d.status for d in s.execute(select(Delivery)).scalars()}
+    assert statuses["m0@example.net"] == DeliveryStatus.FAILED
