@@ -89,7 +89,10 @@ class SmtpSettings(_Section):
 class DeliverySettings(_Section):
     smarthost: str | None = None
     outbox: Path | None = None
+    # Concurrent OpenPGP jobs (gpg processes): one per core is the sweet spot.
     workers: int = Field(2, ge=1, le=32)
+    # Concurrent SMTP sessions to the next hop, so sending overlaps encryption.
+    connections: int = Field(4, ge=1, le=64)
     min_backoff: Duration = timedelta(minutes=5)
     max_backoff: Duration = timedelta(hours=4)
     queue_lifetime: Duration = timedelta(days=5)
@@ -133,12 +136,42 @@ class GnupgSettings(_Section):
     binary: str = "gpg"
 
 
+class EmbargoSettings(_Section):
+    # The list's timing rules (a policies/*.toml file); none: no timing rules.
+    policy: Path | None = None
+    # Where an advisory's public text goes at its lift (plaintext, and only then).
+    public_addresses: tuple[Address, ...] = ()
+    # Reminders to the SRC senders and the security contact, this long before a lift.
+    reminders: tuple[Duration, ...] = (timedelta(hours=48), timedelta(hours=1))
+    # Warn when an embargoed advisory still has no lift time this long after it was created.
+    missing_lift_warning_after: Duration = timedelta(days=3)
+    # How often the scheduler re-reads the database (changes made by another process).
+    check_interval: Duration = timedelta(minutes=1)
+
+    @field_validator("reminders")
+    @classmethod
+    def _reminders(cls, value: tuple[timedelta, ...]) -> tuple[timedelta, ...]:
+        if any(offset <= timedelta(0) for offset in value):
+            raise ValueError("reminder offsets must be longer than zero")
+        if len(set(value)) != len(value):
+            raise ValueError("reminder offsets must differ from each other")
+        return tuple(sorted(value, reverse=True))
+
+    @field_validator("missing_lift_warning_after", "check_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+
 class Settings(_Section):
     list: ListSettings
     smtp: SmtpSettings = SmtpSettings()
     delivery: DeliverySettings
     storage: StorageSettings = StorageSettings()
     gnupg: GnupgSettings = GnupgSettings()
+    embargo: EmbargoSettings = EmbargoSettings()
     source: Path | None = None
 
 
@@ -185,9 +218,13 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
     delivery = settings.delivery
     if delivery.outbox is not None:
         delivery = delivery.model_copy(update={"outbox": _resolve(base, delivery.outbox)})
+    embargo = settings.embargo
+    if embargo.policy is not None:
+        embargo = embargo.model_copy(update={"policy": _resolve(base, embargo.policy)})
     return settings.model_copy(
         update={
             "delivery": delivery,
+            "embargo": embargo,
             "storage": settings.storage.model_copy(
                 update={
                     "database_url": _resolve_database_url(base, settings.storage.database_url),

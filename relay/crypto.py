@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -195,6 +196,7 @@ class GnuPG:
         except (OSError, ValueError, RuntimeError) as exc:
             raise CryptoError(f"cannot run GnuPG ({binary}): {exc}") from None
         self._gpg.encoding = "utf-8"
+        self._listing: tuple[tuple[int, int], float, list[KeyInfo]] | None = None
 
     @staticmethod
     def version_text(binary: str = "gpg") -> str:
@@ -241,8 +243,24 @@ class GnuPG:
         return _key_from_listing(matches[0], secret)
 
     def list_keys(self) -> list[KeyInfo]:
-        secret = {k["fingerprint"] for k in self._gpg.list_keys(secret=True)}
-        return [_key_from_listing(k, k["fingerprint"] in secret) for k in self._gpg.list_keys()]
+        """All keys; cached while the keyring file is unchanged (at most a minute)."""
+        stamp = self._keyring_stamp()
+        now = time.monotonic()
+        if self._listing is None or self._listing[0] != stamp or now - self._listing[1] > 60:
+            secret = {k["fingerprint"] for k in self._gpg.list_keys(secret=True)}
+            keys = [_key_from_listing(k, k["fingerprint"] in secret) for k in self._gpg.list_keys()]
+            self._listing = (stamp, now, keys)
+        return list(self._listing[2])
+
+    def _keyring_stamp(self) -> tuple[int, int]:
+        stamps = []
+        for name in ("pubring.kbx", "pubring.gpg", "private-keys-v1.d"):
+            try:
+                info = (self.home / name).stat()
+            except FileNotFoundError:
+                continue
+            stamps.append((info.st_mtime_ns, info.st_size))
+        return tuple(stamps)  # type: ignore[return-value]
 
     def export_public(self, fingerprint: str) -> bytes:
         data = self._gpg.export_keys(fingerprint, armor=True)
@@ -313,19 +331,29 @@ class GnuPG:
             sign=signer,
             always_trust=True,
             armor=True,
+            extra_args=["--local-user", f"{signer}!"],
         )
         status = _status(result.stderr)
         keywords = {s[0] for s in status}
-        if not result.ok or "END_ENCRYPTION" not in keywords or "SIG_CREATED" not in keywords:
+        if not result.ok or "END_ENCRYPTION" not in keywords or not _signed_by(status, signer):
             problem = result.status or "unknown error"
             raise CryptoError(f"signing and encryption failed: {problem}")
         return bytes(result.data)
 
     def sign_detached(self, data: bytes, signer: str) -> tuple[bytes, str]:
         """An armoured detached signature and its RFC 3156 micalg (from gpg's SIG_CREATED)."""
-        result = self._gpg.sign(data, keyid=signer, detach=True, clearsign=False)
-        created = [s for s in _status(result.stderr) if s[0] == "SIG_CREATED"]
-        if len(created) != 1 or len(created[0]) < 4 or not result.data:
+        # --local-user with "!" makes gpg use exactly this key or fail; python-gnupg's own
+        # --default-key would silently fall back to another secret key.
+        result = self._gpg.sign(
+            data,
+            keyid=signer,
+            detach=True,
+            clearsign=False,
+            extra_args=["--local-user", f"{signer}!"],
+        )
+        status = _status(result.stderr)
+        created = [s for s in status if s[0] == "SIG_CREATED"]
+        if len(created) != 1 or not _signed_by(status, signer) or not result.data:
             raise CryptoError(f"signing failed: {result.status or 'unknown error'}")
         micalg = _MICALG.get(int(created[0][3]))
         if micalg is None:
@@ -344,9 +372,22 @@ class GnuPG:
         return bytes(result.data)
 
 
+def _signed_by(status: list[list[str]], signer: str) -> bool:
+    """gpg made exactly one signature, and with the key asked for."""
+    created = [s for s in status if s[0] == "SIG_CREATED"]
+    return len(created) == 1 and len(created[0]) >= 7 and created[0][6].upper() == signer.upper()
+
+
 # RFC 4880 §9.4 hash numbers, as gpg reports them in SIG_CREATED, to RFC 3156 micalg names.
-_MICALG = {1: "pgp-md5", 2: "pgp-sha1", 3: "pgp-ripemd160", 8: "pgp-sha256", 9: "pgp-sha384",
-           10: "pgp-sha512", 11: "pgp-sha224"}
+_MICALG = {
+    1: "pgp-md5",
+    2: "pgp-sha1",
+    3: "pgp-ripemd160",
+    8: "pgp-sha256",
+    9: "pgp-sha384",
+    10: "pgp-sha512",
+    11: "pgp-sha224",
+}
 
 
 def prepare_home(home: Path) -> None:

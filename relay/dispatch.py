@@ -34,7 +34,7 @@ from relay.db import Database
 from relay.errors import CryptoError
 from relay.keystore import list_key, sender_by_address
 from relay.logs import event
-from relay.models import Delivery, DeliveryStatus, MemberState, MessageKind, utcnow
+from relay.models import Delivery, DeliveryStatus, Member, MemberState, MessageKind, utcnow
 from relay.spool import PAYLOAD, Spool
 from relay.transport import Outcome, SendResult, Transport, make_transport
 
@@ -221,7 +221,10 @@ class Dispatcher:
             rows = session.execute(
                 select(Delivery)
                 .where(Delivery.id.in_(ids))
-                .options(selectinload(Delivery.message), selectinload(Delivery.member))
+                .options(
+                    selectinload(Delivery.message),
+                    selectinload(Delivery.member).selectinload(Member.keys),
+                )
                 .order_by(Delivery.id)
             ).scalars()
             for d in rows:

@@ -138,6 +138,8 @@ class Message(Base):
     subject: Mapped[str] = mapped_column(Text, default="")
     size: Mapped[int] = mapped_column(Integer, default=0)
     sha256: Mapped[str] = mapped_column(String(64))
+    # The advisory the post (or the relay's notice about it) belongs to.
+    advisory_id: Mapped[str | None] = mapped_column(ForeignKey("advisories.id"), index=True)
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="message")
 
 
@@ -168,6 +170,8 @@ class Delivery(Base):
     fingerprints: Mapped[list[str] | None] = mapped_column(JSON)
     last_code: Mapped[str | None] = mapped_column(String(16))
     last_reason: Mapped[str | None] = mapped_column(Text)
+    # Copied from the message so per-advisory questions need no join (who got what).
+    advisory_id: Mapped[str | None] = mapped_column(ForeignKey("advisories.id"), index=True)
     message: Mapped[Message] = relationship(back_populates="deliveries")
     member: Mapped[Member | None] = relationship()
 
@@ -183,3 +187,44 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     subject: Mapped[str] = mapped_column(String(320), index=True)
     detail: Mapped[dict | None] = mapped_column(JSON)
+
+
+class AdvisoryState(enum.StrEnum):
+    EMBARGOED = "embargoed"  # under embargo until lift_at (which may be unset while agreed)
+    LIFTED = "lifted"  # public; terminal
+    CANCELLED = "cancelled"  # withdrawn without a lift; terminal
+
+
+class Advisory(Base):
+    """One embargoed issue: every post belongs to one. History lives in audit_events."""
+
+    __tablename__ = "advisories"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), default=AdvisoryState.EMBARGOED, index=True)
+    lift_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Sent in plaintext to the public addresses at the lift, and only if public_release.
+    public_text: Mapped[str | None] = mapped_column(Text)
+    public_release: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AdvisoryReminder(Base):
+    """A reminder or warning already queued; the unique key makes each one go out once.
+
+    `due_at` is part of the key, so moving a lift brings its reminders back.
+    """
+
+    __tablename__ = "advisory_reminders"
+    __table_args__ = (UniqueConstraint("advisory_id", "kind", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(ForeignKey("advisories.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    message_id: Mapped[str | None] = mapped_column(String(32))

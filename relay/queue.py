@@ -224,8 +224,12 @@ def record_outcomes(
     """Record a batch of attempts in one transaction (one fsync for many deliveries)."""
     recorded = []
     with db.transaction() as session:
+        rows = session.execute(
+            select(Delivery).where(Delivery.id.in_([o.delivery_id for o in outcomes]))
+        ).scalars()
+        by_id = {d.id: d for d in rows}
         for outcome in outcomes:
-            delivery = session.get_one(Delivery, outcome.delivery_id)
+            delivery = by_id[outcome.delivery_id]
             if delivery.status != DeliveryStatus.ACTIVE:
                 continue  # cancelled by an administrator meanwhile; keep that decision
             if outcome.result == "sent":

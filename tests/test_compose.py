@@ -2,7 +2,10 @@
 
 Real gpg throughout: the relay's own GnuPG home holds the list key; each member
 decrypts in a separate home holding only their own secret key and the list's
-public key. The numbered checks are those of message-format.md §6.
+public key. A copy is signed, then encrypted (RFC 3156 §6.1), so each check of
+message-format.md §6 is made on the layer that carries it: the encryption
+(who can read it), the multipart/signed inside (who vouches for it, verified
+from the raw byte slice), the protected root, and the outer bytes.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import base64
 import quopri
 import re
+import tempfile
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.header import Header
@@ -24,14 +28,20 @@ from relay.compose import (
     build_encrypted,
     build_encrypted_notice,
     build_plain_notice,
+    seal,
+    sign,
 )
 from relay.crypto import GnuPG
 from relay.errors import CryptoError
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.keys import TestKey as Key
+from tests.support.mail import OpenedCopy
 
 LIST = "distributors@example.org"
 LIST_ID = "Distributors <distributors.example.org>"
+MESSAGE_ID = "<c0ffee.1@example.org>"
+ALICE_COPY_ID = "<c0ffee.1.alice@example.org>"
+BOB_COPY_ID = "<c0ffee.1.bob@example.org>"
 SUBJECT = "CVE-2026-4242: Überlauf im kube-apiserver, embargoed until Thursday"
 BODY = "The kubelet trusts a forged node lease; patch attached. Keep this embargoed."
 POSTER = "reporter@vendor.example"
@@ -47,6 +57,8 @@ PAYLOAD = (
     ".a line starting with a dot\r\n"
 ).encode()
 STRUCTURAL = {"mime-version", "content-type"}
+# RFC 4880 §9.4 hash numbers (VALIDSIG field 8) to RFC 3156 micalg names.
+MICALG = {"2": "pgp-sha1", "8": "pgp-sha256", "9": "pgp-sha384", "10": "pgp-sha512"}
 
 
 class Relay:
@@ -87,8 +99,8 @@ def make_copy(**overrides: object) -> Copy:
     fields: dict = dict(
         list_address=LIST,
         list_id=LIST_ID,
-        recipient="alice@example.net",
-        message_id="<c0ffee.1@example.org>",
+        to=LIST,
+        message_id=MESSAGE_ID,
         subject=SUBJECT,
         payload=PAYLOAD,
         preface=f"Signed by {POSTER}, signature verified.",
@@ -101,23 +113,57 @@ def make_copy(**overrides: object) -> Copy:
 
 
 @pytest.fixture(scope="module")
-def wire(relay: Relay, alice: Key) -> bytes:
-    return build_encrypted(make_copy(), relay.crypto, relay.fingerprint, [alice.fingerprint])
+def signed(relay: Relay) -> bytes:
+    """The one multipart/signed entity the whole fan-out shares."""
+    return sign(make_copy(), relay.crypto, relay.fingerprint)
 
 
-def armoured(wire: bytes) -> bytes:
-    outer = message_from_bytes(wire, policy=policy.default)
-    return outer.get_payload()[1].get_payload(decode=True)
+@pytest.fixture(scope="module")
+def wire(signed: bytes, relay: Relay, alice: Key) -> bytes:
+    return seal(signed, make_copy(), ALICE_COPY_ID, relay.crypto, [alice.fingerprint])
 
 
-def decrypt(ring: Keyring, wire: bytes) -> tuple[bytes, list[list[str]]]:
-    return ring.decrypt(armoured(wire))
+@pytest.fixture(scope="module")
+def bob_wire(signed: bytes, relay: Relay, bob: Key) -> bytes:
+    return seal(signed, make_copy(), BOB_COPY_ID, relay.crypto, [bob.fingerprint])
 
 
-def encryption_subkeys(ring: Keyring, fingerprint: str) -> set[str]:
+@pytest.fixture(scope="module")
+def opened(wire: bytes, alice_ring: Keyring) -> OpenedCopy:
+    return OpenedCopy(alice_ring, wire)
+
+
+def keywords(status: list[list[str]]) -> list[str]:
+    return [line[0] for line in status]
+
+
+def encryption_subkeys(ring: Keyring, fingerprint: str) -> list[str]:
     listing, _ = ring.status(["--with-colons", "--list-keys", fingerprint], b"")
     rows = [line.split(":") for line in listing.decode().splitlines()]
-    return {row[4] for row in rows if row[0] == "sub" and "e" in row[11]}
+    return sorted(row[4] for row in rows if row[0] == "sub" and "e" in row[11])
+
+
+def signature_of(copy: OpenedCopy) -> bytes:
+    return copy.signed.get_payload()[1].get_payload(decode=True)
+
+
+def verify(ring: Keyring, data: bytes, signature: bytes) -> list[list[str]]:
+    """gpg --verify of a detached signature over exactly `data`, as the member."""
+    with tempfile.NamedTemporaryFile(suffix=".asc") as sig:
+        sig.write(signature)
+        sig.flush()
+        _, status = ring.status(["--verify", sig.name, "-"], data)
+    return status
+
+
+def shared_outer(wire: bytes) -> list[str]:
+    """The non-structural outer fields every copy shares: all but the copy's Message-ID."""
+    outer = message_from_bytes(wire, policy=policy.default)
+    return [
+        f"{name}: {value}"
+        for name, value in outer.items()
+        if name.lower() not in STRUCTURAL and name != "Message-ID"
+    ]
 
 
 def text_of(part: EmailMessage) -> str:
@@ -125,34 +171,62 @@ def text_of(part: EmailMessage) -> str:
     return part.get_content().replace("\r\n", "\n")
 
 
-def inner_of(ring: Keyring, wire: bytes) -> tuple[bytes, EmailMessage]:
-    plaintext, status = decrypt(ring, wire)
-    assert ["DECRYPTION_OKAY"] in status
-    return plaintext, message_from_bytes(plaintext, policy=policy.default)
+# 1: who can read it
 
 
-# 1 and 2: who can read it, who signed it
-
-
-def test_copy_decrypts_for_the_member_only_and_is_signed_by_the_list(
-    wire: bytes, alice_ring: Keyring, alice: Key, relay: Relay
+def test_copy_decrypts_with_the_members_key_alone(
+    opened: OpenedCopy, alice: Key, alice_ring: Keyring
 ) -> None:
-    _, status = decrypt(alice_ring, wire)
-    keywords = [line[0] for line in status]
-    assert "DECRYPTION_OKAY" in keywords
-    assert {"BADSIG", "ERRSIG", "DECRYPTION_FAILED"}.isdisjoint(keywords)
-    enc_to = [line[1] for line in status if line[0] == "ENC_TO"]
-    assert enc_to == sorted(encryption_subkeys(alice_ring, alice.fingerprint))
-    (validsig,) = [line for line in status if line[0] == "VALIDSIG"]
-    assert validsig[-1] == relay.fingerprint
+    assert opened.decrypted
+    assert "DECRYPTION_FAILED" not in keywords(opened.decrypt_status)
+    assert sorted(opened.enc_to) == encryption_subkeys(alice_ring, alice.fingerprint)
+    # Signed, then encrypted (§6.1): the encryption layer itself carries no signature.
+    assert {"NEWSIG", "GOODSIG", "VALIDSIG"}.isdisjoint(keywords(opened.decrypt_status))
 
 
 def test_another_member_cannot_decrypt_the_copy(wire: bytes, bob_ring: Keyring) -> None:
-    plaintext, status = decrypt(bob_ring, wire)
-    keywords = [line[0] for line in status]
-    assert "DECRYPTION_OKAY" not in keywords
-    assert "NO_SECKEY" in keywords
-    assert plaintext == b""
+    other = OpenedCopy(bob_ring, wire)
+    assert not other.decrypted
+    assert "NO_SECKEY" in keywords(other.decrypt_status)
+    assert other.signer is None and other.root_bytes == b""
+
+
+# 2: who vouches for it
+
+
+def test_decrypted_content_is_multipart_signed_with_a_matching_micalg(
+    opened: OpenedCopy,
+) -> None:
+    assert opened.signed.get_content_type() == "multipart/signed"
+    assert opened.signed.get_param("protocol") == "application/pgp-signature"
+    content, signature = opened.signed.get_payload()
+    assert content.get_content_type() == "multipart/mixed"
+    assert signature.get_content_type() == "application/pgp-signature"
+    armour = signature.get_payload(decode=True)
+    assert armour.count(b"-----BEGIN PGP SIGNATURE-----") == 1
+    assert armour.strip().endswith(b"-----END PGP SIGNATURE-----")
+    (validsig,) = [line for line in opened.verify_status if line[0] == "VALIDSIG"]
+    assert opened.micalg == MICALG[validsig[8]]
+
+
+def test_signed_root_verifies_from_the_raw_slice_as_the_list_key(
+    opened: OpenedCopy, relay: Relay
+) -> None:
+    assert {"BADSIG", "ERRSIG"}.isdisjoint(keywords(opened.verify_status))
+    assert opened.signer == relay.fingerprint
+    # The root as the email package would re-serialise it is not what was signed.
+    assert opened.root.as_bytes(policy=policy.SMTP) != opened.root_bytes
+
+
+def test_a_tampered_root_fails_verification(opened: OpenedCopy, alice_ring: Keyring) -> None:
+    signature = signature_of(opened)
+    assert "VALIDSIG" in keywords(verify(alice_ring, opened.root_bytes, signature))
+    at = opened.root_bytes.index(BODY.encode())
+    flipped = bytes([opened.root_bytes[at] ^ 0x01])
+    tampered = opened.root_bytes[:at] + flipped + opened.root_bytes[at + 1 :]
+    status = keywords(verify(alice_ring, tampered, signature))
+    assert "VALIDSIG" not in status and "GOODSIG" not in status
+    assert "BADSIG" in status
 
 
 # 3: the outer MIME structure
@@ -173,46 +247,46 @@ def test_outer_is_pgp_mime_with_only_the_allowed_fields(wire: bytes) -> None:
         ["From", "To", "Subject", "Date", "Message-ID", "List-Id", "MIME-Version", "Content-Type"]
     )
     assert outer["From"] == LIST
-    assert outer["To"] == "alice@example.net"
+    assert outer["To"] == LIST  # members are envelope recipients only
     assert outer["List-Id"] == LIST_ID
-    assert outer["Message-ID"] == "<c0ffee.1@example.org>"
+    assert outer["Message-ID"] == ALICE_COPY_ID
+    assert outer["Subject"] == OBSCURED_SUBJECT
 
 
 # 4: the protected headers inside
 
 
-def test_inner_root_carries_the_real_headers_and_hp_outer_lines(
-    wire: bytes, alice_ring: Keyring
-) -> None:
+def test_root_carries_the_real_headers_and_hp_outer_lines(wire: bytes, opened: OpenedCopy) -> None:
     outer = message_from_bytes(wire, policy=policy.default)
-    _, inner = inner_of(alice_ring, wire)
-    assert inner.get_content_type() == "multipart/mixed"
-    assert inner.get_param("hp") == "cipher"
-    assert inner.get_param("protected-headers") == "v1"
-    assert inner["Subject"] == SUBJECT
-    for name in ("From", "To", "Date", "Message-ID", "List-Id"):
-        assert inner[name] == outer[name]
-    assert inner["In-Reply-To"] == "<thread-start@vendor.example>"
-    assert inner["X-Embargo-Until"] == "2026-05-07T16:00:00Z"
-    sent_outside = [f"{k}: {v}" for k, v in outer.items() if k.lower() not in STRUCTURAL]
-    assert inner.get_all("HP-Outer") == sent_outside
-    assert f"Subject: {OBSCURED_SUBJECT}" in sent_outside
+    root = opened.root
+    assert root.get_content_type() == "multipart/mixed"
+    assert root.get_param("hp") == "cipher"
+    assert root.get_param("protected-headers") == "v1"
+    assert root["Subject"] == SUBJECT
+    for name in ("From", "To", "Date", "List-Id"):
+        assert root[name] == outer[name]
+    # Inside: the message's own ID, the same for every member; outside: this copy's.
+    assert root["Message-ID"] == MESSAGE_ID
+    assert root["In-Reply-To"] == "<thread-start@vendor.example>"
+    assert root["X-Embargo-Until"] == "2026-05-07T16:00:00Z"
+    assert root.get_all("HP-Outer") == shared_outer(wire)
+    assert f"Subject: {OBSCURED_SUBJECT}" in root.get_all("HP-Outer")
 
 
-def test_preface_comes_first_and_the_payload_last(wire: bytes, alice_ring: Keyring) -> None:
-    _, inner = inner_of(alice_ring, wire)
-    preface, payload = inner.get_payload()
+def test_preface_comes_first_and_the_payload_last(opened: OpenedCopy) -> None:
+    preface, payload = opened.root.get_payload()
     assert preface.get_content_type() == "text/plain"
     assert text_of(preface) == f"Signed by {POSTER}, signature verified.\n"
     assert BODY in payload.get_content()
+    assert BODY in opened.text
 
 
-def test_payload_bytes_are_carried_unchanged(wire: bytes, alice_ring: Keyring) -> None:
-    plaintext, inner = inner_of(alice_ring, wire)
-    boundary = inner.get_boundary().encode()
-    last = plaintext.rsplit(b"--" + boundary + b"\r\n", 1)[1]
-    assert last.endswith(b"\r\n--" + boundary + b"--\r\n")
-    assert last[: -len(b"\r\n--" + boundary + b"--\r\n")] == PAYLOAD
+def test_payload_bytes_are_carried_unchanged(opened: OpenedCopy) -> None:
+    boundary = opened.root.get_boundary().encode()
+    last = opened.root_bytes.rsplit(b"--" + boundary + b"\r\n", 1)[1]
+    closing = b"\r\n--" + boundary + b"--"
+    assert last.endswith(closing)
+    assert last[: -len(closing)] == PAYLOAD
     # The check above would fail had the email package re-serialised the entity.
     reparsed = message_from_bytes(PAYLOAD, policy=policy.SMTP)
     assert reparsed.as_bytes() != PAYLOAD
@@ -224,8 +298,9 @@ def test_copy_without_preface_holds_the_payload_alone(
     wire = build_encrypted(
         make_copy(preface=None), relay.crypto, relay.fingerprint, [alice.fingerprint]
     )
-    _, inner = inner_of(alice_ring, wire)
-    (payload,) = inner.get_payload()
+    opened = OpenedCopy(alice_ring, wire)
+    assert opened.signer == relay.fingerprint
+    (payload,) = opened.root.get_payload()
     assert BODY in payload.get_content()
 
 
@@ -242,10 +317,73 @@ def test_non_ascii_subject_round_trips_and_stays_inside(
     wire = build_encrypted(
         make_copy(subject=subject), relay.crypto, relay.fingerprint, [alice.fingerprint]
     )
-    _, inner = inner_of(alice_ring, wire)
-    assert inner["Subject"] == subject
+    opened = OpenedCopy(alice_ring, wire)
+    assert opened.signer == relay.fingerprint
+    assert opened.root["Subject"] == subject
     assert message_from_bytes(wire, policy=policy.default)["Subject"] == OBSCURED_SUBJECT
     assert_wire_hygiene(wire)
+
+
+# One signature, many copies
+
+
+def test_copies_share_one_signed_entity_but_not_their_envelope(
+    signed: bytes,
+    wire: bytes,
+    bob_wire: bytes,
+    alice: Key,
+    bob: Key,
+    alice_ring: Keyring,
+    bob_ring: Keyring,
+    relay: Relay,
+) -> None:
+    for_alice, alice_status = alice_ring.decrypt(wire)
+    for_bob, bob_status = bob_ring.decrypt(bob_wire)
+    assert "DECRYPTION_OKAY" in keywords(alice_status)
+    assert "DECRYPTION_OKAY" in keywords(bob_status)
+    assert for_alice == for_bob == signed
+    assert [s[1] for s in bob_status if s[0] == "ENC_TO"] == encryption_subkeys(
+        bob_ring, bob.fingerprint
+    )
+    assert OpenedCopy(bob_ring, bob_wire).signer == relay.fingerprint
+
+    alice_outer = message_from_bytes(wire, policy=policy.default)
+    bob_outer = message_from_bytes(bob_wire, policy=policy.default)
+    assert (alice_outer["Message-ID"], bob_outer["Message-ID"]) == (ALICE_COPY_ID, BOB_COPY_ID)
+    assert shared_outer(wire) == shared_outer(bob_wire)
+
+    # Each copy opens with its own key only.
+    for ring, other in ((alice_ring, bob_wire), (bob_ring, wire)):
+        plaintext, status = ring.decrypt(other)
+        assert "DECRYPTION_OKAY" not in keywords(status)
+        assert "NO_SECKEY" in keywords(status)
+        assert plaintext == b""
+
+
+def test_build_encrypted_uses_the_copy_message_id_outside(
+    relay: Relay, alice: Key, alice_ring: Keyring
+) -> None:
+    explicit = build_encrypted(
+        make_copy(), relay.crypto, relay.fingerprint, [alice.fingerprint], ALICE_COPY_ID
+    )
+    default = build_encrypted(make_copy(), relay.crypto, relay.fingerprint, [alice.fingerprint])
+    assert message_from_bytes(explicit, policy=policy.default)["Message-ID"] == ALICE_COPY_ID
+    assert message_from_bytes(default, policy=policy.default)["Message-ID"] == MESSAGE_ID
+    for data in (explicit, default):
+        assert OpenedCopy(alice_ring, data).root["Message-ID"] == MESSAGE_ID
+
+
+def test_copy_date_defaults_to_now_in_utc() -> None:
+    copy = Copy(
+        list_address=LIST,
+        list_id=LIST_ID,
+        to=LIST,
+        message_id=MESSAGE_ID,
+        subject=SUBJECT,
+        payload=PAYLOAD,
+    )
+    assert copy.date.utcoffset() is not None
+    assert abs((datetime.now(UTC) - copy.date).total_seconds()) < 3600
 
 
 # 5: nothing confidential outside
@@ -262,9 +400,8 @@ def encodings(text: str) -> list[bytes]:
     ]
 
 
-def test_no_confidential_text_appears_outside(wire: bytes, alice_ring: Keyring) -> None:
-    plaintext, _ = inner_of(alice_ring, wire)
-    inner_subject = re.search(rb"^Subject: (.*(?:\r\n .*)*)", plaintext, re.M).group(1)
+def test_no_confidential_text_appears_outside(wire: bytes, opened: OpenedCopy) -> None:
+    inner_subject = re.search(rb"^Subject: (.*(?:\r\n .*)*)", opened.root_bytes, re.M).group(1)
     secrets = [
         *encodings(SUBJECT),
         *encodings(BODY),
@@ -275,12 +412,13 @@ def test_no_confidential_text_appears_outside(wire: bytes, alice_ring: Keyring) 
         POSTER.encode(),
         b"vendor.example",
         b"2026-05-07T16:00:00Z",
+        MESSAGE_ID.encode(),  # the message-level ID would link the copies of one message
     ]
     for secret in secrets:
         assert secret not in wire, secret
     assert b"\r\nSubject: [...]\r\n" in wire
-    for field in (b"Autocrypt", b"User-Agent", b"Received", b"In-Reply-To", b"X-Embargo"):
-        assert field.lower() not in wire.lower()
+    for name in (b"Autocrypt", b"User-Agent", b"Received", b"In-Reply-To", b"X-Embargo"):
+        assert name.lower() not in wire.lower()
 
 
 # 6: wire hygiene
@@ -295,42 +433,67 @@ def assert_wire_hygiene(data: bytes) -> None:
         assert line == line.rstrip(b" \t"), line
 
 
-def test_outer_bytes_are_7bit_crlf_short_lines_without_trailing_space(wire: bytes) -> None:
+def test_outer_bytes_are_7bit_crlf_short_lines_without_trailing_space(
+    wire: bytes, bob_wire: bytes
+) -> None:
     assert_wire_hygiene(wire)
+    assert_wire_hygiene(bob_wire)
+
+
+def test_hygiene_check_can_fail() -> None:
+    for bad in (b"a\nb\r\n", b"x" * 79 + b"\r\n", b"trailing \r\n", "Ü\r\n".encode()):
+        with pytest.raises(AssertionError):
+            assert_wire_hygiene(bad)
 
 
 # Refusals
 
 
-def test_crypto_failure_raises_instead_of_sending_plaintext(relay: Relay) -> None:
-    unknown = "0123456789ABCDEF0123456789ABCDEF01234567"
+UNKNOWN = "0123456789ABCDEF0123456789ABCDEF01234567"
+
+
+def test_crypto_failure_raises_instead_of_sending_plaintext(relay: Relay, signed: bytes) -> None:
     with pytest.raises(CryptoError):
-        build_encrypted(make_copy(), relay.crypto, relay.fingerprint, [unknown])
+        seal(signed, make_copy(), ALICE_COPY_ID, relay.crypto, [UNKNOWN])
     with pytest.raises(CryptoError):
-        build_encrypted(make_copy(), relay.crypto, relay.fingerprint, [])
+        seal(signed, make_copy(), ALICE_COPY_ID, relay.crypto, [])
+
+
+# python-gnupg passes the signer as --default-key, which gpg ignores with a warning when
+# that secret key is missing, signing with the first secret key it holds instead.
+@pytest.mark.parametrize("who", ["unknown", "public key only"])
+def test_signing_without_the_signers_secret_key_is_refused(
+    who: str, relay: Relay, alice: Key
+) -> None:
+    signer = UNKNOWN if who == "unknown" else alice.fingerprint
+    with pytest.raises(CryptoError):
+        sign(make_copy(), relay.crypto, signer)
 
 
 @pytest.mark.parametrize(
     ("overrides", "problem"),
     [
         ({"subject": "Hi\r\nBcc: everyone@example.com"}, "single line"),
-        ({"recipient": "a@example.net\nBcc: b@example.com"}, "single line"),
+        ({"to": "a@example.net\nBcc: b@example.com"}, "single line"),
         ({"message_id": "no-angle-brackets@example.org"}, "Message-ID"),
         ({"date": datetime(2026, 5, 1, 9, 30)}, "timezone"),
+        ({"in_reply_to": "<a@b>\r\nBcc: c@example.com"}, "single line"),
         ({"extra_protected": (("Content-Type", "text/html"),)}, "not allowed"),
         ({"extra_protected": (("Subject", "spoofed"),)}, "not allowed"),
+        ({"extra_protected": (("HP-Outer", "Subject: x"),)}, "not allowed"),
         ({"extra_protected": (("Bad Name", "x"),)}, "not allowed"),
         ({"payload": PAYLOAD.replace(b"\r\n", b"\n")}, "CRLF"),
         ({"payload": b"just text, no header section\r\n"}, "not a MIME entity"),
     ],
 )
-def test_malformed_copies_are_refused(
-    overrides: dict, problem: str, relay: Relay, alice: Key
-) -> None:
+def test_malformed_copies_are_refused(overrides: dict, problem: str, relay: Relay) -> None:
     with pytest.raises(ValueError, match=problem):
-        build_encrypted(
-            make_copy(**overrides), relay.crypto, relay.fingerprint, [alice.fingerprint]
-        )
+        sign(make_copy(**overrides), relay.crypto, relay.fingerprint)
+
+
+def test_malformed_copy_message_id_is_refused(relay: Relay, signed: bytes, alice: Key) -> None:
+    with pytest.raises(ValueError, match="Message-ID"):
+        seal(signed, make_copy(), "copy-1@example.org", relay.crypto, [alice.fingerprint])
 
 
 # Notices
@@ -386,7 +549,14 @@ def test_encrypted_notice_keeps_subject_and_text_inside(
     )
     assert_wire_hygiene(wire)
     assert b"expires" not in wire and b"carol@example.net" not in wire
-    _, inner = inner_of(alice_ring, wire)
-    assert inner["Subject"] == "Your key expires in 7 days"
-    (text,) = inner.get_payload()
+    outer = message_from_bytes(wire, policy=policy.default)
+    assert outer["To"] == "alice@example.net"
+    assert outer["Subject"] == OBSCURED_SUBJECT
+    opened = OpenedCopy(alice_ring, wire)
+    assert sorted(opened.enc_to) == encryption_subkeys(alice_ring, alice.fingerprint)
+    assert opened.signer == relay.fingerprint
+    assert opened.root["Subject"] == "Your key expires in 7 days"
+    assert opened.root["To"] == "alice@example.net"
+    assert opened.root.get_all("HP-Outer") == shared_outer(wire)
+    (text,) = opened.root.get_payload()
     assert text_of(text) == NOTICE + "\n"

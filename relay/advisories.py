@@ -1,0 +1,363 @@
+"""Advisories: create, schedule, move, lift, cancel, and the advisory of each post.
+
+Plain functions over a caller's Session, so an admin command, a signed post and
+the scheduler share the same rules and each change commits with its audit row
+(actor, old and new value, reason; subject "advisory:<ID>"). A schedule is
+checked against the list's timing policy: hard violations refuse it, soft ones
+come back as warnings for the caller to show.
+
+This module changes rows only. Telling members about a new lift time
+(`relay.embargo.notify_schedule_change`), moving the scheduler's jobs, and the
+lift itself (`relay.embargo.lift`) are the caller's next steps.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from relay import audit
+from relay.config import Settings
+from relay.errors import RelayError
+from relay.keywords import ADVISORY, EMBARGO_UNTIL
+from relay.models import Advisory, AdvisoryState, AuditEvent
+from relay.timing import NO_RULES, TimingPolicy, Violation, load_policy
+from relay.when import ACCEPTED_FORMS, WhenError, format_when, parse_when
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CVE = re.compile(r"^cve-\d{4}-\d{4,}$", re.IGNORECASE)
+ASSIGNED_PREFIX = "ADV"
+
+
+class AdvisoryError(RelayError):
+    """An advisory change that cannot be made; the message says why."""
+
+
+class UnknownAdvisory(AdvisoryError):
+    pass
+
+
+class AdvisoryClosed(AdvisoryError):
+    """The advisory was lifted or cancelled: it no longer changes."""
+
+
+class ScheduleRefused(AdvisoryError):
+    """The lift time breaks a hard rule of the list's policy (or lies in the past)."""
+
+    def __init__(self, message: str, violations: tuple[Violation, ...] = ()) -> None:
+        super().__init__(message)
+        self.violations = violations
+
+
+class EmbargoTimeUnreadable(AdvisoryError):
+    """X-Embargo-Until in a post is not one definite instant (SMTP: 550 5.6.0)."""
+
+    smtp_status = "5.6.0"
+
+    def __init__(self, text: str, problem: str) -> None:
+        forms = "" if ACCEPTED_FORMS in problem else f"\n{ACCEPTED_FORMS}"
+        super().__init__(f"{EMBARGO_UNTIL}: {problem}{forms}")
+        self.text = text
+        self.accepted_forms = ACCEPTED_FORMS
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a call did: the advisory, its lift time before and after, policy warnings."""
+
+    advisory: Advisory
+    old: datetime | None
+    new: datetime | None
+    created: bool = False
+    warnings: tuple[Violation, ...] = field(default=())
+
+    @property
+    def moved(self) -> bool:
+        """The lift time changed: members get a notice and the scheduler moves its jobs."""
+        return self.old != self.new
+
+
+def policy_for(settings: Settings) -> TimingPolicy:
+    """The timing policy named by `[embargo] policy`, or no rules."""
+    path = settings.embargo.policy
+    return NO_RULES if path is None else load_policy(path)
+
+
+def subject(advisory_id: str) -> str:
+    """The audit subject of an advisory."""
+    return f"advisory:{advisory_id}"
+
+
+# Reading
+
+
+def find(session: Session, advisory_id: str) -> Advisory | None:
+    """IDs compare case-insensitively; the stored spelling is the creator's."""
+    return session.execute(
+        select(Advisory).where(func.upper(Advisory.id) == advisory_id.strip().upper())
+    ).scalar_one_or_none()
+
+
+def get(session: Session, advisory_id: str) -> Advisory:
+    advisory = find(session, advisory_id)
+    if advisory is None:
+        raise UnknownAdvisory(f"no advisory {advisory_id!r}")
+    return advisory
+
+
+def list_advisories(session: Session, state: AdvisoryState | None = None) -> list[Advisory]:
+    """Advisories by lift time (unset last), then ID."""
+    query = select(Advisory).order_by(Advisory.lift_at.is_(None), Advisory.lift_at, Advisory.id)
+    if state is not None:
+        query = query.where(Advisory.state == state)
+    return [*session.execute(query).scalars()]
+
+
+def history(session: Session, advisory_id: str) -> list[AuditEvent]:
+    return [
+        *session.execute(
+            select(AuditEvent)
+            .where(AuditEvent.subject == subject(advisory_id))
+            .order_by(AuditEvent.at, AuditEvent.id)
+        ).scalars()
+    ]
+
+
+# Changing
+
+
+def create(
+    session: Session,
+    advisory_id: str | None,
+    title: str,
+    lift_at: datetime | None,
+    actor: str,
+    policy: TimingPolicy,
+    now: datetime,
+) -> Change:
+    """A new embargoed advisory; without an ID the relay assigns ADV-<year>-<seq>."""
+    if advisory_id is None:
+        advisory_id = _next_id(session, now)
+    else:
+        advisory_id = _valid_id(advisory_id)
+        if (existing := find(session, advisory_id)) is not None:
+            raise AdvisoryError(f"advisory {existing.id} exists already")
+    if lift_at is None:
+        warnings = _checked(policy.check_missing_lift_time(), advisory_id, None)
+    else:
+        _not_past(lift_at, now)
+        warnings = _checked(policy.check(lift_at, announced_at=now, now=now), advisory_id, lift_at)
+    advisory = Advisory(
+        id=advisory_id,
+        title=" ".join(title.split()),
+        state=AdvisoryState.EMBARGOED,
+        lift_at=lift_at,
+        created_by=actor,
+        created_at=now,
+        updated_at=now,
+        public_release=False,
+    )
+    session.add(advisory)
+    audit.record(
+        session,
+        actor,
+        "advisory.created",
+        subject(advisory_id),
+        old=None,
+        new=_iso(lift_at),
+        title=advisory.title,
+        warnings=[str(w) for w in warnings] or None,
+    )
+    session.flush()
+    return Change(advisory, None, lift_at, created=True, warnings=warnings)
+
+
+def schedule(
+    session: Session,
+    advisory_id: str,
+    lift_at: datetime,
+    actor: str,
+    reason: str | None,
+    policy: TimingPolicy,
+    now: datetime,
+) -> Change:
+    """Set or move the lift time; refused for the past and for a lifted or cancelled advisory."""
+    advisory = _open(get(session, advisory_id))
+    old = advisory.lift_at
+    if old == lift_at:
+        return Change(advisory, old, old)
+    _not_past(lift_at, now)
+    found = policy.check(lift_at, announced_at=advisory.created_at, now=now)
+    warnings = _checked(found, advisory.id, lift_at)
+    advisory.lift_at = lift_at
+    advisory.updated_at = now
+    audit.record(
+        session,
+        actor,
+        "advisory.scheduled" if old is None else "advisory.moved",
+        subject(advisory.id),
+        old=_iso(old),
+        new=_iso(lift_at),
+        reason=reason,
+        warnings=[str(w) for w in warnings] or None,
+    )
+    return Change(advisory, old, lift_at, warnings=warnings)
+
+
+def lift_now(
+    session: Session, advisory_id: str, actor: str, reason: str | None, now: datetime
+) -> Change:
+    """Bring the lift forward to `now` (an early lift, e.g. the embargo broke).
+
+    The lift itself, with its notices, is `relay.embargo.lift` in the same
+    transaction (or `relay.embargo.lift_now`, which does both).
+    """
+    advisory = _open(get(session, advisory_id))
+    old = advisory.lift_at
+    advisory.lift_at = now
+    advisory.updated_at = now
+    audit.record(
+        session,
+        actor,
+        "advisory.lift_requested",
+        subject(advisory.id),
+        old=_iso(old),
+        new=_iso(now),
+        reason=reason,
+    )
+    return Change(advisory, old, now)
+
+
+def cancel(
+    session: Session, advisory_id: str, actor: str, reason: str | None, now: datetime | None = None
+) -> Change:
+    """Withdraw an embargoed advisory: it will not be lifted (nor released publicly)."""
+    advisory = _open(get(session, advisory_id))
+    advisory.state = AdvisoryState.CANCELLED
+    if now is not None:
+        advisory.updated_at = now
+    audit.record(
+        session,
+        actor,
+        "advisory.cancelled",
+        subject(advisory.id),
+        old=AdvisoryState.EMBARGOED.value,
+        new=AdvisoryState.CANCELLED.value,
+        lift_at=_iso(advisory.lift_at),
+        reason=reason,
+    )
+    return Change(advisory, advisory.lift_at, advisory.lift_at)
+
+
+def set_public_text(session: Session, advisory_id: str, text: str, actor: str) -> Advisory:
+    """The text sent to the public addresses at the lift; marks the advisory for release."""
+    advisory = _open(get(session, advisory_id))
+    text = text.replace("\r\n", "\n").strip("\n")
+    if not text.strip():
+        raise AdvisoryError("the public text is empty")
+    old = advisory.public_text
+    advisory.public_text = text + "\n"
+    advisory.public_release = True
+    # The text itself stays out of the audit trail: before the lift it is embargoed.
+    audit.record(
+        session,
+        actor,
+        "advisory.public_text",
+        subject(advisory.id),
+        old=None if old is None else f"{len(old)} characters",
+        new=f"{len(advisory.public_text)} characters",
+        public_release=True,
+    )
+    return advisory
+
+
+def from_post(
+    session: Session,
+    keywords: dict[str, str],
+    subject_line: str,
+    signer_fpr: str,
+    now: datetime,
+    policy: TimingPolicy,
+) -> Change:
+    """The advisory a signed post belongs to, created or rescheduled from its keywords.
+
+    No X-Advisory: a new advisory titled with the post's subject. An unknown ID:
+    created with that ID. A known one: its lift time moves if X-Embargo-Until
+    says so (same rules as `schedule`). Changes are attributed to the signing key.
+    """
+    actor = f"key:{signer_fpr}"
+    lift_at = None
+    if (text := keywords.get(EMBARGO_UNTIL)) is not None:
+        try:
+            lift_at = parse_when(text, now=now)
+        except WhenError as exc:
+            raise EmbargoTimeUnreadable(text, str(exc)) from None
+    title = subject_line.strip() or "(no subject)"
+    advisory_id = keywords.get(ADVISORY)
+    existing = None if advisory_id is None else find(session, advisory_id)
+    if existing is None:
+        return create(session, advisory_id, title, lift_at, actor, policy, now)
+    if lift_at is None or lift_at == existing.lift_at:  # senders repeat the keywords
+        return Change(existing, existing.lift_at, existing.lift_at)
+    return schedule(session, existing.id, lift_at, actor, "set by a signed post", policy, now)
+
+
+# Helpers
+
+
+def _valid_id(advisory_id: str) -> str:
+    advisory_id = advisory_id.strip()
+    if not _ID.match(advisory_id):
+        raise AdvisoryError(
+            f"not a usable advisory ID: {advisory_id!r} (letters, digits, '.', '_' and '-', "
+            "at most 64, such as CVE-2026-1234 or K8S-2026-0001)"
+        )
+    return advisory_id.upper() if _CVE.match(advisory_id) else advisory_id
+
+
+def _next_id(session: Session, now: datetime) -> str:
+    prefix = f"{ASSIGNED_PREFIX}-{now.year}-"
+    taken = session.execute(select(Advisory.id).where(Advisory.id.startswith(prefix))).scalars()
+    numbers = [int(rest) for ident in taken if (rest := ident[len(prefix) :]).isdigit()]
+    return f"{prefix}{max(numbers, default=0) + 1:04d}"
+
+
+def _open(advisory: Advisory) -> Advisory:
+    if advisory.state == AdvisoryState.LIFTED:
+        when = f" at {format_when(advisory.lifted_at)}" if advisory.lifted_at else ""
+        raise AdvisoryClosed(f"advisory {advisory.id} was lifted{when}; it can no longer change")
+    if advisory.state == AdvisoryState.CANCELLED:
+        raise AdvisoryClosed(f"advisory {advisory.id} was cancelled; it can no longer change")
+    return advisory
+
+
+def _not_past(lift_at: datetime, now: datetime) -> None:
+    if lift_at.tzinfo is None:
+        raise ValueError("lift times must be timezone-aware")
+    if lift_at <= now:
+        raise ScheduleRefused(
+            f"the lift time {format_when(lift_at)} is not in the future "
+            f"(now: {format_when(now)}); to lift at once, use lift instead"
+        )
+
+
+def _checked(
+    violations: list[Violation], advisory_id: str, lift_at: datetime | None
+) -> tuple[Violation, ...]:
+    """Raise for hard violations; return the soft ones as warnings."""
+    hard = [v for v in violations if v.hard]
+    if hard:
+        what = "no lift time" if lift_at is None else f"lift {format_when(lift_at)}"
+        lines = "\n".join(f"  {v}" for v in hard)
+        raise ScheduleRefused(
+            f"{what} for {advisory_id} breaks the list's rules:\n{lines}", tuple(violations)
+        )
+    return tuple(violations)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
