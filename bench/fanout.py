@@ -3,8 +3,9 @@
 Run: `make bench` (or `.venv/bin/python -m bench.fanout`).
 
 For each list size, the relay runs as a real `relay serve` process and a
-capturing sink as another; the clock starts when the client reads the relay's
-`250` and stops when the sink accepts the last copy. Beside it, in the same run
+lean SMTP sink (`bench/sink.py`, standing in for the next-hop MTA) as
+another; the clock starts when the client reads the relay's `250` and stops
+when the sink accepts the last copy. Beside it, in the same run
 and on the same keys, the floor: the bare cost of producing the same signed and
 encrypted copies with the same crypto backend (`relay.crypto.GnuPG`) and the
 same number of workers, with nothing else around it. The ratio relay/floor shows
@@ -31,7 +32,6 @@ from relay.crypto import GnuPG
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.mail import pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome
-from tests.support.smtpsink import read_outdir
 
 SIZES = (10, 50, 200)
 SCHLEUDER_50 = 8.61  # seconds, Schleuder 4.0.3, one signed+encrypted post to 50 subscribers
@@ -50,7 +50,7 @@ def advisory_text(size: int = 20 * 1024) -> str:
 
 def start_sink(out: Path) -> tuple[subprocess.Popen[bytes], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.smtpsink", "--port", "0", "--out", str(out)],
+        [sys.executable, "-m", "bench.sink", "--port", "0", "--out", str(out)],
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -115,7 +115,7 @@ def run_relay(root: Path, factory: KeyFactory, members: int, data_for) -> tuple[
             relay.wait(30)
         last = max(int(f.name.split("-", 1)[0]) for f in files)
         member0 = factory.make("m0", "security@m0.example")
-        copy = next(r.data for r in read_outdir(out) if r.rcpt_tos == (member0.address,))
+        copy = next(out.glob(f"*-{member0.address}.eml")).read_bytes()
         inner, _ = Keyring(root / "m0-client", member0).decrypt(copy)
         return (last - acknowledged) / 1e9, home.settings.gnupg.home, inner
     finally:

@@ -21,6 +21,7 @@ Crypto errors propagate: the caller holds the delivery, never sends plaintext.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -250,10 +251,9 @@ def _envelope(outer: list[tuple[str, str]], armour: bytes) -> bytes:
         [
             *(_fold(name, value) for name, value in outer),
             _fold("MIME-Version", "1.0"),
-            _fold(
-                "Content-Type",
-                _multipart("encrypted", boundary, 'protocol="application/pgp-encrypted"'),
-            ),
+            # Written directly: the boundary is fresh per copy, so folding would never be cached.
+            b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\r\n'
+            b' boundary="' + boundary + b'"\r\n',
             _CRLF,
             PREAMBLE,
             b"--" + boundary + _CRLF + version + _CRLF,
@@ -290,8 +290,13 @@ def _boundary(*contents: bytes) -> bytes:
             return candidate
 
 
+@functools.lru_cache(maxsize=1024)
 def _fold(name: str, value: str) -> bytes:
-    """One header field, RFC 2047-encoded where needed, folded at 78 columns, CRLF."""
+    """One header field, RFC 2047-encoded where needed, folded at 78 columns, CRLF.
+
+    Cached: every copy of a message repeats the same fields, and the email
+    package's folding is the slowest step of sealing a copy.
+    """
     return _SMTP.fold_binary(name, _SMTP.header_store_parse(name, value)[1])
 
 
@@ -318,5 +323,6 @@ def _check_entity(entity: bytes) -> None:
 
 def _check_wire(message: bytes) -> None:
     """What leaves the relay is 7-bit with CRLF line ends (RFC 5322 §2.3)."""
-    if not message.isascii() or _BARE_EOL.search(message) or b"\0" in message:
+    bare = message.replace(_CRLF, b"")
+    if not message.isascii() or b"\r" in bare or b"\n" in bare or b"\0" in message:
         raise ValueError("outgoing message is not 7-bit CRLF text")

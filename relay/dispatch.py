@@ -22,10 +22,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from relay import compose, queue
 from relay.config import Settings
@@ -34,7 +33,16 @@ from relay.db import Database
 from relay.errors import CryptoError
 from relay.keystore import list_key, sender_by_address
 from relay.logs import event
-from relay.models import Delivery, DeliveryStatus, Member, MemberState, MessageKind, utcnow
+from relay.models import (
+    Delivery,
+    DeliveryStatus,
+    Member,
+    MemberKey,
+    MemberState,
+    Message,
+    MessageKind,
+    utcnow,
+)
 from relay.spool import PAYLOAD, Spool
 from relay.transport import Outcome, SendResult, Transport, make_transport
 
@@ -42,6 +50,7 @@ log = logging.getLogger("relay.dispatch")
 
 CLAIM_BATCH = 64
 RECORD_BATCH = 128
+RECORD_LINGER = 0.05  # seconds
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ class Dispatcher:
         self._signed: OrderedDict[str, asyncio.Future[bytes]] = OrderedDict()
         self._keys: dict[str, KeyInfo] = {}
         self._payloads: OrderedDict[str, bytes] = OrderedDict()
+        self._inflight: dict[int, Job] = {}  # sent, outcome not yet recorded (for the log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crypto_pool = ThreadPoolExecutor(
             settings.delivery.workers, thread_name_prefix="crypto"
@@ -194,15 +204,35 @@ class Dispatcher:
         finished = False
         while not finished:
             batch = [await outcomes.get()]
-            while not outcomes.empty() and len(batch) < RECORD_BATCH:
-                batch.append(outcomes.get_nowait())
+            # Linger briefly so one commit (one disk sync) covers many copies.
+            deadline = asyncio.get_running_loop().time() + RECORD_LINGER
+            while len(batch) < RECORD_BATCH and None not in batch:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(outcomes.get(), timeout))
+                except TimeoutError:
+                    break
             finished = None in batch
             ready = [o for o in batch if o is not None]
             if ready:
-                recorded = await asyncio.to_thread(
+                sent, changed = await asyncio.to_thread(
                     queue.record_outcomes, self.db, ready, now=self.clock(), retry=self._retry
                 )
-                await asyncio.to_thread(self._after_record, recorded)
+                for outcome in ready:
+                    job = self._inflight.pop(outcome.delivery_id, None)
+                    if job is not None and outcome.delivery_id in sent:
+                        event(
+                            log,
+                            "sent",
+                            id=job.delivery_id,
+                            msg=job.message_id,
+                            rcpt=job.recipient,
+                            code=outcome.code,
+                        )
+                if changed:
+                    await asyncio.to_thread(self._after_record, changed)
 
     async def _claim(self) -> list[Job]:
         now = self.clock()
@@ -214,40 +244,61 @@ class Dispatcher:
         return await asyncio.to_thread(self._load, ids)
 
     def _load(self, ids: list[int]) -> list[Job]:
-        """Read the claimed deliveries and refresh the key cache (one gpg listing per batch)."""
+        """Read the claimed deliveries in two plain queries (no ORM objects: hot path)."""
         self._keys = {k.fingerprint: k for k in self.crypto.list_keys()}
-        jobs = []
+        d, m, mem = Delivery.__table__, Message.__table__, Member.__table__
         with self.db.transaction() as session:
             rows = session.execute(
-                select(Delivery)
-                .where(Delivery.id.in_(ids))
-                .options(
-                    selectinload(Delivery.message),
-                    selectinload(Delivery.member).selectinload(Member.keys),
+                select(
+                    d.c.id,
+                    d.c.message_id,
+                    d.c.recipient,
+                    d.c.member_id,
+                    d.c.copy_message_id,
+                    d.c.plaintext_allowed,
+                    m.c.kind,
+                    m.c.subject,
+                    m.c.mail_from,
+                    m.c.signer_fingerprint,
+                    m.c.received_at,
+                    mem.c.state,
                 )
-                .order_by(Delivery.id)
-            ).scalars()
-            for d in rows:
-                if d.member is not None:
-                    fingerprints = tuple(k.fingerprint for k in d.member.keys)
-                    active = d.member.state == MemberState.ACTIVE
+                .select_from(
+                    d.join(m, m.c.id == d.c.message_id).outerjoin(mem, mem.c.id == d.c.member_id)
+                )
+                .where(d.c.id.in_(ids))
+                .order_by(d.c.id)
+            ).all()
+            member_ids = {r.member_id for r in rows if r.member_id is not None}
+            member_keys: dict[int, list[str]] = {}
+            for member_id, fpr in session.execute(
+                select(MemberKey.member_id, MemberKey.fingerprint).where(
+                    MemberKey.member_id.in_(member_ids)
+                )
+            ):
+                member_keys.setdefault(member_id, []).append(fpr)
+            jobs = []
+            for r in rows:
+                if r.member_id is not None:
+                    fingerprints = tuple(member_keys.get(r.member_id, ()))
+                    active = r.state == MemberState.ACTIVE
                 else:
-                    sender = sender_by_address(session, d.recipient)
+                    sender = sender_by_address(session, r.recipient)
                     fingerprints = tuple(k.fingerprint for k in sender.keys) if sender else ()
                     active = True
                 jobs.append(
                     Job(
-                        delivery_id=d.id,
-                        message_id=d.message_id,
-                        kind=d.message.kind,
-                        recipient=d.recipient,
+                        delivery_id=r.id,
+                        message_id=r.message_id,
+                        kind=r.kind,
+                        recipient=r.recipient,
                         member_active=active,
-                        copy_message_id=d.copy_message_id,
-                        subject=d.message.subject,
-                        mail_from=d.message.mail_from,
-                        signer=d.message.signer_fingerprint,
-                        received_at=d.message.received_at,
-                        plaintext_allowed=d.plaintext_allowed,
+                        copy_message_id=r.copy_message_id,
+                        subject=r.subject,
+                        mail_from=r.mail_from,
+                        signer=r.signer_fingerprint,
+                        received_at=_utc(r.received_at),
+                        plaintext_allowed=r.plaintext_allowed,
                         fingerprints=fingerprints,
                     )
                 )
@@ -303,6 +354,7 @@ class Dispatcher:
             verdict="encrypt" if keys else "plain-notice",
             keys=len(keys),
         )
+        self._inflight[job.delivery_id] = job
         result = await transport.send(self.settings.list.address, job.recipient, data)
         return _outcome(job.delivery_id, result, keys)
 
@@ -365,12 +417,10 @@ class Dispatcher:
         )
 
     def _after_record(self, deliveries: list[Delivery]) -> None:
-        """Log each outcome; tell the security contact about copies given up."""
+        """Log deferrals and failures; tell the security contact about copies given up."""
         for d in deliveries:
             fields = dict(id=d.id, msg=d.message_id, rcpt=d.recipient, code=d.last_code)
-            if d.status == DeliveryStatus.SENT:
-                event(log, "sent", **fields)
-            elif d.status == DeliveryStatus.DEFERRED:
+            if d.status == DeliveryStatus.DEFERRED:
                 event(log, "deferred", next_attempt=d.next_attempt_at.isoformat(), **fields)
             else:
                 event(log, "failed", level=logging.WARNING, reason=d.last_reason, **fields)
@@ -435,3 +485,8 @@ def _text_of(entity: bytes) -> str:
 
     part = email.message_from_bytes(entity, policy=email.policy.default)
     return str(part.get_content())
+
+
+def _utc(value: datetime) -> datetime:
+    """Core queries skip the ORM's UTC type on some backends; make the zone explicit."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from relay import audit
@@ -220,46 +220,67 @@ class Retry:
 
 def record_outcomes(
     db: Database, outcomes: list[Outcome], *, now: datetime, retry: Retry
-) -> list[Delivery]:
-    """Record a batch of attempts in one transaction (one fsync for many deliveries)."""
-    recorded = []
+) -> tuple[list[int], list[Delivery]]:
+    """Record a batch of attempts in one transaction (one fsync for many deliveries).
+
+    Returns the ids recorded as sent and the other deliveries it changed. A
+    delivery no longer active (cancelled meanwhile) keeps the administrator's
+    decision.
+    """
+    sent = [o for o in outcomes if o.result == "sent"]
+    others = [o for o in outcomes if o.result != "sent"]
+    changed: list[Delivery] = []
+    sent_ids: list[int] = []
     with db.transaction() as session:
-        rows = session.execute(
-            select(Delivery).where(Delivery.id.in_([o.delivery_id for o in outcomes]))
-        ).scalars()
-        by_id = {d.id: d for d in rows}
-        for outcome in outcomes:
-            delivery = by_id[outcome.delivery_id]
-            if delivery.status != DeliveryStatus.ACTIVE:
-                continue  # cancelled by an administrator meanwhile; keep that decision
-            if outcome.result == "sent":
-                mark_sent(session, delivery, outcome.code, outcome.reason, outcome.fingerprints)
-            elif outcome.result == "temporary":
-                defer(session, delivery, outcome.code, outcome.reason, now=now, retry=retry)
-            else:
-                fail(session, delivery, outcome.code, outcome.reason)
-            recorded.append(delivery)
-    return recorded
-
-
-def mark_sent(
-    session: Session, delivery: Delivery, code: str, reason: str, fingerprints: tuple[str, ...]
-) -> None:
-    delivery.status = DeliveryStatus.SENT
-    delivery.attempts += 1
-    delivery.sent_at = utcnow()
-    delivery.lease_until = None
-    delivery.last_code, delivery.last_reason = code, reason
-    delivery.fingerprints = list(fingerprints) or None
-    audit.record(
-        session,
-        RELAY_ACTOR,
-        "delivery.sent",
-        str(delivery.id),
-        recipient=delivery.recipient,
-        code=code,
-        message=delivery.message_id,
-    )
+        if sent:
+            # The common case, as one executemany instead of loading ORM objects.
+            table = Delivery.__table__
+            session.connection().execute(
+                update(table)
+                .where(table.c.id == bindparam("did"), table.c.status == DeliveryStatus.ACTIVE)
+                .values(
+                    status=DeliveryStatus.SENT,
+                    attempts=table.c.attempts + 1,
+                    sent_at=now,
+                    lease_until=None,
+                    updated_at=now,
+                    last_code=bindparam("code"),
+                    last_reason=bindparam("reason"),
+                    fingerprints=bindparam("fprs"),
+                ),
+                [
+                    {
+                        "did": o.delivery_id,
+                        "code": o.code,
+                        "reason": o.reason,
+                        "fprs": list(o.fingerprints) or None,
+                    }
+                    for o in sent
+                ],
+            )
+            sent_ids = list(
+                session.execute(
+                    select(Delivery.id).where(
+                        Delivery.id.in_([o.delivery_id for o in sent]),
+                        Delivery.status == DeliveryStatus.SENT,
+                    )
+                ).scalars()
+            )
+        if others:
+            rows = session.execute(
+                select(Delivery).where(Delivery.id.in_([o.delivery_id for o in others]))
+            ).scalars()
+            by_id = {d.id: d for d in rows}
+            for outcome in others:
+                delivery = by_id[outcome.delivery_id]
+                if delivery.status != DeliveryStatus.ACTIVE:
+                    continue
+                if outcome.result == "temporary":
+                    defer(session, delivery, outcome.code, outcome.reason, now=now, retry=retry)
+                else:
+                    fail(session, delivery, outcome.code, outcome.reason)
+                changed.append(delivery)
+    return sent_ids, changed
 
 
 def backoff(attempts: int, minimum: timedelta, maximum: timedelta) -> timedelta:
