@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from relay import compose, queue
+from relay import advisories, compose, embargo, queue
 from relay.config import Settings
 from relay.crypto import Crypto, KeyInfo
 from relay.db import Database
@@ -34,6 +34,7 @@ from relay.errors import CryptoError
 from relay.keystore import list_key, sender_by_address
 from relay.logs import event
 from relay.models import (
+    Advisory,
     Delivery,
     DeliveryStatus,
     Member,
@@ -69,6 +70,8 @@ class Job:
     received_at: datetime
     plaintext_allowed: bool
     fingerprints: tuple[str, ...]
+    to_member: bool  # a list-wide message: every member gets the same signed entity
+    advisory: Advisory | None = None  # as loaded with the claim (detached snapshot)
 
 
 class Dispatcher:
@@ -103,6 +106,7 @@ class Dispatcher:
         )
         d = settings.delivery
         self._retry = queue.Retry(d.min_backoff, d.max_backoff, d.queue_lifetime)
+        self._policy = advisories.policy_for(settings)
 
     def wake(self) -> None:
         """New work arrived (called from the event loop thread)."""
@@ -261,6 +265,7 @@ class Dispatcher:
                     m.c.mail_from,
                     m.c.signer_fingerprint,
                     m.c.received_at,
+                    m.c.advisory_id,
                     mem.c.state,
                 )
                 .select_from(
@@ -277,6 +282,9 @@ class Dispatcher:
                 )
             ):
                 member_keys.setdefault(member_id, []).append(fpr)
+            advisory_ids = {r.advisory_id for r in rows if r.advisory_id is not None}
+            found = session.execute(select(Advisory).where(Advisory.id.in_(advisory_ids)))
+            by_id = {a.id: a for a in found.scalars()}
             jobs = []
             for r in rows:
                 if r.member_id is not None:
@@ -300,6 +308,8 @@ class Dispatcher:
                         received_at=_utc(r.received_at),
                         plaintext_allowed=r.plaintext_allowed,
                         fingerprints=fingerprints,
+                        to_member=r.member_id is not None,
+                        advisory=by_id.get(r.advisory_id),
                     )
                 )
         return jobs
@@ -368,30 +378,41 @@ class Dispatcher:
     def _copy(self, job: Job) -> compose.Copy:
         """What every copy of the job's message shares."""
         lst = self.settings.list
-        preface = None
+        notes: list[str] = []
+        extra: tuple[tuple[str, str], ...] = ()
+        if job.advisory is not None and job.kind == MessageKind.POST:
+            notes.append(
+                embargo.embargo_preface(
+                    job.advisory,
+                    self._policy.notice or None,
+                    security_contact=lst.security_contact,
+                )
+            )
+            extra = embargo.protected_fields(job.advisory)
         if job.kind == MessageKind.POST:
-            preface = (
+            notes.append(
                 f"Posted to {lst.address} by {job.mail_from or 'an authorised sender'}; "
-                f"the relay verified the OpenPGP signature of key {job.signer}.\r\n"
+                f"the relay verified the OpenPGP signature of key {job.signer}.\n"
             )
         return compose.Copy(
             list_address=lst.address,
             list_id=lst.list_id_header,
-            to=lst.address if job.kind == MessageKind.POST else job.recipient,
-            message_id=f"<{job.message_id}@{lst.domain}>"
-            if job.kind == MessageKind.POST
-            else job.copy_message_id,
+            to=lst.address if job.to_member else job.recipient,
+            message_id=f"<{job.message_id}@{lst.domain}>" if job.to_member else job.copy_message_id,
             subject=job.subject,
             payload=self._payload(job.message_id),
-            preface=preface,
+            preface="\n".join(notes) or None,
+            extra_protected=extra,
             date=job.received_at,
         )
 
     async def _signed_entity(self, job: Job, copy: compose.Copy) -> bytes:
         """The list's signature over a message, made once and shared by its copies."""
+        # One signature per message and embargo state (its notice quotes the lift time);
+        # a notice to one non-member is signed for that recipient alone.
         key = (
-            job.message_id
-            if job.kind == MessageKind.POST
+            f"{job.message_id}/{job.advisory and job.advisory.state}/{copy.extra_protected}"
+            if job.to_member
             else f"{job.message_id}/{job.delivery_id}"
         )
         future = self._signed.get(key)

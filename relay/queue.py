@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -48,6 +48,7 @@ def copy_message_id(domain: str) -> str:
 class Accepted:
     message_id: str
     deliveries: int
+    advisory_id: str | None = None
 
 
 def accept_post(
@@ -61,17 +62,24 @@ def accept_post(
     signer: str,
     original_message_id: str | None,
     list_domain: str,
+    advisory_for: Callable[[Session, Spool], str | None] = lambda session, spool: None,
 ) -> Accepted:
-    """Make a verified post durable: spool files fsynced, then one committed transaction."""
+    """Make a verified post durable: spool files fsynced, then one committed transaction.
+
+    `advisory_for` runs inside that transaction and names the post's advisory
+    (creating or rescheduling it); if it raises, nothing is kept.
+    """
     message_id = new_id()
     spool.write(message_id, RAW, raw)
     spool.write(message_id, PAYLOAD, payload)
     try:
         with db.transaction() as session:
+            advisory_id = advisory_for(session, spool)
             members = session.execute(
                 select(Member).where(Member.state == MemberState.ACTIVE).order_by(Member.id)
             ).scalars()
             message = Message(
+                advisory_id=advisory_id,
                 id=message_id,
                 kind=MessageKind.POST,
                 mail_from=mail_from,
@@ -90,6 +98,7 @@ def accept_post(
                         member_id=member.id,
                         recipient=member.address,
                         copy_message_id=copy_message_id(list_domain),
+                        advisory_id=advisory_id,
                     )
                 )
                 count += 1
@@ -99,7 +108,7 @@ def accept_post(
     except BaseException:
         spool.remove(message_id)
         raise
-    return Accepted(message_id, count)
+    return Accepted(message_id, count, advisory_id)
 
 
 def enqueue_notice(

@@ -1,8 +1,10 @@
-"""The running relay: one asyncio loop with the SMTP edge and the dispatcher.
+"""The running relay: one asyncio loop with the SMTP edge, the dispatcher and the
+embargo scheduler.
 
 `Relay` wires the parts together and can be started and stopped from tests;
 `serve` runs it until SIGINT or SIGTERM. At start, deliveries left active by a
-crash go back to the queue, so nothing accepted is lost across restarts.
+crash go back to the queue, so nothing accepted is lost across restarts, and
+lifts or reminders that fell due while the relay was down run at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from relay.dispatch import Dispatcher
 from relay.errors import RelayError
 from relay.logs import event
 from relay.models import utcnow
+from relay.scheduler import EmbargoScheduler
 from relay.smtp import ListHandler, make_server_factory
 from relay.spool import Spool
 from relay.transport import Transport
@@ -50,8 +53,16 @@ class Relay:
             transport_factory=transport_factory,
             clock=clock,
         )
+        self.scheduler = EmbargoScheduler(
+            self.db, self.spool, settings, clock=clock, on_queued=self.dispatcher.wake
+        )
         self.handler = ListHandler(
-            settings, self.db, self.spool, self.crypto, on_accept=self.dispatcher.wake
+            settings,
+            self.db,
+            self.spool,
+            self.crypto,
+            on_accept=self.dispatcher.wake,
+            on_schedule=self.scheduler.reschedule,
         )
         self._server: asyncio.Server | None = None
         self._stop = asyncio.Event()
@@ -66,6 +77,7 @@ class Relay:
         recovered = await asyncio.to_thread(queue.recover, self.db)
         if recovered:
             event(log, "recovered", deliveries=recovered)
+        self.scheduler.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             make_server_factory(self.handler, self.settings),
@@ -78,6 +90,7 @@ class Relay:
 
     async def stop(self) -> None:
         self._stop.set()
+        self.scheduler.shutdown()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

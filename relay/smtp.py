@@ -2,8 +2,9 @@
 
 The protocol stays in aiosmtpd; this module implements `handle_MAIL`,
 `handle_RCPT` and `handle_DATA`. DATA runs the inbound checks (wire, MIME
-structure, signature) and the durable accept in worker threads, and answers
-`250` only after the queue transaction has committed. Any unexpected failure
+structure, signature), reads the keyword lines of the signed part (the post's
+advisory and embargo time) and makes the post durable, in worker threads; it
+answers `250` only after the queue transaction has committed. Any unexpected failure
 answers `451`, so the sender keeps the message and retries.
 """
 
@@ -12,17 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from email.message import EmailMessage
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import Session as SmtpSession
+from sqlalchemy.orm import Session
 
-from relay import queue
+from relay import advisories, embargo, keywords, queue
 from relay.config import Settings
 from relay.crypto import Crypto
 from relay.db import Database
 from relay.inbound import Rejection, check_structure, check_wire, verify_post
 from relay.keystore import sender_for
 from relay.logs import clean, event
+from relay.models import utcnow
 from relay.spool import Spool
 
 log = logging.getLogger("relay.smtp")
@@ -63,22 +68,35 @@ class ListHandler:
         spool: Spool,
         crypto: Crypto,
         on_accept: Callable[[], None] = lambda: None,
+        on_schedule: Callable[[str, datetime | None], None] = lambda advisory, lift_at: None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.spool = spool
         self.crypto = crypto
         self.on_accept = on_accept
+        self.on_schedule = on_schedule
+        self.policy = advisories.policy_for(settings)
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: SmtpSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
     ) -> str:
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return OK
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: SmtpSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
     ) -> str:
         if address.lower() != self.settings.list.address:
             event(log, "rejected", peer=session.peer, rcpt=address, code="550 5.1.1")
@@ -88,12 +106,12 @@ class ListHandler:
         envelope.rcpt_tos.append(address)  # repeats count toward the limit too
         return RCPT_OK
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         if len(raw) > self.settings.smtp.max_message_size:
             return TOO_BIG
         try:
-            accepted = await asyncio.to_thread(self._accept, raw, envelope.mail_from or "")
+            accepted, change = await asyncio.to_thread(self._accept, raw, envelope.mail_from or "")
         except Rejection as rejection:
             event(
                 log,
@@ -116,29 +134,78 @@ class ListHandler:
             size=len(raw),
             deliveries=accepted.deliveries,
         )
+        if change is not None and (change.created or change.moved):
+            self.on_schedule(change.advisory.id, change.new)
         self.on_accept()
         return QUEUED.format(id=accepted.message_id)
 
-    def _accept(self, raw: bytes, mail_from: str) -> queue.Accepted:
+    def _accept(
+        self, raw: bytes, mail_from: str
+    ) -> tuple[queue.Accepted, advisories.Change | None]:
         """Validate, verify and commit; raises Rejection for anything refused."""
         check_wire(raw)
         message: EmailMessage = check_structure(raw)
         post = verify_post(raw, message, self.crypto, self._is_authorised)
-        return queue.accept_post(
-            self.db,
-            self.spool,
-            raw=raw,
-            payload=post.payload,
-            subject=post.subject,
-            mail_from=mail_from,
-            signer=post.signer,
-            original_message_id=_header(message, "Message-ID"),
-            list_domain=self.settings.list.domain,
-        )
+        try:
+            found, payload = keywords.extract(post.payload)
+        except keywords.KeywordError as exc:
+            raise Rejection(550, "5.6.0", f"keyword lines: {exc}") from None
+        changes: list[advisories.Change] = []
+
+        def advisory_for(session: Session, spool: Spool) -> str:
+            now = utcnow()
+            change = advisories.from_post(
+                session, found, post.subject, post.signer, now, self.policy
+            )
+            if change.moved and not change.created:
+                embargo.notify_schedule_change(
+                    session,
+                    spool,
+                    self.settings,
+                    change.advisory,
+                    change.old,
+                    change.new,
+                    "set by a signed post",
+                )
+            changes.append(change)
+            return change.advisory.id
+
+        try:
+            accepted = queue.accept_post(
+                self.db,
+                self.spool,
+                raw=raw,
+                payload=payload,
+                subject=post.subject,
+                mail_from=mail_from,
+                signer=post.signer,
+                original_message_id=_header(message, "Message-ID"),
+                list_domain=self.settings.list.domain,
+                advisory_for=advisory_for,
+            )
+        except advisories.EmbargoTimeUnreadable as exc:
+            raise Rejection(550, "5.6.0", _one_line(str(exc))) from None
+        except advisories.AdvisoryError as exc:
+            raise Rejection(550, "5.7.1", _one_line(str(exc))) from None
+        change = changes[0] if changes else None
+        for warning in change.warnings if change else ():
+            event(
+                log,
+                "policy-warning",
+                advisory=change.advisory.id,
+                rule=warning.rule,
+                detail=warning.message,
+            )
+        return accepted, change
 
     def _is_authorised(self, fingerprint: str) -> bool:
         with self.db.transaction() as session:
             return sender_for(session, fingerprint) is not None
+
+
+def _one_line(text: str) -> str:
+    """SMTP replies are single lines: fold an explanation (with its accepted forms) into one."""
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _header(message: EmailMessage, name: str) -> str | None:

@@ -35,7 +35,7 @@ from relay.when import format_duration, format_when
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 _WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_TOP_LEVEL = ("name", "description", "timing")
+_TOP_LEVEL = ("name", "description", "notice", "timing")
 
 
 class PolicyError(RelayError):
@@ -125,6 +125,8 @@ class TimingPolicy:
     description: str = ""
     rules: TimingRules = field(default_factory=TimingRules)
     source: Path | None = None
+    # The list's rules for members, shown at the top of every copy of a post.
+    notice: str = ""
 
     def check(self, lift_at: datetime, *, announced_at: datetime, now: datetime) -> list[Violation]:
         """Every rule the schedule breaks, in file order; hard ones refuse it."""
@@ -266,8 +268,9 @@ def load_policy(path: Path) -> TimingPolicy:
     ]
     if not isinstance(raw.get("name"), str) or not raw["name"].strip():
         problems.append("  name: expected a non-empty string")
-    if not isinstance(raw.get("description", ""), str):
-        problems.append("  description: expected a string")
+    for key in ("description", "notice"):
+        if not isinstance(raw.get(key, ""), str):
+            problems.append(f"  {key}: expected a string")
     timing, rules = raw.get("timing", {}), TimingRules()
     if not isinstance(timing, dict):
         problems.append("  timing: expected a table")
@@ -278,7 +281,9 @@ def load_policy(path: Path) -> TimingPolicy:
             problems.append(_format_error(exc))
     if problems:
         raise PolicyError(f"{path}: invalid policy\n" + "\n".join(problems))
-    return TimingPolicy(raw["name"], raw.get("description", ""), rules, path)
+    return TimingPolicy(
+        raw["name"], raw.get("description", ""), rules, path, notice=raw.get("notice", "").strip()
+    )
 
 
 def _is_table(value: Any) -> bool:
