@@ -1,0 +1,142 @@
+"""Retries on the schedule: 451 and a smarthost that is down are deferred and retried;
+5xx fails at once and the security contact is told, without a word of the advisory.
+
+The dispatcher runs pass by pass (`run_once`) on an injected clock: no waiting.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from sqlalchemy import select
+
+from relay.models import Delivery, DeliveryStatus, Message, MessageKind
+from tests.support.keys import KeyFactory
+from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
+from tests.support.relayhome import CONTACT, LIST, RelayHome, RelayThread
+from tests.support.smtpsink import SmtpSink
+
+SECRET = "The flaw lets any tenant read another tenant's secrets."
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _post(port: int, data: bytes) -> None:
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
+    await smtp.connect()
+    try:
+        await smtp.sendmail("src@example.org", [LIST], data)
+    finally:
+        smtp.close()
+
+
+def _home(tmp_path: Path, keys: KeyFactory, port: int) -> RelayHome:
+    home = RelayHome(tmp_path, keys, smarthost=f"127.0.0.1:{port}")
+    home.add_sender(keys.make("src", "src@example.org"))
+    home.add_sender(keys.make("contact", CONTACT))
+    home.add_member(keys.make("distro0", "security@distro0.example"))
+    return home
+
+
+def _post_advisory(home: RelayHome, keys: KeyFactory, relay: RelayThread) -> None:
+    src = keys.make("src", "src@example.org")
+    data = pgp_mime_signed(
+        home.client(src),
+        src.fingerprint,
+        text_entity(SECRET + "\n"),
+        subject="[EMBARGOED] CVE-2026-7777: secrets",
+        sender=src.address,
+        to=LIST,
+    )
+    relay.run(_post(relay.port, data))
+
+
+def _deliveries(home: RelayHome) -> dict[str, Delivery]:
+    with home.db.transaction() as s:
+        return {d.recipient: d for d in s.execute(select(Delivery)).scalars()}
+
+
+def test_451_is_deferred_on_the_backoff_schedule_then_delivered(tmp_path, keys):
+    with SmtpSink() as sink:
+        home = _home(tmp_path, keys, sink.port)
+        clock = Clock()
+        sink.reply_next("451 4.3.0 Try again later", count=2)
+        with RelayThread(home.settings, clock=clock, dispatch=False) as relay:
+            _post_advisory(home, keys, relay)
+            dispatcher = relay.relay.dispatcher
+            assert relay.run(dispatcher.run_once()) == 1
+            first = _deliveries(home)["security@distro0.example"]
+            assert (first.status, first.last_code, first.attempts) == ("deferred", "451", 1)
+            assert first.next_attempt_at - clock() == pytest.approx(
+                timedelta(minutes=1), abs=timedelta(seconds=5)
+            )
+            assert relay.run(dispatcher.run_once()) == 0  # not due yet
+            clock.offset = timedelta(minutes=1, seconds=1)
+            assert relay.run(dispatcher.run_once()) == 1
+            second = _deliveries(home)["security@distro0.example"]
+            assert (second.status, second.attempts) == ("deferred", 2)
+            # The backoff doubled: the next attempt is two minutes after the second one.
+            assert second.next_attempt_at - clock() == pytest.approx(
+                timedelta(minutes=2), abs=timedelta(seconds=5)
+            )
+            clock.offset += timedelta(minutes=2, seconds=1)
+            assert relay.run(dispatcher.run_once()) == 1
+        sent = _deliveries(home)["security@distro0.example"]
+        assert (sent.status, sent.attempts) == ("sent", 3)
+        (copy,) = sink.messages
+        assert OpenedCopy(home.client(keys.make("distro0")), copy.data).signer == home.list_fpr
+
+
+def test_smarthost_down_is_deferred_and_delivered_once_it_is_back(tmp_path, keys):
+    port = _free_port()
+    home = _home(tmp_path, keys, port)
+    clock = Clock()
+    with RelayThread(home.settings, clock=clock, dispatch=False) as relay:
+        _post_advisory(home, keys, relay)
+        dispatcher = relay.relay.dispatcher
+        assert relay.run(dispatcher.run_once()) == 1
+        down = _deliveries(home)["security@distro0.example"]
+        assert down.status == DeliveryStatus.DEFERRED
+        assert down.last_code == "conn"
+        with SmtpSink(port=port) as sink:
+            clock.offset = timedelta(minutes=2)
+            assert relay.run(dispatcher.run_once()) == 1
+            assert len(sink.messages) == 1
+    assert _deliveries(home)["security@distro0.example"].status == DeliveryStatus.SENT
+
+
+def test_5xx_fails_at_once_and_the_notice_quotes_nothing(tmp_path, keys):
+    with SmtpSink() as sink:
+        home = _home(tmp_path, keys, sink.port)
+        sink.reply_next("550 5.1.1 No such mailbox", recipient="security@distro0.example")
+        with RelayThread(home.settings, dispatch=False) as relay:
+            _post_advisory(home, keys, relay)
+            relay.run(relay.relay.dispatcher.run_once())
+        failed = _deliveries(home)["security@distro0.example"]
+        assert (failed.status, failed.last_code, failed.attempts) == ("failed", "550", 1)
+        (notice,) = sink.messages  # the failure notice to the security contact
+        assert notice.rcpt_tos == (CONTACT,)
+        opened = OpenedCopy(home.client(keys.make("contact", CONTACT)), notice.data)
+        assert opened.signer == home.list_fpr
+        assert "security@distro0.example" in opened.text and "550" in opened.text
+        assert SECRET not in opened.text and "CVE-2026-7777" not in opened.text
+        assert SECRET.encode() not in notice.data
+        with home.db.transaction() as s:
+            kinds = s.execute(select(Message.kind)).scalars().all()
+        assert sorted(kinds) == sorted([MessageKind.POST, MessageKind.NOTICE])
