@@ -28,6 +28,7 @@ from relay.crypto import GnuPG
 from relay.db import Database
 from relay.errors import RelayError
 from relay.logs import clean
+from relay.spool import Spool
 
 log = logging.getLogger("relay.cli")
 _ROOT = logging.getLogger()  # the command owns the process, so it configures the root logger
@@ -83,6 +84,10 @@ class App:
     @cached_property
     def crypto(self) -> GnuPG:
         return admin.open_keyring(self.settings)
+
+    @cached_property
+    def spool(self) -> Spool:
+        return Spool(self.settings.storage.spool_dir)
 
     def close(self) -> None:
         if self._db is not None:
@@ -423,6 +428,10 @@ def queue_retry(ctx: click.Context, delivery_id: int) -> None:
     app = _app(ctx)
     view = admin.retry_delivery(app.db, delivery_id, audit.cli_actor())
     click.echo(f"delivery {view.id} to {view.recipient} queued for an attempt now")
+
+
+# Advisories and the audit trail live in their own module; importing it adds them to `cli`.
+from relay import cli_advisory  # noqa: E402, F401
 
 
 def main() -> None:

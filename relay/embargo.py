@@ -135,7 +135,7 @@ def lift_due(db: Database, spool: Spool, settings: Settings, now: datetime) -> l
         ]
     lifted = []
     for advisory_id in due:
-        done = _in_transaction(
+        done = in_transaction(
             db,
             spool,
             lambda session, spool, advisory_id=advisory_id: lift(
@@ -175,7 +175,7 @@ def lift_now(
         assert done is not None  # lift_now refused anything not embargoed
         return done
 
-    return _in_transaction(db, spool, both)
+    return in_transaction(db, spool, both)
 
 
 # Notices to members
@@ -327,7 +327,7 @@ def send_due_reminders(
             return _remind(session, spool, settings, policy, advisory, due, recipients, now)
 
         try:
-            kind = _in_transaction(db, spool, send)
+            kind = in_transaction(db, spool, send)
         except IntegrityError:  # recorded meanwhile by another caller: that one sent it
             continue
         if kind is not None:
@@ -492,8 +492,10 @@ class _TrackingSpool(Spool):
         return super().write(message_id, name, data)
 
 
-def _in_transaction(db: Database, spool: Spool, work: Callable[[Session, Spool], T]) -> T:
-    """Run `work` in one transaction; spool files of a rolled-back try are removed."""
+def in_transaction(db: Database, spool: Spool, work: Callable[[Session, Spool], T]) -> T:
+    """Run `work` in one transaction; spool files of a rolled-back try are removed.
+
+    For every change that queues notices (spool files) in the same transaction."""
     tracking = _TrackingSpool(spool)
     try:
         with db.transaction() as session:

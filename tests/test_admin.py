@@ -32,6 +32,7 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     shutil.copy(ROOT / "config.example.toml", tmp_path / "relay.toml")
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
     settings = load(tmp_path / "relay.toml")
     admin.init_relay(settings, ACTOR)
     db = admin.open_database(settings)

@@ -29,6 +29,7 @@ def config(tmp_path: Path) -> Path:
     """The example configuration, copied so that its var/ lands in tmp_path."""
     path = tmp_path / "relay.toml"
     shutil.copy(ROOT / "config.example.toml", path)
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
     return path
 
 
