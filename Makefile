@@ -8,7 +8,7 @@ PYTHON := python3
 # apt-get needs root; use sudo only when not already root.
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: serve test system-packages clean
+.PHONY: serve test bench system-packages clean
 
 serve: $(STAMP) | system-packages
 	$(VENV)/bin/relay --config config.example.toml serve
@@ -16,6 +16,10 @@ serve: $(STAMP) | system-packages
 test: $(STAMP) | system-packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
+
+# Benchmarks print their tables; they are not part of the test suite.
+bench: $(STAMP) | system-packages
+	$(VENV)/bin/python -m bench.fanout
 
 # gpg does the OpenPGP work; python3-venv provides ensurepip, which Debian ships separately.
 system-packages:
