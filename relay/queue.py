@@ -122,27 +122,16 @@ def enqueue_notice(
     reason: str,
 ) -> str:
     """Queue a relay notice (text only, quoting no advisory content) in the caller's transaction."""
-    message_id = new_id()
-    payload = _text_entity(text)
-    spool.write(message_id, PAYLOAD, payload)
-    session.add(
-        Message(
-            id=message_id,
-            kind=MessageKind.NOTICE,
-            subject=subject,
-            size=len(payload),
-            sha256=hashlib.sha256(payload).hexdigest(),
-        )
+    message_id = _queue_text(
+        session,
+        spool,
+        recipients=[(address, None) for address in dict.fromkeys(r.lower() for r in recipients)],
+        subject=subject,
+        text=text,
+        list_domain=list_domain,
+        advisory_id=None,
+        plaintext_allowed=True,
     )
-    for recipient in dict.fromkeys(r.lower() for r in recipients):
-        session.add(
-            Delivery(
-                message_id=message_id,
-                recipient=recipient,
-                plaintext_allowed=True,
-                copy_message_id=copy_message_id(list_domain),
-            )
-        )
     audit.record(session, RELAY_ACTOR, "notice.queued", message_id, reason=reason)
     return message_id
 

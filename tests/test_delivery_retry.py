@@ -10,7 +10,6 @@ import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiosmtplib
 import pytest
 from sqlalchemy import select
 
@@ -18,6 +17,7 @@ from relay.models import Delivery, DeliveryStatus, Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import CONTACT, LIST, RelayHome, RelayThread
+from tests.support.relayhome import smtp_post as _post
 from tests.support.smtpsink import SmtpSink
 
 SECRET = "The flaw lets any tenant read another tenant's secrets."
@@ -35,15 +35,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def _post(port: int, data: bytes) -> None:
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
-    await smtp.connect()
-    try:
-        await smtp.sendmail("src@example.org", [LIST], data)
-    finally:
-        smtp.close()
 
 
 def _home(tmp_path: Path, keys: KeyFactory, port: int) -> RelayHome:

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import aiosmtplib
 import pytest
 from sqlalchemy import func, select
 
@@ -18,6 +17,7 @@ from relay.models import Advisory, AdvisoryState, AuditEvent, Delivery, Message,
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome, RelayThread
+from tests.support.relayhome import smtp_post as _post
 from tests.support.smtpsink import SmtpSink
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -34,18 +34,6 @@ class Clock:
 
     def jump_to(self, moment: datetime) -> None:
         self.offset = moment - datetime.now(UTC)
-
-
-async def _post(port: int, data: bytes) -> tuple[int, str]:
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
-    await smtp.connect()
-    try:
-        _, reply = await smtp.sendmail("src@example.org", [LIST], data)
-        return 250, reply
-    except aiosmtplib.SMTPResponseException as exc:
-        return exc.code, exc.message
-    finally:
-        smtp.close()
 
 
 @pytest.fixture

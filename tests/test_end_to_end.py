@@ -18,6 +18,7 @@ from relay.models import Delivery, DeliveryStatus, Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import CONTACT, LIST, RelayHome, RelayThread
+from tests.support.relayhome import smtp_post as _post
 from tests.support.smtpsink import SmtpSink
 
 BODY = (
@@ -26,19 +27,6 @@ BODY = (
     "intercept traffic of other tenants (CVE-2026-99999).\n"
 )
 SUBJECT = "[EMBARGOED] CVE-2026-99999: kube-apiserver traffic interception"
-
-
-async def _post(port: int, data: bytes, sender: str = "src@example.org") -> tuple[int, str]:
-    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
-    await smtp.connect()
-    try:
-        errors, reply = await smtp.sendmail(sender, [LIST], data)
-        assert not errors
-        return 250, reply
-    except aiosmtplib.SMTPResponseException as exc:
-        return exc.code, exc.message
-    finally:
-        smtp.close()
 
 
 @pytest.fixture

@@ -133,3 +133,18 @@ class RelayThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+async def smtp_post(port: int, data: bytes, sender: str = "src@example.org") -> tuple[int, str]:
+    """Post to the relay over real SMTP; returns the final reply (code, text)."""
+    import aiosmtplib
+
+    smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
+    await smtp.connect()
+    try:
+        _, reply = await smtp.sendmail(sender, [LIST], data)
+        return 250, reply
+    except aiosmtplib.SMTPResponseException as exc:
+        return exc.code, exc.message
+    finally:
+        smtp.close()
