@@ -355,6 +355,9 @@ class Dispatcher:
         except CryptoError as exc:
             await asyncio.to_thread(self._hold_unreachable, job, f"encryption failed: {exc}")
             return None
+        except ValueError as exc:  # compose refused the copy (e.g. a malformed field): fail closed
+            await asyncio.to_thread(self._hold_unreachable, job, f"copy not built: {exc}")
+            return None
         event(
             log,
             "decided",
