@@ -17,6 +17,7 @@ import secrets
 import smtplib
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, MIMEPart
 from email.policy import SMTP
 from pathlib import Path
@@ -35,6 +36,28 @@ def read_advisory(path: Path) -> tuple[str, str]:
         raise SystemExit(f"{path}: expected a 'Subject: ' line after the comments")
     subject = lines.pop(0).removeprefix("Subject: ").strip()
     return subject, "\n".join(lines).strip("\n") + "\n"
+
+
+def next_lift(now: datetime | None = None) -> datetime:
+    """The Kubernetes habit: a Tuesday at 16:00 UTC, at least 8 days ahead (7 days of notice)."""
+    now = now or datetime.now(UTC)
+    day = (now + timedelta(days=8)).date()
+    while day.weekday() != 1:  # Tuesday
+        day += timedelta(days=1)
+    return datetime(day.year, day.month, day.day, 16, 0, tzinfo=UTC)
+
+
+class _LiftTime(dict):
+    """Fills {lift} / {lift_text} in the sample; any other braces stay as they are."""
+
+    def __init__(self, lift: datetime) -> None:
+        super().__init__(
+            lift=lift.strftime("%Y-%m-%d %H:%M UTC"),
+            lift_text=lift.strftime("%A, %Y-%m-%d at %H:%M UTC"),
+        )
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
 
 
 def gpg(home: str, args: list[str], data: bytes) -> tuple[bytes, list[list[str]]]:
@@ -121,6 +144,7 @@ def main() -> int:
     args = parser.parse_args()
 
     subject, body = read_advisory(args.file)
+    body = body.format_map(_LiftTime(next_lift()))
     build = pgp_mime if args.form == "pgpmime" else clearsigned
     raw = build(args.gnupghome, args.key or args.sender, args.sender, args.to, subject, body)
     with smtplib.SMTP(args.host, args.port, timeout=30) as smtp:
