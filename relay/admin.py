@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay import advisories, audit, embargo, keystore, queue
+from relay import advisories, audit, contributions, embargo, keystore, queue
 from relay.config import Address, Settings
 from relay.crypto import MIN_RSA_BITS, Crypto, GnuPG, KeyInfo
 from relay.db import Database
@@ -67,10 +67,22 @@ class MemberView:
     usable: bool
     problem: str | None
     created_at: datetime
+    domains: list[str] = field(default_factory=list)
+    criteria: dict[str, str] = field(default_factory=dict)
+    vouched_by: str | None = None
 
     @property
     def key_count(self) -> int:
         return len(self.fingerprints)
+
+
+@dataclass(frozen=True)
+class KeyImport:
+    """Keys added to a member, and its deliveries that had waited for a usable key."""
+
+    member: MemberView
+    added: list[str]
+    released: int
 
 
 @dataclass(frozen=True)
@@ -162,6 +174,8 @@ class AdvisoryReport:
     advisory: AdvisoryView
     history: list[AuditView]
     deliveries: list[AdvisoryDeliveryView]
+    # Each member's contributing-back status (relay.contributions).
+    statuses: list[contributions.StatusRow] = field(default_factory=list)
 
 
 # Opening the relay's stores
@@ -369,7 +383,52 @@ def _member_view(crypto: Crypto, member: Member) -> MemberView:
         usable=bool(usable),
         problem=problem,
         created_at=member.created_at,
+        domains=list(member.domains or []),
+        criteria=dict(member.criteria or {}),
+        vouched_by=member.vouched_by,
     )
+
+
+def add_member_keys(
+    db: Database,
+    crypto: Crypto,
+    address: str,
+    key_data: bytes,
+    actor: str,
+    now: datetime | None = None,
+) -> KeyImport:
+    """Add keys to an existing member, vetted like `add_member`'s. If the member had no
+    usable key before, its deliveries held for want of one go back to the queue."""
+    address = normalise_address(address)
+    found = _vet_keys(crypto, key_data, need_encryption=True)
+    with db.transaction() as session:
+        member = _member(session, address)
+        if member is None:
+            raise RelayError(f"no member {address}")
+        if member.state == MemberState.REMOVED:
+            raise RelayError(f"{address} was removed; add it again with 'relay member add'")
+        mine = {k.fingerprint for k in member.keys}
+        new = [k.fingerprint for k in found if k.fingerprint not in mine]
+        if not new:
+            raise RelayError(f"{address} already has every key in the file")
+        _refuse_member_keys(session, new)
+
+    fingerprints = _import(crypto, key_data, found, need_encryption=True)
+    with db.transaction() as session:
+        member = _member(session, address)
+        if member is None or member.state == MemberState.REMOVED:
+            raise RelayError(f"{address} was removed meanwhile; no key was added")
+        mine = {k.fingerprint for k in member.keys}
+        added = [f for f in fingerprints if f not in mine]
+        member.keys.extend(MemberKey(fingerprint=f) for f in added)
+        for fpr in added:
+            audit.record(session, actor, "key.imported", fpr, owner=f"member {address}")
+        released = 0
+        if member.state == MemberState.ACTIVE:
+            released = queue.release_key_holds(session, member.id, actor, now or utcnow())
+        view = _member_view(crypto, member)
+    event(log, "member.keys_added", address=address, keys=len(added), released=released)
+    return KeyImport(view, added, released)
 
 
 # Senders
@@ -666,7 +725,8 @@ def advisory_report(db: Database, advisory_id: str) -> AdvisoryReport:
             )
             for d, kind in rows
         ]
-        return AdvisoryReport(_advisory_view(advisory), history, deliveries)
+        statuses = contributions.status_rows(session, advisory.id)
+        return AdvisoryReport(_advisory_view(advisory), history, deliveries, statuses)
 
 
 def audit_trail(db: Database, advisory_id: str | None = None, limit: int = 50) -> list[AuditView]:

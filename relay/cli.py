@@ -430,8 +430,9 @@ def queue_retry(ctx: click.Context, delivery_id: int) -> None:
     click.echo(f"delivery {view.id} to {view.recipient} queued for an attempt now")
 
 
-# Advisories and the audit trail live in their own module; importing it adds them to `cli`.
-from relay import cli_advisory  # noqa: E402, F401
+# Advisories and the audit trail, then membership, key health and contributing back, live in
+# their own modules; importing them adds their commands to `cli`.
+from relay import cli_advisory, cli_members  # noqa: E402, F401
 
 
 def main() -> None:

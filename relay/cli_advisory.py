@@ -208,6 +208,7 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
                 "countdown": _countdown(a, now),
                 "history": report.history,
                 "deliveries": report.deliveries,
+                "statuses": report.statuses,
             }
         )
         return
@@ -248,6 +249,23 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
             for d in report.deliveries
         ],
     )
+    _table(
+        "Contributing back",
+        ["member", "status", "text", "updated"],
+        [
+            [
+                r.member,
+                r.status,
+                clean(r.text or "-", limit=60),
+                _updated(r.updated_at, r.updated_by),
+            ]
+            for r in report.statuses
+        ],
+    )
+
+
+def _updated(at: datetime | None, by: str | None) -> str:
+    return "-" if at is None else f"{format_when(at)} by {by}"
 
 
 @advisory.command("schedule", epilog=_WHEN_EPILOG)

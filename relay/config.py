@@ -165,6 +165,20 @@ class EmbargoSettings(_Section):
         return value
 
 
+class MembersSettings(_Section):
+    # Remind a member (encrypted) this long before one of its keys expires.
+    key_expiry_warning: Duration = timedelta(days=30)
+    # Remind members who have not said how far they got with an advisory this long before its lift.
+    status_reminder_before: Duration = timedelta(days=2)
+
+    @field_validator("key_expiry_warning", "status_reminder_before")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+
 class Settings(_Section):
     list: ListSettings
     smtp: SmtpSettings = SmtpSettings()
@@ -172,6 +186,7 @@ class Settings(_Section):
     storage: StorageSettings = StorageSettings()
     gnupg: GnupgSettings = GnupgSettings()
     embargo: EmbargoSettings = EmbargoSettings()
+    members: MembersSettings = MembersSettings()
     source: Path | None = None
 
 

@@ -84,6 +84,11 @@ class Member(Base):
     state: Mapped[str] = mapped_column(String(16), default=MemberState.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # The distribution as an organisation: the domains its team mails from, the policy's
+    # criteria it attested to ({"1": "answer", ...}) and the member who vouched for it.
+    domains: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    criteria: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
+    vouched_by: Mapped[str | None] = mapped_column(String(320))
     keys: Mapped[list[MemberKey]] = relationship(
         back_populates="member", cascade="all, delete-orphan", order_by="MemberKey.id"
     )
@@ -228,3 +233,57 @@ class AdvisoryReminder(Base):
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     message_id: Mapped[str | None] = mapped_column(String(32))
+
+
+class ContributionStatus(enum.StrEnum):
+    """How far a member got with an advisory's patches (the policy's "contributing back")."""
+
+    NONE = "none"
+    ACKNOWLEDGED = "acknowledged"
+    REVIEWING = "reviewing"
+    TESTED_NO_ISSUES = "tested-no-issues"
+    ISSUE_FOUND = "issue-found"
+
+
+class Contribution(Base):
+    """One member's answer about one advisory; absent means "none". History is in the audit."""
+
+    __tablename__ = "contributions"
+    __table_args__ = (UniqueConstraint("advisory_id", "member_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(ForeignKey("advisories.id", ondelete="CASCADE"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(32), default=ContributionStatus.NONE)
+    text: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(200))
+    member: Mapped[Member] = relationship()
+
+
+class StatusReminder(Base):
+    """A contributing-back reminder already queued: at most one per advisory and member."""
+
+    __tablename__ = "status_reminders"
+    __table_args__ = (UniqueConstraint("advisory_id", "member_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(ForeignKey("advisories.id", ondelete="CASCADE"))
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    message_id: Mapped[str] = mapped_column(String(32))
+
+
+class KeyReminder(Base):
+    """An expiry reminder already queued: one per key and expiry date, so a key whose
+    expiry is extended and nears its new date is reminded again."""
+
+    __tablename__ = "key_reminders"
+    __table_args__ = (UniqueConstraint("fingerprint", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    message_id: Mapped[str] = mapped_column(String(32))

@@ -547,3 +547,71 @@ def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> 
             reason="embargo lifted",
         )
     return count
+
+
+# Notices to chosen members, and deliveries that waited for a key
+
+# Start of `last_reason` of a delivery held because its recipient had no usable key.
+NO_KEY_HOLD = "no usable key"
+
+
+def enqueue_member_notice(
+    session: Session,
+    spool: Spool,
+    *,
+    members: Iterable[Member],
+    subject: str,
+    text: str,
+    list_domain: str,
+    reason: str,
+    advisory_id: str | None = None,
+) -> tuple[str, int]:
+    """Queue a relay notice to some members (each copy encrypted to that member, held if it
+    has no usable key), in the caller's transaction; returns the message id and count."""
+    recipients = [(m.address, m.id) for m in members]
+    message_id = _queue_text(
+        session,
+        spool,
+        recipients=recipients,
+        subject=subject,
+        text=text,
+        list_domain=list_domain,
+        advisory_id=advisory_id,
+        plaintext_allowed=False,
+    )
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "notice.queued",
+        message_id,
+        reason=reason,
+        advisory=advisory_id,
+        deliveries=len(recipients),
+    )
+    return message_id, len(recipients)
+
+
+def release_key_holds(session: Session, member_id: int, actor: str, now: datetime) -> int:
+    """A member has a usable key again: its deliveries held for want of one go back to
+    the queue. Deliveries held for any other reason (the embargo) stay held."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.member_id == member_id,
+            Delivery.status == DeliveryStatus.HELD,
+            Delivery.last_reason.startswith(NO_KEY_HOLD),
+        )
+        .values(status=DeliveryStatus.QUEUED, next_attempt_at=now, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    count = result.rowcount or 0
+    if count:
+        audit.record(
+            session,
+            actor,
+            "delivery.released",
+            f"member:{member_id}",
+            count=count,
+            reason="a usable key was imported",
+        )
+    return count
