@@ -11,7 +11,8 @@ make a job that fell due while the relay was down run once at the next start
 
 Jobs per advisory: `lift:<ID>` at the lift time and `remind:<ID>:<offset>` before
 it; one `embargo:check` job re-reads the database every `[embargo]
-check_interval` (changes made by another process, missing-lift warnings). Job
+check_interval` (changes made by another process, missing-lift warnings,
+contributing-back reminders, and once a day the members' key health check). Job
 functions are referenced by name ("relay.scheduler:run_due"), as a persistent
 store requires, and reach the running relay through a registry set by `start()`.
 
@@ -33,8 +34,9 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import select
 
-from relay import embargo
+from relay import contributions, embargo, keyhealth
 from relay.config import Settings
+from relay.crypto import Crypto
 from relay.db import Database
 from relay.logs import event
 from relay.models import Advisory, AdvisoryState, utcnow
@@ -44,6 +46,7 @@ log = logging.getLogger("relay.scheduler")
 
 JOB_TABLE = "apscheduler_jobs"
 CHECK_JOB = "embargo:check"
+KEY_CHECK_EVERY = timedelta(days=1)  # key expiry reminders, revocations
 _RUN_DUE = "relay.scheduler:run_due"
 
 
@@ -80,12 +83,15 @@ class EmbargoScheduler:
         settings: Settings,
         clock: Callable[[], datetime] = utcnow,
         on_queued: Callable[[], None] | None = None,
+        crypto: Crypto | None = None,
     ) -> None:
         self.db = db
         self.spool = spool
         self.settings = settings
         self.clock = clock
         self.on_queued = on_queued
+        self.crypto = crypto  # for the daily key health check; None: no key checks
+        self._keys_checked_at: datetime | None = None
         self._tick_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduler = AsyncIOScheduler(
@@ -197,6 +203,13 @@ class EmbargoScheduler:
             now = self.clock()
             lifted = embargo.lift_due(self.db, self.spool, self.settings, now)
             reminded = embargo.send_due_reminders(self.db, self.spool, self.settings, now)
+            reminded += contributions.send_status_reminders(self.db, self.spool, self.settings, now)
+            if self.crypto is not None and (
+                self._keys_checked_at is None or now - self._keys_checked_at >= KEY_CHECK_EVERY
+            ):
+                report = keyhealth.check_keys(self.db, self.spool, self.crypto, self.settings, now)
+                self._keys_checked_at = now
+                reminded += list(report.reminded)
             if self._scheduler.running:
                 for advisory_id in lifted:
                     self.remove(advisory_id)

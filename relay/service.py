@@ -54,7 +54,12 @@ class Relay:
             clock=clock,
         )
         self.scheduler = EmbargoScheduler(
-            self.db, self.spool, settings, clock=clock, on_queued=self.dispatcher.wake
+            self.db,
+            self.spool,
+            settings,
+            clock=clock,
+            on_queued=self.dispatcher.wake,
+            crypto=self.crypto,
         )
         self.handler = ListHandler(
             settings,
