@@ -432,7 +432,7 @@ def queue_retry(ctx: click.Context, delivery_id: int) -> None:
 
 # Advisories and the audit trail, then membership, key health and contributing back, live in
 # their own modules; importing them adds their commands to `cli`.
-from relay import cli_advisory, cli_members  # noqa: E402, F401
+from relay import cli_advisory, cli_applications, cli_held, cli_members  # noqa: E402, F401
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from relay.crypto import Crypto, KeyInfo
 from relay.errors import KeyProblem
-from relay.models import Member, Sender, SenderKey
+from relay.models import Member, MemberKey, MemberState, Sender, SenderKey
 
 
 def list_key(crypto: Crypto) -> KeyInfo:
@@ -56,4 +56,13 @@ def sender_for(session: Session, fingerprint: str) -> Sender | None:
 def sender_by_address(session: Session, address: str) -> Sender | None:
     return session.execute(
         select(Sender).where(Sender.address == address.lower())
+    ).scalar_one_or_none()
+
+
+def member_for(session: Session, fingerprint: str) -> Member | None:
+    """The active member whose key made a signature (by primary fingerprint)."""
+    return session.execute(
+        select(Member)
+        .join(MemberKey, MemberKey.member_id == Member.id)
+        .where(MemberKey.fingerprint == fingerprint.upper(), Member.state == MemberState.ACTIVE)
     ).scalar_one_or_none()

@@ -32,7 +32,8 @@ ADVISORY = "X-Advisory"
 EMBARGO_UNTIL = "X-Embargo-Until"
 SHARE = "X-Share"
 STATUS = "X-Status"
-KEYWORDS = (ADVISORY, EMBARGO_UNTIL, SHARE, STATUS)
+VOUCH = "X-Vouch"
+KEYWORDS = (ADVISORY, EMBARGO_UNTIL, SHARE, STATUS, VOUCH)
 _CANONICAL = {name.lower(): name for name in KEYWORDS}
 
 _CRLF = b"\r\n"

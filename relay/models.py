@@ -287,3 +287,31 @@ class KeyReminder(Base):
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
     sent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     message_id: Mapped[str] = mapped_column(String(32))
+
+
+class ApplicationState(enum.StrEnum):
+    SUBMITTED = "submitted"  # waiting for vouches and a decision
+    APPROVED = "approved"  # the member was created; terminal
+    REJECTED = "rejected"  # terminal
+
+
+class Application(Base):
+    """A distribution's request to join, in the shape of the Kubernetes application template.
+
+    `answers` holds the text of each criterion's answer as written ({"0": ..., "8": ...},
+    "0" being the security alias); `vouches` the active members that vouched for it
+    ([{"member", "at", "actor"}]). History is in the audit trail."""
+
+    __tablename__ = "applications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    distribution: Mapped[str] = mapped_column(String(200))
+    alias: Mapped[str | None] = mapped_column(String(320), index=True)
+    answers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=ApplicationState.SUBMITTED)
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    submitted_by: Mapped[str] = mapped_column(String(200))
+    vouches: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was rejected

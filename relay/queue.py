@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from relay import audit
@@ -28,6 +28,7 @@ from relay.models import (
     MemberState,
     Message,
     MessageKind,
+    Sender,
     utcnow,
 )
 from relay.spool import PAYLOAD, RAW, Spool
@@ -51,6 +52,20 @@ class Accepted:
     advisory_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Routing:
+    """Where an accepted post goes, decided inside the accept transaction."""
+
+    advisory_id: str | None
+    audience: str = "members"  # "members": every active member; "senders": the SRC only;
+    # "nobody": a post that only tells the relay something
+    hold: str | None = None  # held at once with this code (e.g. "moderation"), or sent
+
+
+MEMBERS, SENDERS, NOBODY = "members", "senders", "nobody"
+MODERATION_HOLD = "moderation"
+
+
 def accept_post(
     db: Database,
     spool: Spool,
@@ -62,53 +77,74 @@ def accept_post(
     signer: str,
     original_message_id: str | None,
     list_domain: str,
-    advisory_for: Callable[[Session, Spool], str | None] = lambda session, spool: None,
+    route: Callable[[Session, Spool], Routing] = lambda session, spool: Routing(None),
 ) -> Accepted:
     """Make a verified post durable: spool files fsynced, then one committed transaction.
 
-    `advisory_for` runs inside that transaction and names the post's advisory
-    (creating or rescheduling it); if it raises, nothing is kept.
+    `route` runs inside that transaction: it names the post's advisory (creating or
+    rescheduling it) and its audience; if it raises, nothing is kept.
     """
     message_id = new_id()
     spool.write(message_id, RAW, raw)
     spool.write(message_id, PAYLOAD, payload)
     try:
         with db.transaction() as session:
-            advisory_id = advisory_for(session, spool)
-            members = session.execute(
-                select(Member).where(Member.state == MemberState.ACTIVE).order_by(Member.id)
-            ).scalars()
-            message = Message(
-                advisory_id=advisory_id,
-                id=message_id,
-                kind=MessageKind.POST,
-                mail_from=mail_from,
-                signer_fingerprint=signer,
-                original_message_id=original_message_id,
-                subject=subject,
-                size=len(raw),
-                sha256=hashlib.sha256(raw).hexdigest(),
+            routing = route(session, spool)
+            session.add(
+                Message(
+                    advisory_id=routing.advisory_id,
+                    id=message_id,
+                    kind=MessageKind.POST,
+                    mail_from=mail_from,
+                    signer_fingerprint=signer,
+                    original_message_id=original_message_id,
+                    subject=subject,
+                    size=len(raw),
+                    sha256=hashlib.sha256(raw).hexdigest(),
+                )
             )
-            session.add(message)
             count = 0
-            for member in members:
+            for address, member_id in _audience(session, routing.audience):
                 session.add(
                     Delivery(
                         message_id=message_id,
-                        member_id=member.id,
-                        recipient=member.address,
+                        member_id=member_id,
+                        recipient=address,
                         copy_message_id=copy_message_id(list_domain),
-                        advisory_id=advisory_id,
+                        advisory_id=routing.advisory_id,
+                        status=DeliveryStatus.HELD if routing.hold else DeliveryStatus.QUEUED,
+                        last_code=routing.hold,
                     )
                 )
                 count += 1
             audit.record(
-                session, signer, "message.accepted", message_id, deliveries=count, size=len(raw)
+                session,
+                signer,
+                "message.accepted",
+                message_id,
+                deliveries=count,
+                size=len(raw),
+                audience=routing.audience,
+                held=routing.hold,
             )
     except BaseException:
         spool.remove(message_id)
         raise
-    return Accepted(message_id, count, advisory_id)
+    return Accepted(message_id, count, routing.advisory_id)
+
+
+def _audience(session: Session, audience: str) -> list[tuple[str, int | None]]:
+    if audience == NOBODY:  # a post that only tells the relay something (a vouch)
+        return []
+    if audience == SENDERS:
+        rows = session.execute(select(Sender.address).order_by(Sender.id)).scalars()
+        return [(address, None) for address in rows]
+    members = session.execute(
+        select(Member.address, Member.id)
+        .where(Member.state == MemberState.ACTIVE)
+        .order_by(Member.id)
+    ).all()
+    return [(address, member_id) for address, member_id in members]
 
 
 def enqueue_notice(
@@ -615,3 +651,49 @@ def release_key_holds(session: Session, member_id: int, actor: str, now: datetim
             reason="a usable key was imported",
         )
     return count
+
+
+def held_posts(session: Session) -> list[tuple[Message, int]]:
+    """Posts waiting for a moderator, with how many copies each holds."""
+    rows = session.execute(
+        select(Message, func.count(Delivery.id))
+        .join(Delivery, Delivery.message_id == Message.id)
+        .where(Delivery.status == DeliveryStatus.HELD, Delivery.last_code == MODERATION_HOLD)
+        .group_by(Message.id)
+        .order_by(Message.received_at)
+    ).all()
+    return [(message, count) for message, count in rows]
+
+
+def moderate(session: Session, message_id: str, actor: str, *, release: bool, reason: str) -> int:
+    """Release a held post to its audience, or reject it: every held copy at once."""
+    deliveries = (
+        session.execute(
+            select(Delivery).where(
+                Delivery.message_id == message_id,
+                Delivery.status == DeliveryStatus.HELD,
+                Delivery.last_code == MODERATION_HOLD,
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not deliveries:
+        raise RelayError(f"no post {message_id} is waiting for moderation")
+    for delivery in deliveries:
+        if release:
+            delivery.status = DeliveryStatus.QUEUED
+            delivery.next_attempt_at = utcnow()
+            delivery.last_code, delivery.last_reason = None, None
+        else:
+            delivery.status = DeliveryStatus.FAILED
+            delivery.last_code, delivery.last_reason = "rejected", reason
+    audit.record(
+        session,
+        actor,
+        "post.released" if release else "post.rejected",
+        message_id,
+        copies=len(deliveries),
+        reason=reason or None,
+    )
+    return len(deliveries)

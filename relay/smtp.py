@@ -18,16 +18,13 @@ from email.message import EmailMessage
 
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
-from sqlalchemy.orm import Session
 
-from relay import advisories, embargo, keywords, queue
+from relay import advisories, keywords, posts, queue
 from relay.config import Settings
 from relay.crypto import Crypto
 from relay.db import Database
 from relay.inbound import Rejection, check_structure, check_wire, verify_post
-from relay.keystore import sender_for
 from relay.logs import clean, event
-from relay.models import utcnow
 from relay.spool import Spool
 
 log = logging.getLogger("relay.smtp")
@@ -76,7 +73,7 @@ class ListHandler:
         self.crypto = crypto
         self.on_accept = on_accept
         self.on_schedule = on_schedule
-        self.policy = advisories.policy_for(settings)
+        self.router = posts.PostRouter(settings)
 
     async def handle_MAIL(
         self,
@@ -111,7 +108,7 @@ class ListHandler:
         if len(raw) > self.settings.smtp.max_message_size:
             return TOO_BIG
         try:
-            accepted, change = await asyncio.to_thread(self._accept, raw, envelope.mail_from or "")
+            accepted, outcome = await asyncio.to_thread(self._accept, raw, envelope.mail_from or "")
         except Rejection as rejection:
             event(
                 log,
@@ -133,15 +130,17 @@ class ListHandler:
             mail_from=envelope.mail_from,
             size=len(raw),
             deliveries=accepted.deliveries,
+            advisory=accepted.advisory_id,
+            member=outcome.member or "-",
+            held=bool(outcome.routing and outcome.routing.hold),
         )
+        change = outcome.change
         if change is not None and (change.created or change.moved):
             self.on_schedule(change.advisory.id, change.new)
         self.on_accept()
         return QUEUED.format(id=accepted.message_id)
 
-    def _accept(
-        self, raw: bytes, mail_from: str
-    ) -> tuple[queue.Accepted, advisories.Change | None]:
+    def _accept(self, raw: bytes, mail_from: str) -> tuple[queue.Accepted, posts.Outcome]:
         """Validate, verify and commit; raises Rejection for anything refused."""
         check_wire(raw)
         message: EmailMessage = check_structure(raw)
@@ -150,26 +149,7 @@ class ListHandler:
             found, payload = keywords.extract(post.payload)
         except keywords.KeywordError as exc:
             raise Rejection(550, "5.6.0", f"keyword lines: {exc}") from None
-        changes: list[advisories.Change] = []
-
-        def advisory_for(session: Session, spool: Spool) -> str:
-            now = utcnow()
-            change = advisories.from_post(
-                session, found, post.subject, post.signer, now, self.policy
-            )
-            if change.moved and not change.created:
-                embargo.notify_schedule_change(
-                    session,
-                    spool,
-                    self.settings,
-                    change.advisory,
-                    change.old,
-                    change.new,
-                    "set by a signed post",
-                )
-            changes.append(change)
-            return change.advisory.id
-
+        outcome = posts.Outcome()
         try:
             accepted = queue.accept_post(
                 self.db,
@@ -181,13 +161,15 @@ class ListHandler:
                 signer=post.signer,
                 original_message_id=_header(message, "Message-ID"),
                 list_domain=self.settings.list.domain,
-                advisory_for=advisory_for,
+                route=lambda session, spool: self.router.route(
+                    session, spool, post, found, payload, message, outcome
+                ),
             )
         except advisories.EmbargoTimeUnreadable as exc:
             raise Rejection(550, "5.6.0", _one_line(str(exc))) from None
         except advisories.AdvisoryError as exc:
             raise Rejection(550, "5.7.1", _one_line(str(exc))) from None
-        change = changes[0] if changes else None
+        change = outcome.change
         for warning in change.warnings if change else ():
             event(
                 log,
@@ -196,11 +178,11 @@ class ListHandler:
                 rule=warning.rule,
                 detail=warning.message,
             )
-        return accepted, change
+        return accepted, outcome
 
     def _is_authorised(self, fingerprint: str) -> bool:
         with self.db.transaction() as session:
-            return sender_for(session, fingerprint) is not None
+            return self.router.is_authorised(session, fingerprint)
 
 
 def _one_line(text: str) -> str:

@@ -1,0 +1,228 @@
+"""What a verified post means: who posted it, which advisory it belongs to, who gets it.
+
+Runs inside the accept transaction (see `relay.queue.accept_post`), so every
+change a post makes (a new advisory, a moved lift, a member's status report)
+commits together with the post or not at all.
+
+- An authorised sender's post (SRC) creates its advisory or moves the lift, from
+  the keyword lines of its signed part, and goes to every active member.
+- A member's post names its advisory by a keyword line, by replying to a copy
+  the relay sent, or by the advisory ID in its subject. It may report the
+  member's status (`X-Status`) or vouch for an application (`X-Vouch`, then it
+  goes to nobody); it may not set embargo times. The list's posting
+  policy sends it to the whole list, to the senders only, or holds it for a
+  moderator (who is told).
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from relay import advisories, applications, contributions, embargo, keywords, queue
+from relay.config import Settings
+from relay.errors import RelayError
+from relay.inbound import Rejection, VerifiedPost
+from relay.keystore import member_for, sender_for
+from relay.models import Advisory, Delivery, Member, Message, Sender, utcnow
+from relay.posting import MemberPosts, posting_for
+from relay.spool import Spool
+
+_MESSAGE_ID = re.compile(r"<[^<>\s]+>")
+_ADVISORY_ID = re.compile(r"\b[A-Z][A-Z0-9]*-\d{4}-\d{3,}\b", re.IGNORECASE)
+
+
+@dataclass
+class Outcome:
+    """What routing one post did, for the SMTP edge to log and schedule."""
+
+    routing: queue.Routing | None = None
+    change: advisories.Change | None = None
+    member: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class PostRouter:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.timing = advisories.policy_for(settings)
+        self.posting = posting_for(settings)
+
+    def is_authorised(self, session: Session, fingerprint: str) -> bool:
+        return (
+            sender_for(session, fingerprint) is not None
+            or member_for(session, fingerprint) is not None
+        )
+
+    def route(
+        self,
+        session: Session,
+        spool: Spool,
+        post: VerifiedPost,
+        found: dict[str, str],
+        payload: bytes,
+        message: EmailMessage,
+        outcome: Outcome,
+    ) -> queue.Routing:
+        if sender_for(session, post.signer) is not None:
+            return self._sender_post(session, spool, post, found, outcome)
+        member = member_for(session, post.signer)
+        if member is None:  # authorised a moment ago, removed since
+            raise Rejection(550, "5.7.1", "the signing key is not authorised to post to this list")
+        return self._member_post(session, spool, post, found, payload, message, member, outcome)
+
+    def _sender_post(
+        self,
+        session: Session,
+        spool: Spool,
+        post: VerifiedPost,
+        found: dict[str, str],
+        outcome: Outcome,
+    ) -> queue.Routing:
+        change = advisories.from_post(
+            session, found, post.subject, post.signer, utcnow(), self.timing
+        )
+        if change.moved and not change.created:
+            embargo.notify_schedule_change(
+                session,
+                spool,
+                self.settings,
+                change.advisory,
+                change.old,
+                change.new,
+                "set by a signed post",
+            )
+        outcome.change = change
+        outcome.routing = queue.Routing(change.advisory.id)
+        return outcome.routing
+
+    def _member_post(
+        self,
+        session: Session,
+        spool: Spool,
+        post: VerifiedPost,
+        found: dict[str, str],
+        payload: bytes,
+        message: EmailMessage,
+        member: Member,
+        outcome: Outcome,
+    ) -> queue.Routing:
+        if keywords.EMBARGO_UNTIL in found:
+            raise Rejection(550, "5.7.1", "only the list's authorised senders set embargo times")
+        actor = f"key:{post.signer}"
+        outcome.member = member.address
+        if (application := found.get(keywords.VOUCH)) is not None:
+            try:
+                applications.vouch(session, application, member.address, actor)
+            except RelayError as exc:
+                raise Rejection(550, "5.6.0", f"X-Vouch: {exc}") from None
+            outcome.notes.append(f"vouched for application {application}")
+            if keywords.ADVISORY not in found and keywords.STATUS not in found:
+                outcome.routing = queue.Routing(None, audience=queue.NOBODY)
+                return outcome.routing
+        advisory = self._advisory_of(session, found, post.subject, message)
+        if (status := found.get(keywords.STATUS)) is not None:
+            try:
+                contributions.set_status(
+                    session,
+                    advisory.id,
+                    member,
+                    contributions.parse_status(status),
+                    _text(payload) or None,
+                    actor,
+                )
+            except RelayError as exc:
+                raise Rejection(550, "5.6.0", f"X-Status: {exc}") from None
+            outcome.notes.append(f"status {status}")
+        mode = self.posting.member_posts
+        hold = queue.MODERATION_HOLD if mode == MemberPosts.MODERATE else None
+        audience = queue.SENDERS if mode == MemberPosts.SRC else queue.MEMBERS
+        if hold:
+            self._tell_moderators(session, spool, advisory, member)
+        outcome.routing = queue.Routing(advisory.id, audience=audience, hold=hold)
+        return outcome.routing
+
+    def _advisory_of(
+        self, session: Session, found: dict[str, str], subject: str, message: EmailMessage
+    ) -> Advisory:
+        """The advisory a member writes about: keyword line, reply threading, or subject."""
+        if (named := found.get(keywords.ADVISORY)) is not None:
+            advisory = advisories.find(session, named)
+            if advisory is None:
+                raise Rejection(550, "5.6.0", f"no advisory {named} on this list")
+            return advisory
+        for reference in _references(message):
+            advisory_id = self._replied_to(session, reference)
+            if advisory_id is not None:
+                return advisories.get(session, advisory_id)
+        for candidate in _ADVISORY_ID.findall(subject):
+            if (advisory := advisories.find(session, candidate)) is not None:
+                return advisory
+        raise Rejection(
+            550,
+            "5.6.0",
+            "name the advisory: an 'X-Advisory: ID' line, a reply to the list's copy, "
+            "or the advisory ID in the subject",
+        )
+
+    def _replied_to(self, session: Session, reference: str) -> str | None:
+        found = session.execute(
+            select(Delivery.advisory_id).where(Delivery.copy_message_id == reference)
+        ).scalar_one_or_none()
+        if found is not None:
+            return found
+        local, _, domain = reference.strip("<>").partition("@")
+        if domain.lower() == self.settings.list.domain and local.isalnum():
+            message = session.get(Message, local)
+            return message.advisory_id if message is not None else None
+        return None
+
+    def _tell_moderators(
+        self, session: Session, spool: Spool, advisory: Advisory, member: Member
+    ) -> None:
+        senders = session.execute(select(Sender.address)).scalars().all()
+        if not senders:
+            return
+        queue.enqueue_advisory_notice(
+            session,
+            spool,
+            recipients=senders,
+            subject=f"[{self.settings.list.name}] {advisory.id}: a member's post awaits moderation",
+            text=(
+                f"{member.name} ({member.address}) posted about advisory {advisory.id}.\n"
+                "The post is held until a moderator decides:\n\n"
+                "  relay held list\n  relay held release MESSAGE-ID\n"
+                "  relay held reject MESSAGE-ID --reason TEXT\n"
+            ),
+            list_domain=self.settings.list.domain,
+            reason=f"member post on {advisory.id} held for moderation",
+            advisory_id=advisory.id,
+        )
+
+
+def _references(message: EmailMessage) -> list[str]:
+    ids: list[str] = []
+    for name in ("In-Reply-To", "References"):
+        try:
+            value = message.get(name)
+        except (ValueError, IndexError):
+            continue
+        ids += _MESSAGE_ID.findall(str(value or ""))
+    return list(dict.fromkeys(reversed(ids)))  # the nearest reference first
+
+
+def _text(payload: bytes) -> str:
+    """The post's own words (first text part), for a status report; capped."""
+    entity = email.message_from_bytes(payload, policy=email.policy.default)
+    for part in entity.walk():
+        if part.get_content_type() == "text/plain":
+            try:
+                return str(part.get_content()).strip()[:4000]
+            except (LookupError, ValueError):
+                return ""
+    return ""

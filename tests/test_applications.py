@@ -1,0 +1,387 @@
+"""Applications to join the list: reading the template, vouches, approval and rejection,
+through the real CLI on a real SQLite database, keyring and spool."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import func, select
+
+from relay import admin, advisories, applications, queue
+from relay.applications import parse_application
+from relay.cli import cli
+from relay.config import Settings, load
+from relay.db import Database
+from relay.errors import RelayError
+from relay.models import Application, AuditEvent, Delivery, DeliveryStatus, Member, Message
+from relay.spool import Spool
+from relay.timing import NO_RULES
+from tests.support.keys import KeyFactory
+from tests.support.relayhome import CONTACT, write_config
+
+DATA = Path(__file__).resolve().parent / "data" / "applications"
+COMPLETE, INCOMPLETE = DATA / "complete.md", DATA / "incomplete.md"
+NEW = "security-response@larchwood.example"
+A, S = "security@distro-a.example", "security@distro-s.example"  # active, suspended
+
+
+# Reading the template
+
+
+def test_complete_sample_answers_every_criterion_with_its_evidence() -> None:
+    parsed = parse_application(COMPLETE.read_text())
+    assert parsed.distribution == "Larchwood Kubernetes Engine"
+    assert parsed.alias == NEW
+    assert (parsed.answered, parsed.missing) == ([str(n) for n in range(9)], [])
+    assert parsed.answers["1"].splitlines()[1:] == [
+        "- https://github.com/cncf/k8s-conformance/tree/master/v1.30/larchwood-lke",
+        "- https://github.com/cncf/k8s-conformance/tree/master/v1.31/larchwood-lke",
+    ]
+    assert parsed.answers["6"] == "We accept the embargo policy."  # the template's comment is gone
+    assert "security@distro-a.example" in parsed.answers["8"]
+
+
+def test_incomplete_sample_names_exactly_what_is_missing() -> None:
+    parsed = parse_application(INCOMPLETE.read_text())
+    assert parsed.distribution == "Quillfeather K8s"
+    assert parsed.alias == "psirt@quillfeather.example"  # from a mailto link, after "- "
+    assert parsed.answered == ["0", "1", "3", "5", "6"]
+    assert parsed.missing == ["2", "4", "7", "8"]  # N/A, TBD, "-", empty
+    assert parsed.answers["2"] == "N/A"
+    # A bold phrase inside an answer is not a prompt, even one starting with a number.
+    assert "**1.30 patch**" in parsed.answers["3"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "criterion"),
+    [
+        ("**1. Be an actively maintained and CNCF certified distribution.**", "1"),
+        ("**Criterion 2**", "2"),
+        ("**criteria 3:**", "3"),
+        ("__4)__", "4"),
+        ("* **Are you active in the community?**", "5"),
+        ("1. **Do you accept the embargo policy?**", "6"),
+        ("### Willing to contribute back", "7"),
+        ("**Who will vouch for you?**", "8"),
+        ("**Security email alias:**", "0"),
+    ],
+)
+def test_prompts_are_recognised_by_number_or_key_words(prompt: str, criterion: str) -> None:
+    parsed = parse_application(f"# Distributors Application for X\n\n{prompt}\nThe answer.\n")
+    assert parsed.answers == {criterion: "The answer."}
+
+
+def test_inline_answers_front_matter_and_what_is_not_a_prompt() -> None:
+    text = (
+        "---\ntitle: Distributors Application for Fir OS\n---\n"
+        "**Alias:** Sec@Fir.Example\n"
+        "**1.30 patch**\n"  # a version, not criterion 1
+        "**Community and embargo**\n"  # names two criteria: not a prompt either
+        "**Note:** nothing\n"
+    )
+    parsed = parse_application(text)
+    assert (parsed.distribution, parsed.alias) == ("Fir OS", "sec@fir.example")
+    assert list(parsed.answers) == ["0"]
+    assert parsed.answers["0"].endswith("**Note:** nothing")
+    assert (
+        parse_application("# Distributors Application for <YOUR DISTRIBUTION HERE>\n").distribution
+        is None
+    )
+    assert "0" in parse_application("**Security email alias:** our PSIRT\n").missing
+
+
+# The commands
+
+
+@dataclass
+class Relay:
+    config: Path
+    settings: Settings
+    db: Database
+
+    def __call__(self, *args: str, code: int = 0) -> Result:
+        result = CliRunner().invoke(cli, ["--config", str(self.config), *args])
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        assert "Traceback" not in result.output
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self(*args, "--json").stdout)
+
+    def count(self, model: type) -> int:
+        with self.db.transaction() as s:
+            return s.scalar(select(func.count()).select_from(model)) or 0
+
+    def actions(self) -> list[str]:
+        with self.db.transaction() as s:
+            query = select(AuditEvent.action).where(AuditEvent.subject.startswith("application:"))
+            return list(s.execute(query.order_by(AuditEvent.id)).scalars())
+
+
+@pytest.fixture
+def relay(tmp_path: Path, keys: KeyFactory) -> Iterator[Relay]:
+    config = write_config(tmp_path)
+    settings = load(config)
+    admin.init_relay(settings, "cli:setup")
+    db = admin.open_database(settings)
+    crypto = admin.open_keyring(settings)
+    for address in (A, S):
+        key = keys.make(f"app-{address.split('@')[1].split('.')[0]}", address)
+        admin.add_member(db, crypto, settings, address, address, key.public, "cli:setup")
+    yield Relay(config, settings, db)
+    db.dispose()
+
+
+def _suspend(relay: Relay) -> None:
+    relay("member", "suspend", S, "--reason", "no answer for months")
+
+
+def test_commands_have_help() -> None:
+    for verb in ["submit", "vouch", "approve", "reject", "list", "show"]:
+        result = CliRunner().invoke(cli, ["application", verb, "--help"])
+        assert result.exit_code == 0 and "Usage: " in result.stdout, verb
+
+
+def test_submit_shows_missing_criteria_and_approval_is_refused_until_complete(
+    relay: Relay,
+) -> None:
+    out = relay("application", "submit", str(INCOMPLETE)).stdout
+    assert "application 1 submitted: Quillfeather K8s (psirt@quillfeather.example)" in out
+    assert "answered:   0, 1, 3, 5, 6" in out
+    assert "  4. not a downstream or rebuild of another distribution" in out
+    relay("application", "vouch", "1", "--by", A)
+    members = relay.count(Member)
+
+    err = relay("application", "approve", "1", code=1).stderr
+    assert "criteria not answered: 2 (a user base" in err and "8 (someone" in err
+    assert "no vouch" not in err
+    assert relay.count(Member) == members
+    shown = relay.json("application", "show", "1")
+    assert (shown["state"], shown["missing"]) == ("submitted", ["2", "4", "7", "8"])
+    assert shown["missing_criteria"]["7"] == "willing to contribute back"
+    assert [h["action"] for h in shown["history"]] == [
+        "application.submitted",
+        "application.vouched",
+    ]
+    # A second application for the same alias waits for this one's decision.
+    assert (
+        "application 1 for psirt@quillfeather.example is still open"
+        in relay("application", "submit", str(INCOMPLETE), code=1).stderr
+    )
+
+
+def test_approval_needs_a_vouch_from_an_active_member(relay: Relay) -> None:
+    submitted = relay.json("application", "submit", str(COMPLETE))
+    assert (submitted["id"], submitted["missing"], submitted["vouches"]) == (1, [], [])
+    err = relay("application", "approve", "1", code=1).stderr
+    assert "no vouch from an active member" in err and "relay application vouch 1" in err
+
+    _suspend(relay)
+    assert (
+        "is suspended; only active members may vouch"
+        in relay("application", "vouch", "1", "--by", S, code=1).stderr
+    )
+    assert (
+        "not a member"
+        in relay("application", "vouch", "1", "--by", "who@nowhere.example", code=1).stderr
+    )
+    assert "no application 9" in relay("application", "vouch", "9", "--by", A, code=1).stderr
+    relay("application", "approve", "1", code=1)
+    with relay.db.transaction() as s:
+        assert s.scalar(select(Member).where(Member.address == NEW)) is None
+        assert s.get_one(Application, 1).vouches == []
+
+    assert (
+        "vouch by security@distro-a.example recorded"
+        in relay("application", "vouch", "1", "--by", "Security@Distro-A.example").stdout
+    )
+    assert "had already vouched" in relay("application", "vouch", "1", "--by", A).stdout
+    assert relay.actions() == ["application.submitted", "application.vouched"]
+
+
+def test_vouch_by_signed_mail_uses_the_same_rules(relay: Relay) -> None:
+    relay("application", "submit", str(COMPLETE))
+    _suspend(relay)
+    with relay.db.transaction() as s:
+        done = applications.vouch(s, "#1", A, "mail:" + "F" * 40)
+    assert (done.application_id, done.member, done.vouches, done.changed) == (1, A, 1, True)
+    with (
+        pytest.raises(applications.ApplicationError, match="suspended"),
+        relay.db.transaction() as s,
+    ):
+        applications.vouch(s, "1", S, "mail:x")
+    with pytest.raises(RelayError, match="not an application id"), relay.db.transaction() as s:
+        applications.vouch(s, "ADV-1", A, "mail:x")
+    shown = relay.json("application", "show", "1")
+    assert [(v["member"], v["actor"]) for v in shown["vouches"]] == [(A, "mail:" + "F" * 40)]
+
+
+def _advisory_with_post(relay: Relay, advisory_id: str, audience: str = queue.MEMBERS) -> str:
+    now = datetime.now(UTC)
+    with relay.db.transaction() as s:
+        if advisories.find(s, advisory_id) is None:
+            advisories.create(
+                s, advisory_id, "Proxy bypass", now + timedelta(days=7), "t", NO_RULES, now
+            )
+    return queue.accept_post(
+        relay.db,
+        Spool(relay.settings.storage.spool_dir),
+        raw=b"raw\r\n",
+        payload=b"payload\r\n",
+        subject=f"[EMBARGOED] {advisory_id}: proxy bypass",
+        mail_from="src@example.org",
+        signer="F" * 40,
+        original_message_id=None,
+        list_domain="example.org",
+        route=lambda session, spool: queue.Routing(advisory_id, audience),
+    ).message_id
+
+
+def test_approve_with_key_and_send_active_queues_the_embargoed_posts(
+    relay: Relay, keys: KeyFactory
+) -> None:
+    embargoed = _advisory_with_post(relay, "CVE-2026-3001")
+    src_only = _advisory_with_post(relay, "CVE-2026-3001", queue.SENDERS)
+    lifted = _advisory_with_post(relay, "CVE-2026-3002")
+    relay("advisory", "lift", "CVE-2026-3002", "--reason", "fixed upstream")
+    relay("application", "submit", str(COMPLETE))
+    relay("application", "vouch", "1", "--by", A)
+    key = keys.make("larchwood", NEW)
+
+    out = relay(
+        "application", "approve", "1", "--key", str(key.public_file), "--send-active"
+    ).stdout
+    assert f"application 1 approved: member {NEW} added" in out
+    assert "CVE-2026-3001: 1 embargoed post(s) queued" in out
+    assert "no usable key" not in out and "CVE-2026-3002" not in out
+
+    member = relay.json("member", "show", NEW)
+    assert (member["state"], member["usable"], member["name"]) == (
+        "active",
+        True,
+        "Larchwood Kubernetes Engine",
+    )
+    assert [k["fingerprint"] for k in member["keys"]] == [key.fingerprint]
+    assert (member["vouched_by"], member["domains"]) == (A, ["larchwood.example"])
+    assert sorted(member["criteria"]) == [str(n) for n in range(9)]
+    with relay.db.transaction() as s:
+        new_id = s.execute(select(Member.id).where(Member.address == NEW)).scalar_one()
+        copies = s.execute(select(Delivery).where(Delivery.recipient == NEW)).scalars().all()
+        assert [(d.message_id, d.advisory_id, d.member_id, d.status) for d in copies] == [
+            (embargoed, "CVE-2026-3001", new_id, DeliveryStatus.QUEUED)
+        ]
+        assert not copies[0].plaintext_allowed
+        assert copies[0].copy_message_id.endswith("@example.org>")
+        assert {lifted, src_only} <= set(s.execute(select(Message.id)).scalars())
+        sent_row = s.execute(
+            select(AuditEvent).where(AuditEvent.action == "advisory.sent_to_new_member")
+        ).scalar_one()
+        assert (sent_row.subject, sent_row.detail) == (
+            "advisory:CVE-2026-3001",
+            {"member": NEW, "messages": [embargoed]},
+        )
+    assert relay.actions() == [
+        "application.submitted",
+        "application.vouched",
+        "application.approved",
+    ]
+    shown = relay.json("application", "show", "1")
+    assert shown["state"] == "approved" and shown["decided_by"].startswith("cli:")
+    assert shown["history"][-1]["detail"]["sent_embargoed"] == {"CVE-2026-3001": 1}
+    assert "already approved" in relay("application", "reject", "1", "--reason", "x", code=1).stderr
+
+
+def test_approve_without_key_adds_an_unreachable_member_and_tells_the_contact(
+    relay: Relay,
+) -> None:
+    post = _advisory_with_post(relay, "CVE-2026-3003")
+    relay("application", "submit", str(COMPLETE))
+    relay("application", "vouch", "1", "--by", A)
+    out = relay("application", "approve", "1", "--send-active").stdout
+    assert f"{NEW} has no usable key: nothing is sent to it until 'relay key import" in out
+    member = relay.json("member", "show", NEW)
+    assert (member["state"], member["usable"], member["keys"]) == ("active", False, [])
+    with relay.db.transaction() as s:
+        copy = s.execute(select(Delivery).where(Delivery.recipient == NEW)).scalar_one()
+        assert (copy.message_id, copy.plaintext_allowed) == (post, False)
+        notice = s.execute(select(Delivery).where(Delivery.recipient == CONTACT)).scalar_one()
+        assert "without a usable key" in notice.message.subject
+
+
+def test_a_bad_key_refuses_the_approval_and_changes_nothing(relay: Relay, keys: KeyFactory) -> None:
+    relay("application", "submit", str(COMPLETE))
+    relay("application", "vouch", "1", "--by", A)
+    weak = keys.make("larchwood-weak", NEW, kind="rsa1024")
+    err = relay("application", "approve", "1", "--key", str(weak.public_file), code=1).stderr
+    assert "too weak" in err
+    assert relay.json("application", "show", "1")["state"] == "submitted"
+    with relay.db.transaction() as s:
+        assert s.scalar(select(Member).where(Member.address == NEW)) is None
+
+
+def test_reject_list_and_show(relay: Relay) -> None:
+    relay("application", "submit", str(INCOMPLETE))
+    relay("application", "submit", str(COMPLETE))
+    assert "--reason" in relay("application", "reject", "1", code=2).stderr
+    assert (
+        "application 1 rejected"
+        in relay(
+            "application", "reject", "1", "--reason", "a rebuild of another distribution"
+        ).stdout
+    )
+    assert "already rejected" in relay("application", "vouch", "1", "--by", A, code=1).stderr
+    assert "already rejected" in relay("application", "approve", "1", code=1).stderr
+
+    listed = relay.json("application", "list")
+    assert [(a["id"], a["state"], a["missing"]) for a in listed] == [
+        (2, "submitted", []),
+        (1, "rejected", ["2", "4", "7", "8"]),
+    ]
+    text = relay("application", "list").stdout
+    assert "Larchwood Kubernetes Engine" in text and "2, 4, 7, 8" in text
+    shown = relay("application", "show", "1").stdout
+    assert "a rebuild of another distribution" in shown and "(rejected)" in shown
+    assert "https://quillfeather.example/security" in shown
+    history = relay.json("application", "show", "1")["history"]
+    assert (history[-1]["action"], history[-1]["old"], history[-1]["new"]) == (
+        "application.rejected",
+        "submitted",
+        "rejected",
+    )
+    assert relay.count(Application) == 2
+
+
+def test_submit_refuses_what_is_not_an_application(relay: Relay, tmp_path: Path) -> None:
+    untitled = tmp_path / "untitled.md"
+    untitled.write_text("**1. CNCF certified**\nyes\n")
+    assert (
+        "no heading naming the distribution"
+        in relay("application", "submit", str(untitled), code=1).stderr
+    )
+    member = tmp_path / "member.md"
+    member.write_text(f"# Distributors Application for A\n**Security alias:** {A}\n")
+    assert "already a member (active)" in relay("application", "submit", str(member), code=1).stderr
+    assert relay.count(Application) == 0
+
+
+def test_migration_0004_downgrades_and_upgrades(relay: Relay) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    from relay.db import MIGRATIONS_DIR
+
+    relay("application", "submit", str(COMPLETE))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = relay.db.engine
+    command.downgrade(config, "0003")
+    assert "applications" not in inspect(relay.db.engine).get_table_names()
+    command.upgrade(config, "head")
+    assert relay.db.is_current() and relay.count(Application) == 0

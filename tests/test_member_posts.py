@@ -1,0 +1,228 @@
+"""Members post to the list: status reports on an advisory, replies to the list's copies,
+and the list's posting policy (whole list, or held for a moderator). Real gpg, real SMTP.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from relay.cli import cli
+from relay.models import Contribution, Delivery, DeliveryStatus, Message
+from tests.support.keys import KeyFactory
+from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
+from tests.support.relayhome import LIST, RelayHome, RelayThread
+from tests.support.relayhome import smtp_post as _post
+from tests.support.smtpsink import SmtpSink
+
+ROOT = Path(__file__).resolve().parent.parent
+LIFT = (datetime.now(UTC) + timedelta(days=9)).replace(microsecond=0)
+
+
+@pytest.fixture
+def sink():
+    with SmtpSink() as running:
+        yield running
+
+
+def _home(tmp_path: Path, keys: KeyFactory, sink: SmtpSink, policy: str | None = None):
+    extra = f'\n[embargo]\npolicy = "{ROOT / "policies" / policy}"\n' if policy else ""
+    home = RelayHome(tmp_path, keys, smarthost=f"127.0.0.1:{sink.port}", extra=extra)
+    home.add_sender(keys.make("src", "src@example.org"))
+    for n in range(2):
+        home.add_member(keys.make(f"distro{n}", f"security@distro{n}.example"))
+    return home
+
+
+def _signed(home: RelayHome, key, body: str, subject: str, **headers: str) -> bytes:
+    data = pgp_mime_signed(
+        home.client(key),
+        key.fingerprint,
+        text_entity(body),
+        subject=subject,
+        sender=key.address,
+        to=LIST,
+    )
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+    return extra + data
+
+
+def _advisory(home: RelayHome, keys: KeyFactory, relay: RelayThread) -> None:
+    body = f"X-Advisory: CVE-2026-8888\nX-Embargo-Until: {LIFT.isoformat()}\n\nThe flaw.\n"
+    code, reply = relay.run(
+        _post(relay.port, _signed(home, keys.make("src"), body, "[EMBARGOED] CVE-2026-8888"))
+    )
+    assert code == 250, reply
+
+
+def test_member_reply_reports_status_and_reaches_the_whole_list(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    home = _home(tmp_path, keys, sink)
+    distro0 = keys.make("distro0", "security@distro0.example")
+    with RelayThread(home.settings) as relay:
+        _advisory(home, keys, relay)
+        first = sink.wait_for(2, timeout=60)
+        own_copy = next(m for m in first if m.rcpt_tos == (distro0.address,))
+        copy_id = email.message_from_bytes(own_copy.data, policy=email.policy.default)["Message-ID"]
+        reply = _signed(
+            home,
+            distro0,
+            "X-Status: tested-no-issues\n\nWe built and tested the patch on 1.30 and 1.31.\n",
+            "Re: [...]",
+            **{"In-Reply-To": copy_id},
+        )
+        code, text = relay.run(_post(relay.port, reply, sender=distro0.address))
+        assert code == 250, text
+        received = sink.wait_for(4, timeout=60)
+    with home.db.transaction() as s:
+        (status,) = s.execute(select(Contribution)).scalars().all()
+        assert (status.advisory_id, status.status) == ("CVE-2026-8888", "tested-no-issues")
+        assert "1.30 and 1.31" in (status.text or "")
+        post = s.execute(
+            select(Message).where(Message.signer_fingerprint == distro0.fingerprint)
+        ).scalar_one()
+        assert post.advisory_id == "CVE-2026-8888"
+    for n in range(2):
+        member = keys.make(f"distro{n}", f"security@distro{n}.example")
+        copies = [
+            OpenedCopy(home.client(member), m.data)
+            for m in received[2:]
+            if m.rcpt_tos == (member.address,)
+        ]
+        (copy,) = copies
+        assert copy.signer == home.list_fpr
+        assert "We built and tested the patch" in copy.text
+        assert "X-Status:" not in copy.text
+
+
+def test_moderated_member_post_is_held_until_released(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    home = _home(tmp_path, keys, sink, policy="kubernetes-distributors.toml")
+    distro1 = keys.make("distro1", "security@distro1.example")
+    runner = CliRunner()
+    config = ["--config", str(home.config_path)]
+    with RelayThread(home.settings) as relay:
+        _advisory(home, keys, relay)
+        sink.wait_for(2, timeout=60)
+        post = _signed(
+            home, distro1, "A question about the mitigation.\n", "Question on CVE-2026-8888"
+        )
+        assert relay.run(_post(relay.port, post, sender=distro1.address))[0] == 250
+        (notice,) = sink.wait_for(3, timeout=60)[2:]  # the moderators are told, nobody else
+        assert notice.rcpt_tos == ("src@example.org",)
+        opened = OpenedCopy(home.client(keys.make("src")), notice.data)
+        assert "awaits moderation" in opened.root["Subject"]
+        assert "A question about the mitigation" not in opened.text
+
+        listed = runner.invoke(cli, [*config, "held", "list", "--json"])
+        assert listed.exit_code == 0, listed.output
+        held_id = __import__("json").loads(listed.output)[0]["id"]
+        with home.db.transaction() as s:
+            statuses = (
+                s.execute(select(Delivery.status).where(Delivery.message_id == held_id))
+                .scalars()
+                .all()
+            )
+        assert statuses == [DeliveryStatus.HELD] * 2
+
+        released = runner.invoke(cli, [*config, "held", "release", held_id])
+        assert released.exit_code == 0, released.output
+        relay.relay.dispatcher.wake()
+        received = sink.wait_for(5, timeout=60)
+    texts = [
+        OpenedCopy(home.client(keys.make(f"distro{n}")), m.data).text
+        for m in received[3:]
+        for n in range(2)
+        if m.rcpt_tos == (f"security@distro{n}.example",)
+    ]
+    assert len(texts) == 2 and all("A question about the mitigation" in t for t in texts)
+    again = runner.invoke(cli, [*config, "held", "release", held_id])
+    assert again.exit_code == 1 and "no post" in again.output
+
+
+def test_rejected_post_reaches_nobody(tmp_path: Path, keys: KeyFactory, sink: SmtpSink):
+    home = _home(tmp_path, keys, sink, policy="kubernetes-distributors.toml")
+    distro0 = keys.make("distro0", "security@distro0.example")
+    runner = CliRunner()
+    with RelayThread(home.settings) as relay:
+        _advisory(home, keys, relay)
+        sink.wait_for(2, timeout=60)
+        post = _signed(home, distro0, "Off-topic.\n", "Re: CVE-2026-8888")
+        assert relay.run(_post(relay.port, post, sender=distro0.address))[0] == 250
+        sink.wait_for(3, timeout=60)
+        with home.db.transaction() as s:
+            held_id = s.execute(
+                select(Message.id).where(Message.signer_fingerprint == distro0.fingerprint)
+            ).scalar_one()
+        result = runner.invoke(
+            cli, ["--config", str(home.config_path), "held", "reject", held_id, "--reason", "x"]
+        )
+        assert result.exit_code == 0, result.output
+        relay.run(relay.relay.dispatcher.run_once())
+    assert len(sink.messages) == 3
+    with home.db.transaction() as s:
+        statuses = (
+            s.execute(select(Delivery.status).where(Delivery.message_id == held_id)).scalars().all()
+        )
+    assert statuses == [DeliveryStatus.FAILED] * 2
+
+
+@pytest.mark.parametrize(
+    ("body", "subject", "expected"),
+    [
+        (
+            f"X-Advisory: CVE-2026-8888\nX-Embargo-Until: {(LIFT + timedelta(days=1)).isoformat()}"
+            "\n\nLater, please.\n",
+            "Re: timing",
+            "550 5.7.1",
+        ),
+        ("Which advisory is this about?\n", "A question", "550 5.6.0"),
+        ("X-Advisory: CVE-2099-0001\n\nUnknown.\n", "Re: unknown", "550 5.6.0"),
+    ],
+)
+def test_refused_member_posts_change_nothing(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink, body: str, subject: str, expected: str
+):
+    home = _home(tmp_path, keys, sink)
+    distro0 = keys.make("distro0", "security@distro0.example")
+    with RelayThread(home.settings) as relay:
+        _advisory(home, keys, relay)
+        code, reply = relay.run(
+            _post(relay.port, _signed(home, distro0, body, subject), sender=distro0.address)
+        )
+    assert f"{code} {reply}".startswith(expected)
+    with home.db.transaction() as s:
+        assert s.execute(select(func.count(Message.id))).scalar() == 1
+
+
+def test_member_vouches_for_an_application_by_signed_post(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    from relay import applications
+
+    home = _home(tmp_path, keys, sink)
+    distro0 = keys.make("distro0", "security@distro0.example")
+    text = (ROOT / "tests" / "data" / "applications" / "complete.md").read_text()
+    view = applications.submit(home.db, text, "cli:test")
+    with RelayThread(home.settings) as relay:
+        code, reply = relay.run(
+            _post(
+                relay.port,
+                _signed(home, distro0, f"X-Vouch: {view.id}\n\nWe know them.\n", "Vouch"),
+                sender=distro0.address,
+            )
+        )
+    assert code == 250, reply
+    detail = applications.application_detail(home.db, view.id)
+    assert [v.member for v in detail.application.vouches] == [distro0.address]
+    with home.db.transaction() as s:
+        assert s.execute(select(func.count(Delivery.id))).scalar() == 0  # a command, not a post
+    assert sink.messages == []
