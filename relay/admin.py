@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, object_session
 
 from relay import advisories, audit, contributions, embargo, keystore, queue
 from relay.config import Address, Settings
@@ -33,6 +33,7 @@ from relay.models import (
     AuditEvent,
     Delivery,
     DeliveryStatus,
+    Incident,
     Member,
     MemberKey,
     MemberState,
@@ -70,6 +71,7 @@ class MemberView:
     domains: list[str] = field(default_factory=list)
     criteria: dict[str, str] = field(default_factory=dict)
     vouched_by: str | None = None
+    incidents: int = 0  # leaks recorded against the member (relay.incidents)
 
     @property
     def key_count(self) -> int:
@@ -340,8 +342,9 @@ def add_member(
         audit.record(session, actor, "member.added", address, **detail)
         for fpr in fingerprints:
             audit.record(session, actor, "key.imported", fpr, owner=f"member {address}")
+        view = _member_view(crypto, member)  # in the session: a returning member's incidents
     event(log, "member.added", address=address, keys=len(fingerprints))
-    return _member_view(crypto, member)
+    return view
 
 
 def remove_member(db: Database, address: str, actor: str, reason: str | None = None) -> int:
@@ -369,10 +372,23 @@ def list_members(db: Database, crypto: Crypto, include_removed: bool = False) ->
         query = select(Member).order_by(Member.address)
         if not include_removed:
             query = query.where(Member.state != MemberState.REMOVED)
-        return [_member_view(crypto, m) for m in session.execute(query).scalars()]
+        counts: dict[int | None, int] = {
+            member_id: n
+            for member_id, n in session.execute(
+                select(Incident.member_id, func.count()).group_by(Incident.member_id)
+            )
+        }
+        return [
+            _member_view(crypto, m, counts.get(m.id, 0)) for m in session.execute(query).scalars()
+        ]
 
 
-def _member_view(crypto: Crypto, member: Member) -> MemberView:
+def _member_view(crypto: Crypto, member: Member, incidents: int | None = None) -> MemberView:
+    """`incidents` when the caller counted them; otherwise counted in the member's session."""
+    session = object_session(member)
+    if incidents is None and member.id is not None and session is not None:
+        query = select(func.count()).select_from(Incident).where(Incident.member_id == member.id)
+        incidents = session.scalar(query) or 0
     fingerprints = [k.fingerprint for k in member.keys]
     usable, problem = keystore.usable_keys(crypto, fingerprints)
     return MemberView(
@@ -386,6 +402,7 @@ def _member_view(crypto: Crypto, member: Member) -> MemberView:
         domains=list(member.domains or []),
         criteria=dict(member.criteria or {}),
         vouched_by=member.vouched_by,
+        incidents=incidents or 0,
     )
 
 

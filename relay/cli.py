@@ -272,7 +272,7 @@ def member_add(ctx: click.Context, address: str, name: str, key_file: Path) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def member_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
-    """List members with their keys' state."""
+    """List members with their keys' state and the leaks recorded against them."""
     app = _app(ctx)
     members = admin.list_members(app.db, app.crypto, include_removed=show_all)
     if as_json:
@@ -285,10 +285,11 @@ def member_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
             m.state,
             str(m.key_count),
             "yes" if m.usable else f"no: {m.problem}",
+            str(m.incidents),
         ]
         for m in members
     ]
-    _table("Members", ["address", "name", "state", "keys", "usable key"], rows)
+    _table("Members", ["address", "name", "state", "keys", "usable key", "incidents"], rows)
 
 
 @member.command("remove")
@@ -432,7 +433,13 @@ def queue_retry(ctx: click.Context, delivery_id: int) -> None:
 
 # Advisories and the audit trail, then membership, key health and contributing back, live in
 # their own modules; importing them adds their commands to `cli`.
-from relay import cli_advisory, cli_applications, cli_held, cli_members  # noqa: E402, F401
+from relay import (  # noqa: E402, F401
+    cli_advisory,
+    cli_applications,
+    cli_held,
+    cli_incidents,
+    cli_members,
+)
 
 
 def main() -> None:

@@ -315,3 +315,42 @@ class Application(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     decided_by: Mapped[str | None] = mapped_column(String(200))
     reason: Mapped[str | None] = mapped_column(Text)  # why it was rejected
+
+
+class IncidentKind(enum.StrEnum):
+    """How the relay (or an administrator) came to know of a leak."""
+
+    FORWARD_BLOCKED = "forward-blocked"  # the relay refused those recipients: nothing reached them
+    FORWARD_FLAGGED = "forward-flagged"  # delivered as the policy allows, and reported
+    EXTERNAL_CC = "external-cc"  # in a post's To/Cc: the sender's own mail system delivers there
+    CONTENT_MATCH = "content-match"  # quoted embargoed text without naming the advisory
+    REPORTED_BY_ADMIN = "reported-by-admin"  # learnt of by other means
+
+
+class Incident(Base):
+    """One leak (or attempted leak) of an advisory: what, to whom, by whom, and its report.
+
+    `matched` keeps the matcher's evidence, excerpts included: they are embargoed text, no
+    more secret than the advisory the relay already holds. The audit trail has the rest
+    of the story but never the excerpts."""
+
+    __tablename__ = "incidents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    advisory_id: Mapped[str] = mapped_column(ForeignKey("advisories.id"), index=True)
+    # Who leaked, when the relay can tell (a member's signature or address).
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("members.id"), index=True)
+    sender: Mapped[str] = mapped_column(String(320))
+    recipients: Mapped[list[str]] = mapped_column(JSON, default=list)
+    kind: Mapped[str] = mapped_column(String(32))
+    message_id: Mapped[str | None] = mapped_column(String(32))  # the relay's message, if any
+    # {"score", "matched_fingerprints", "identifiers", "excerpts", "sources"} from the matcher.
+    matched: Mapped[dict | None] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(Text)  # an administrator's account of the leak
+    recorded_by: Mapped[str] = mapped_column(String(200))
+    report_message_id: Mapped[str | None] = mapped_column(String(32))
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolved_by: Mapped[str | None] = mapped_column(String(200))
+    resolution: Mapped[str | None] = mapped_column(Text)
+    member: Mapped[Member | None] = relationship()

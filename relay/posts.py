@@ -12,6 +12,11 @@ commits together with the post or not at all.
   goes to nobody); it may not set embargo times. The list's posting
   policy sends it to the whole list, to the senders only, or holds it for a
   moderator (who is told).
+- Either way, addresses in the post's To/Cc that are neither members, senders nor
+  (later) holders of a grant got the post from the poster's own mail system while
+  the advisory is under embargo: the list's forwarding policy (relay/forwarding.py)
+  refuses the post with `550 5.7.1`, or distributes it and reports the leak to the
+  security contact (relay/incidents.py).
 """
 
 from __future__ import annotations
@@ -20,16 +25,35 @@ import email.policy
 import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.utils import getaddresses
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay import advisories, applications, contributions, embargo, keywords, queue
+from relay import (
+    advisories,
+    applications,
+    contributions,
+    embargo,
+    forwarding,
+    incidents,
+    keywords,
+    queue,
+)
 from relay.config import Settings
 from relay.errors import RelayError
 from relay.inbound import Rejection, VerifiedPost
 from relay.keystore import member_for, sender_for
-from relay.models import Advisory, Delivery, Member, Message, Sender, utcnow
+from relay.models import (
+    Advisory,
+    AdvisoryState,
+    Delivery,
+    Member,
+    MemberState,
+    Message,
+    Sender,
+    utcnow,
+)
 from relay.posting import MemberPosts, posting_for
 from relay.spool import Spool
 
@@ -52,6 +76,7 @@ class PostRouter:
         self.settings = settings
         self.timing = advisories.policy_for(settings)
         self.posting = posting_for(settings)
+        self.forwarding = forwarding.load_forwarding(settings.embargo.policy)
 
     def is_authorised(self, session: Session, fingerprint: str) -> bool:
         return (
@@ -63,18 +88,100 @@ class PostRouter:
         self,
         session: Session,
         spool: Spool,
+        message_id: str,
         post: VerifiedPost,
         found: dict[str, str],
         payload: bytes,
         message: EmailMessage,
+        mail_from: str,
         outcome: Outcome,
     ) -> queue.Routing:
+        member = None
         if sender_for(session, post.signer) is not None:
-            return self._sender_post(session, spool, post, found, outcome)
-        member = member_for(session, post.signer)
-        if member is None:  # authorised a moment ago, removed since
-            raise Rejection(550, "5.7.1", "the signing key is not authorised to post to this list")
-        return self._member_post(session, spool, post, found, payload, message, member, outcome)
+            routing = self._sender_post(session, spool, post, found, outcome)
+        else:
+            member = member_for(session, post.signer)
+            if member is None:  # authorised a moment ago, removed since
+                raise Rejection(
+                    550, "5.7.1", "the signing key is not authorised to post to this list"
+                )
+            routing = self._member_post(
+                session, spool, post, found, payload, message, member, outcome
+            )
+        if routing.advisory_id is not None:
+            self._external_copies(
+                session,
+                spool,
+                message,
+                routing.advisory_id,
+                member,
+                mail_from,
+                message_id,
+                outcome,
+            )
+        return routing
+
+    def _external_copies(
+        self,
+        session: Session,
+        spool: Spool,
+        message: EmailMessage,
+        advisory_id: str,
+        member: Member | None,
+        mail_from: str,
+        message_id: str,
+        outcome: Outcome,
+    ) -> None:
+        """Addresses in To/Cc that the relay does not serve: the poster's own mail system
+        delivers to them, so they cannot be blocked, only refused or reported."""
+        advisory = advisories.get(session, advisory_id)
+        visible = [a for a in _visible(message) if a != self.settings.list.address]
+        if advisory.state != AdvisoryState.EMBARGOED or not visible:
+            return
+        now = utcnow()
+        decisions = forwarding.decide_all(
+            advisory.id,
+            embargoed=True,
+            lift_at=advisory.lift_at,
+            recipients=[forwarding.Recipient(a, self._kind(session, a), True) for a in visible],
+            now=now,
+            policy=self.forwarding,
+        )
+        outside = [d for d in decisions if d.verdict != forwarding.Verdict.DELIVER]
+        if not outside:
+            return
+        if forwarding.post_with_external_copies(self.forwarding) == "refuse":
+            reply = forwarding.block_reply(outside[0])
+            raise Rejection(550, "5.7.1", reply.split(" ", 2)[2])
+        incidents.record_leak(
+            session,
+            spool,
+            self.settings,
+            advisory_id=advisory.id,
+            member=member,
+            sender=mail_from,
+            recipients=[d.context.recipient.address for d in outside],
+            kind="external-cc",
+            message_id=message_id,
+            match=None,
+            now=now,
+        )
+        outcome.notes.append(f"reported {len(outside)} external copies")
+
+    def _kind(self, session: Session, address: str) -> forwarding.Kind:
+        if session.execute(
+            select(Member.id).where(Member.address == address, Member.state == MemberState.ACTIVE)
+        ).first():
+            return forwarding.Kind.MEMBER
+        if session.execute(select(Sender.id).where(Sender.address == address)).first():
+            return forwarding.Kind.SENDER
+        domain = address.rpartition("@")[2]
+        for domains in session.execute(
+            select(Member.domains).where(Member.state == MemberState.ACTIVE)
+        ).scalars():
+            if domain in (domains or []):
+                return forwarding.Kind.MEMBER_DOMAIN
+        return forwarding.Kind.OUTSIDER
 
     def _sender_post(
         self,
@@ -203,6 +310,20 @@ class PostRouter:
             reason=f"member post on {advisory.id} held for moderation",
             advisory_id=advisory.id,
         )
+
+
+def _visible(message: EmailMessage) -> list[str]:
+    """Addresses in the post's To and Cc, lower-cased, in order."""
+    found: list[str] = []
+    for name in ("To", "Cc"):
+        try:
+            values = message.get_all(name) or []
+        except (ValueError, IndexError):
+            continue
+        for _, address in getaddresses([str(v) for v in values]):
+            if "@" in address:
+                found.append(address.lower())
+    return list(dict.fromkeys(found))
 
 
 def _references(message: EmailMessage) -> list[str]:

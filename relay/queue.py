@@ -77,19 +77,21 @@ def accept_post(
     signer: str,
     original_message_id: str | None,
     list_domain: str,
-    route: Callable[[Session, Spool], Routing] = lambda session, spool: Routing(None),
+    route: Callable[[Session, Spool, str], Routing] = lambda session, spool, message_id: Routing(
+        None
+    ),
 ) -> Accepted:
     """Make a verified post durable: spool files fsynced, then one committed transaction.
 
-    `route` runs inside that transaction: it names the post's advisory (creating or
-    rescheduling it) and its audience; if it raises, nothing is kept.
+    `route` runs inside that transaction with the new message id: it names the post's
+    advisory (creating or rescheduling it) and its audience; if it raises, nothing is kept.
     """
     message_id = new_id()
     spool.write(message_id, RAW, raw)
     spool.write(message_id, PAYLOAD, payload)
     try:
         with db.transaction() as session:
-            routing = route(session, spool)
+            routing = route(session, spool, message_id)
             session.add(
                 Message(
                     advisory_id=routing.advisory_id,

@@ -161,8 +161,8 @@ class ListHandler:
                 signer=post.signer,
                 original_message_id=_header(message, "Message-ID"),
                 list_domain=self.settings.list.domain,
-                route=lambda session, spool: self.router.route(
-                    session, spool, post, found, payload, message, outcome
+                route=lambda session, spool, message_id: self.router.route(
+                    session, spool, message_id, post, found, payload, message, mail_from, outcome
                 ),
             )
         except advisories.EmbargoTimeUnreadable as exc:

@@ -239,7 +239,7 @@ def _advisory_with_post(relay: Relay, advisory_id: str, audience: str = queue.ME
         signer="F" * 40,
         original_message_id=None,
         list_domain="example.org",
-        route=lambda session, spool: queue.Routing(advisory_id, audience),
+        route=lambda session, spool, message_id: queue.Routing(advisory_id, audience),
     ).message_id
 
 

@@ -47,7 +47,7 @@ def post(home: RelayHome, advisory_id: str) -> None:
         signer="F" * 40,
         original_message_id=None,
         list_domain="example.org",
-        route=lambda session, spool: queue.Routing(advisory_id),
+        route=lambda session, spool, message_id: queue.Routing(advisory_id),
     )
     ids = queue.claim_due(home.db, datetime.now(UTC), 100, timedelta(minutes=5))
     outcomes = [queue.Outcome(i, "sent", "250", "ok") for i in ids]

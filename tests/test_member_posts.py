@@ -226,3 +226,53 @@ def test_member_vouches_for_an_application_by_signed_post(
     with home.db.transaction() as s:
         assert s.execute(select(func.count(Delivery.id))).scalar() == 0  # a command, not a post
     assert sink.messages == []
+
+
+def _cc_post(home: RelayHome, keys: KeyFactory, cc: str) -> bytes:
+    src = keys.make("src", "src@example.org")
+    body = f"X-Advisory: CVE-2026-8888\nX-Embargo-Until: {LIFT.isoformat()}\n\nThe flaw.\n"
+    return _signed(home, src, body, "[EMBARGOED] CVE-2026-8888", Cc=cc)
+
+
+def test_post_copied_to_an_outsider_is_refused_under_the_kubernetes_policy(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    home = _home(tmp_path, keys, sink, policy="kubernetes-distributors.toml")
+    with RelayThread(home.settings, dispatch=False) as relay:
+        code, reply = relay.run(_post(relay.port, _cc_post(home, keys, "boss@corp.example")))
+    assert code == 550 and reply.startswith("5.7.1")
+    assert "boss@corp.example" in reply and "CVE-2026-8888" in reply and "UTC" in reply
+    with home.db.transaction() as s:
+        assert s.execute(select(func.count(Message.id))).scalar() == 0
+
+
+def test_post_copied_to_an_outsider_is_distributed_and_the_leak_reported_by_default(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    from relay.models import Incident
+
+    home = _home(tmp_path, keys, sink)
+    contact = keys.make("contact", "security@example.org")
+    home.add_sender(contact)
+    with RelayThread(home.settings) as relay:
+        code, reply = relay.run(
+            _post(
+                relay.port,
+                _cc_post(home, keys, "Boss <boss@corp.example>, security@distro1.example"),
+            )
+        )
+        assert code == 250, reply
+        received = sink.wait_for(3, timeout=60)  # the two members, and the leak report
+    with home.db.transaction() as s:
+        (incident,) = s.execute(select(Incident)).scalars().all()
+        assert incident.recipients == ["boss@corp.example"]  # the member in Cc is fine
+        assert incident.advisory_id == "CVE-2026-8888"
+    report = next(
+        m
+        for m in received
+        if m.rcpt_tos == ("security@example.org",)
+        and b"BEGIN PGP MESSAGE" in m.data
+        and "boss@corp.example" in OpenedCopy(home.client(contact), m.data).text
+    )
+    text = OpenedCopy(home.client(contact), report.data).text
+    assert "CVE-2026-8888" in text and "src@example.org" in text
