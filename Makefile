@@ -20,6 +20,7 @@ test: $(STAMP) | system-packages
 # Benchmarks print their tables; they are not part of the test suite.
 bench: $(STAMP) | system-packages
 	$(VENV)/bin/python -m bench.fanout
+	$(VENV)/bin/python -m bench.scan
 
 # gpg does the OpenPGP work; python3-venv provides ensurepip, which Debian ships separately.
 system-packages:
