@@ -74,6 +74,17 @@ class Job:
     advisory: Advisory | None = None  # as loaded with the claim (detached snapshot)
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A sealed copy, waiting for an SMTP session."""
+
+    data: bytes
+    keys: list[str]
+
+
+WorkItem = tuple[Job, "asyncio.Task[Ready | queue.Outcome | None]"]
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -117,7 +128,7 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set; unstarted claims go back to the queue."""
         self._loop = asyncio.get_running_loop()
-        work: asyncio.Queue[Job] = asyncio.Queue()
+        work: asyncio.Queue[WorkItem] = asyncio.Queue()
         outcomes: asyncio.Queue[queue.Outcome | None] = asyncio.Queue()
         recorder = asyncio.create_task(self._recorder(outcomes), name="delivery-recorder")
         senders = [
@@ -131,7 +142,7 @@ class Dispatcher:
                 if work.qsize() < self.settings.delivery.connections * 2:
                     jobs = await self._claim()
                     for job in jobs:
-                        work.put_nowait(job)
+                        work.put_nowait(self._start(job))
                     if len(jobs) == CLAIM_BATCH:
                         continue
                 stopping = asyncio.create_task(stop.wait())
@@ -144,7 +155,9 @@ class Dispatcher:
         finally:
             unstarted = []
             while not work.empty():
-                unstarted.append(work.get_nowait().delivery_id)
+                job, prepared = work.get_nowait()
+                prepared.cancel()
+                unstarted.append(job.delivery_id)
                 work.task_done()
             if unstarted:
                 await asyncio.to_thread(queue.release, self.db, unstarted)
@@ -163,10 +176,10 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         done = 0
         while jobs := await self._claim():
-            work: asyncio.Queue[Job] = asyncio.Queue()
+            work: asyncio.Queue[WorkItem] = asyncio.Queue()
             outcomes: asyncio.Queue[queue.Outcome | None] = asyncio.Queue()
             for job in jobs:
-                work.put_nowait(job)
+                work.put_nowait(self._start(job))
             recorder = asyncio.create_task(self._recorder(outcomes))
             senders = [
                 asyncio.create_task(self._sender(work, outcomes))
@@ -182,16 +195,22 @@ class Dispatcher:
         return done
 
     async def _sender(
-        self, work: asyncio.Queue[Job], outcomes: asyncio.Queue[queue.Outcome | None]
+        self, work: asyncio.Queue[WorkItem], outcomes: asyncio.Queue[queue.Outcome | None]
     ) -> None:
         transport = self._transport_factory()
         try:
             while True:
-                job = await work.get()
+                job, prepared = await work.get()
                 try:
-                    outcome = await self._deliver(job, transport)
-                    if outcome is not None:
-                        outcomes.put_nowait(outcome)
+                    ready = await prepared
+                    if isinstance(ready, Ready):
+                        self._inflight[job.delivery_id] = job
+                        result = await transport.send(
+                            self.settings.list.address, job.recipient, ready.data
+                        )
+                        outcomes.put_nowait(_outcome(job.delivery_id, result, ready.keys))
+                    elif ready is not None:
+                        outcomes.put_nowait(ready)
                 except Exception:
                     log.exception(
                         "delivery %s crashed; it stays leased and is retried", job.delivery_id
@@ -202,6 +221,9 @@ class Dispatcher:
                         self._wake.set()
         finally:
             await transport.close()
+
+    def _start(self, job: Job) -> WorkItem:
+        return job, asyncio.create_task(self._prepare(job))
 
     async def _recorder(self, outcomes: asyncio.Queue[queue.Outcome | None]) -> None:
         """Commit outcomes in batches: whatever arrived while the last commit ran."""
@@ -327,7 +349,9 @@ class Dispatcher:
                 problems.append(f"key {fpr[-16:]}: {problem}")
         return usable, (None if usable else "; ".join(problems) or "no key on file")
 
-    async def _deliver(self, job: Job, transport: Transport) -> queue.Outcome | None:
+    async def _prepare(self, job: Job) -> Ready | queue.Outcome | None:
+        """Build the job's copy (or settle it: cancelled, held); runs ahead of sending, so the
+        crypto workers always have the next copies queued while others are on the wire."""
         if not job.member_active:
             return queue.Outcome(job.delivery_id, "permanent", "cancelled", "member is not active")
         keys, problem = self._usable(job.fingerprints)
@@ -367,9 +391,7 @@ class Dispatcher:
             verdict="encrypt" if keys else "plain-notice",
             keys=len(keys),
         )
-        self._inflight[job.delivery_id] = job
-        result = await transport.send(self.settings.list.address, job.recipient, data)
-        return _outcome(job.delivery_id, result, keys)
+        return Ready(data, keys)
 
     def _payload(self, message_id: str) -> bytes:
         if message_id not in self._payloads:
