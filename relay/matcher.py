@@ -161,6 +161,10 @@ class Matcher:
     def __len__(self) -> int:
         return len(self._advisories)
 
+    def advisories(self) -> list[str]:
+        """The IDs of the advisories indexed, as given to `add`."""
+        return [advisory.advisory_id for advisory in self._advisories.values()]
+
     def __contains__(self, advisory_id: object) -> bool:
         return isinstance(advisory_id, str) and _key(advisory_id) in self._advisories
 

@@ -7,7 +7,8 @@ commits together with the post or not at all.
 - An authorised sender's post (SRC) creates its advisory or moves the lift, from
   the keyword lines of its signed part, and goes to every active member.
 - A member's post names its advisory by a keyword line, by replying to a copy
-  the relay sent, or by the advisory ID in its subject. It may report the
+  the relay sent, or by the advisory ID in its subject; failing those, the
+  embargoed text it quotes identifies it (relay/watch.py). It may report the
   member's status (`X-Status`) or vouch for an application (`X-Vouch`, then it
   goes to nobody); it may not set embargo times. The list's posting
   policy sends it to the whole list, to the senders only, or holds it for a
@@ -56,6 +57,7 @@ from relay.models import (
 )
 from relay.posting import MemberPosts, posting_for
 from relay.spool import Spool
+from relay.watch import EmbargoedText
 
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _ADVISORY_ID = re.compile(r"\b[A-Z][A-Z0-9]*-\d{4}-\d{3,}\b", re.IGNORECASE)
@@ -72,8 +74,9 @@ class Outcome:
 
 
 class PostRouter:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spool: Spool) -> None:
         self.settings = settings
+        self.watch = EmbargoedText(spool)
         self.timing = advisories.policy_for(settings)
         self.posting = posting_for(settings)
         self.forwarding = forwarding.load_forwarding(settings.embargo.policy)
@@ -232,7 +235,7 @@ class PostRouter:
             if keywords.ADVISORY not in found and keywords.STATUS not in found:
                 outcome.routing = queue.Routing(None, audience=queue.NOBODY)
                 return outcome.routing
-        advisory = self._advisory_of(session, found, post.subject, message)
+        advisory = self._advisory_of(session, found, post.subject, message, payload)
         if (status := found.get(keywords.STATUS)) is not None:
             try:
                 contributions.set_status(
@@ -255,9 +258,15 @@ class PostRouter:
         return outcome.routing
 
     def _advisory_of(
-        self, session: Session, found: dict[str, str], subject: str, message: EmailMessage
+        self,
+        session: Session,
+        found: dict[str, str],
+        subject: str,
+        message: EmailMessage,
+        payload: bytes,
     ) -> Advisory:
-        """The advisory a member writes about: keyword line, reply threading, or subject."""
+        """The advisory a member writes about: keyword line, reply threading, subject, or
+        the embargoed text it quotes."""
         if (named := found.get(keywords.ADVISORY)) is not None:
             advisory = advisories.find(session, named)
             if advisory is None:
@@ -270,6 +279,10 @@ class PostRouter:
         for candidate in _ADVISORY_ID.findall(subject):
             if (advisory := advisories.find(session, candidate)) is not None:
                 return advisory
+        # No label: the text itself may quote an embargoed advisory.
+        matches = self.watch.match(session, f"{subject}\n{_text(payload)}")
+        if matches:
+            return advisories.get(session, matches[0].advisory_id)
         raise Rejection(
             550,
             "5.6.0",

@@ -73,7 +73,7 @@ class ListHandler:
         self.crypto = crypto
         self.on_accept = on_accept
         self.on_schedule = on_schedule
-        self.router = posts.PostRouter(settings)
+        self.router = posts.PostRouter(settings, spool)
 
     async def handle_MAIL(
         self,

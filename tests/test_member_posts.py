@@ -276,3 +276,50 @@ def test_post_copied_to_an_outsider_is_distributed_and_the_leak_reported_by_defa
     )
     text = OpenedCopy(home.client(contact), report.data).text
     assert "CVE-2026-8888" in text and "src@example.org" in text
+
+
+ADVISORY_TEXT = ROOT / "tests" / "data" / "matcher" / "k8s-CVE-2024-10220-oss-security-email.txt"
+
+
+def _quoted_rewrapped(text: str, width: int = 38) -> str:
+    import textwrap
+
+    words = " ".join(text.split())
+    return "\n".join("> " + line for line in textwrap.wrap(words, width))
+
+
+def test_unlabelled_member_post_quoting_embargoed_text_is_attributed_to_its_advisory(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    home = _home(tmp_path, keys, sink)
+    body = ADVISORY_TEXT.read_text().split("\n\n", 1)[1]
+    src, distro0 = keys.make("src"), keys.make("distro0", "security@distro0.example")
+    advisory_post = _signed(
+        home,
+        src,
+        f"X-Advisory: CVE-2026-9999\nX-Embargo-Until: {LIFT.isoformat()}\n\n{body}",
+        "[EMBARGOED] CVE-2026-9999: command execution through gitRepo volume",
+    )
+    excerpt = body.split("Am I vulnerable?")[0].split("\n\n", 1)[1]
+    quoting = f"Our team looked at this part:\n\n{_quoted_rewrapped(excerpt)}\n\nAll good here.\n"
+    unrelated = (
+        "We keep seeing questions about kube-apiserver vulnerabilities in Services and how\n"
+        "distributions should schedule their releases. Any guidance for next quarter?\n"
+    )
+    with RelayThread(home.settings) as relay:
+        assert relay.run(_post(relay.port, advisory_post))[0] == 250
+        code, reply = relay.run(
+            _post(relay.port, _signed(home, distro0, quoting, "our notes"), sender=distro0.address)
+        )
+        assert code == 250, reply
+        refused, why = relay.run(
+            _post(
+                relay.port, _signed(home, distro0, unrelated, "a question"), sender=distro0.address
+            )
+        )
+    assert refused == 550 and why.startswith("5.6.0")
+    with home.db.transaction() as s:
+        post = s.execute(
+            select(Message).where(Message.signer_fingerprint == distro0.fingerprint)
+        ).scalar_one()
+    assert post.advisory_id == "CVE-2026-9999"
