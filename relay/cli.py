@@ -439,6 +439,7 @@ from relay import (  # noqa: E402, F401
     cli_held,
     cli_incidents,
     cli_members,
+    cli_share,
 )
 
 

@@ -25,18 +25,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from relay import advisories, compose, embargo, queue
 from relay.config import Settings
 from relay.crypto import Crypto, KeyInfo
 from relay.db import Database
 from relay.errors import CryptoError
-from relay.keystore import list_key, sender_by_address
+from relay.keystore import grant_for, list_key, sender_by_address
 from relay.logs import event
 from relay.models import (
     Advisory,
     Delivery,
     DeliveryStatus,
+    GrantState,
     Member,
     MemberKey,
     MemberState,
@@ -313,9 +315,7 @@ class Dispatcher:
                     fingerprints = tuple(member_keys.get(r.member_id, ()))
                     active = r.state == MemberState.ACTIVE
                 else:
-                    sender = sender_by_address(session, r.recipient)
-                    fingerprints = tuple(k.fingerprint for k in sender.keys) if sender else ()
-                    active = True
+                    fingerprints, active = _other_keys(session, r.recipient, r.advisory_id, r.kind)
                 jobs.append(
                     Job(
                         delivery_id=r.id,
@@ -353,7 +353,8 @@ class Dispatcher:
         """Build the job's copy (or settle it: cancelled, held); runs ahead of sending, so the
         crypto workers always have the next copies queued while others are on the wire."""
         if not job.member_active:
-            return queue.Outcome(job.delivery_id, "permanent", "cancelled", "member is not active")
+            why = "member is not active" if job.to_member else "recipient holds no accepted grant"
+            return queue.Outcome(job.delivery_id, "permanent", "cancelled", why)
         keys, problem = self._usable(job.fingerprints)
         loop = asyncio.get_running_loop()
         try:
@@ -517,6 +518,24 @@ class Dispatcher:
             )
         if self._loop is not None:  # called from a worker thread
             self._loop.call_soon_threadsafe(self._wake.set)
+
+
+def _other_keys(
+    session: Session, recipient: str, advisory_id: str | None, kind: str
+) -> tuple[tuple[str, ...], bool]:
+    """Keys of a recipient who is not a member (a sender, or a person holding a grant for the
+    advisory), and whether it may still receive the copy. A pending grant gets only its
+    terms (a notice); a revoked grant gets nothing: its copies are cancelled."""
+    sender = sender_by_address(session, recipient)
+    if sender is not None:
+        return tuple(k.fingerprint for k in sender.keys), True
+    grant = grant_for(session, recipient, advisory_id) if advisory_id is not None else None
+    if grant is None:
+        return (), True
+    entitled = grant.state == GrantState.ACCEPTED or (
+        grant.state == GrantState.PENDING and kind == MessageKind.NOTICE
+    )
+    return tuple(grant.fingerprints), entitled
 
 
 def _outcome(delivery_id: int, result: SendResult, keys: list[str]) -> queue.Outcome:

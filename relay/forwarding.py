@@ -9,8 +9,9 @@ allows and a leak report is raised), with the rule that decided and why.
 
 This is policy only: a pure function of a frozen Context and the list's policy, with no
 I/O, no database and no clock (callers pass `now`). It fails closed: a rule that raises,
-or a recipient no rule speaks for, is blocked. The dispatcher calls it per delivery and
-the SMTP layer per post; both record the Decision and act on it.
+or a recipient no rule speaks for, is blocked. Today the post router (relay/posts.py)
+calls it for the addresses a post names in To/Cc; the relay's own deliveries go only to
+members, senders and grant holders by construction.
 """
 
 from __future__ import annotations

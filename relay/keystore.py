@@ -1,4 +1,5 @@
-"""Who owns which key: the list key, members' encryption keys, senders' signing keys.
+"""Who owns which key: the list key, members' encryption keys, senders' signing keys, and
+the keys of people a member shared an advisory with (grants).
 
 Keys live in the GnuPG home; ownership lives in the database. A member's usable
 keys are resolved at delivery time, so an expiry or revocation takes effect at
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from relay.crypto import Crypto, KeyInfo
 from relay.errors import KeyProblem
-from relay.models import Member, MemberKey, MemberState, Sender, SenderKey
+from relay.models import Grant, GrantState, Member, MemberKey, MemberState, Sender, SenderKey
 
 
 def list_key(crypto: Crypto) -> KeyInfo:
@@ -65,4 +66,27 @@ def member_for(session: Session, fingerprint: str) -> Member | None:
         select(Member)
         .join(MemberKey, MemberKey.member_id == Member.id)
         .where(MemberKey.fingerprint == fingerprint.upper(), Member.state == MemberState.ACTIVE)
+    ).scalar_one_or_none()
+
+
+def grants_for_key(session: Session, fingerprint: str) -> list[Grant]:
+    """The pending or accepted grants whose person signs with this key (oldest first).
+
+    Fingerprints live in a JSON list; the live grants are few, so they are filtered here."""
+    fingerprint = fingerprint.upper()
+    live = session.execute(
+        select(Grant)
+        .where(Grant.state.in_((GrantState.PENDING, GrantState.ACCEPTED)))
+        .order_by(Grant.id)
+    ).scalars()
+    return [g for g in live if fingerprint in g.fingerprints]
+
+
+def grant_for(session: Session, address: str, advisory_id: str) -> Grant | None:
+    """The latest grant of an advisory to an address, in whatever state (None: never shared)."""
+    return session.execute(
+        select(Grant)
+        .where(Grant.address == address.lower(), Grant.advisory_id == advisory_id)
+        .order_by(Grant.id.desc())
+        .limit(1)
     ).scalar_one_or_none()

@@ -28,12 +28,13 @@ from typing import cast
 
 from relay.errors import RelayError
 
+ACCEPT = "X-Accept"
 ADVISORY = "X-Advisory"
 EMBARGO_UNTIL = "X-Embargo-Until"
 SHARE = "X-Share"
 STATUS = "X-Status"
 VOUCH = "X-Vouch"
-KEYWORDS = (ADVISORY, EMBARGO_UNTIL, SHARE, STATUS, VOUCH)
+KEYWORDS = (ACCEPT, ADVISORY, EMBARGO_UNTIL, SHARE, STATUS, VOUCH)
 _CANONICAL = {name.lower(): name for name in KEYWORDS}
 
 _CRLF = b"\r\n"

@@ -354,3 +354,36 @@ class Incident(Base):
     resolved_by: Mapped[str | None] = mapped_column(String(200))
     resolution: Mapped[str | None] = mapped_column(Text)
     member: Mapped[Member | None] = relationship()
+
+
+class GrantState(enum.StrEnum):
+    PENDING = "pending"  # the terms were sent; nothing about the advisory reaches the person
+    ACCEPTED = "accepted"  # agreed by a signed reply: the advisory's posts reach the person
+    REVOKED = "revoked"  # terminal; a new share makes a new grant
+
+
+class Grant(Base):
+    """A member's need-to-know share of one advisory with one person in its team.
+
+    `fingerprints` are the person's keys (primary fingerprints, in the relay's keyring):
+    the copies are encrypted to them and the acceptance must be signed by one of them.
+    `token` is the secret the terms notice carries and the acceptance quotes. History is
+    in the audit trail."""
+
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(ForeignKey("advisories.id"), index=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    fingerprints: Mapped[list[str]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(16), default=GrantState.PENDING, index=True)
+    token: Mapped[str] = mapped_column(String(64))
+    terms_message_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was revoked
+    member: Mapped[Member] = relationship()

@@ -13,8 +13,12 @@ commits together with the post or not at all.
   goes to nobody); it may not set embargo times. The list's posting
   policy sends it to the whole list, to the senders only, or holds it for a
   moderator (who is told).
+- A member's post with `X-Share: person@example.net` and the person's public key
+  attached asks the relay to share its advisory with someone in the member's team
+  (relay/grants.py); it goes to nobody. The person's key may then sign one thing only:
+  the acceptance of the terms (`X-Accept: TOKEN`), which also goes to nobody.
 - Either way, addresses in the post's To/Cc that are neither members, senders nor
-  (later) holders of a grant got the post from the poster's own mail system while
+  holders of an accepted grant got the post from the poster's own mail system while
   the advisory is under embargo: the list's forwarding policy (relay/forwarding.py)
   refuses the post with `550 5.7.1`, or distributes it and reports the leak to the
   security contact (relay/incidents.py).
@@ -27,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import getaddresses
+from functools import cached_property
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -37,18 +42,22 @@ from relay import (
     contributions,
     embargo,
     forwarding,
+    grants,
     incidents,
     keywords,
     queue,
 )
 from relay.config import Settings
-from relay.errors import RelayError
+from relay.crypto import Crypto, GnuPG
+from relay.errors import KeyProblem, RelayError
 from relay.inbound import Rejection, VerifiedPost
-from relay.keystore import member_for, sender_for
+from relay.keystore import grants_for_key, member_for, sender_for
 from relay.models import (
     Advisory,
     AdvisoryState,
     Delivery,
+    Grant,
+    GrantState,
     Member,
     MemberState,
     Message,
@@ -74,17 +83,26 @@ class Outcome:
 
 
 class PostRouter:
-    def __init__(self, settings: Settings, spool: Spool) -> None:
+    def __init__(self, settings: Settings, spool: Spool, crypto: Crypto | None = None) -> None:
         self.settings = settings
         self.watch = EmbargoedText(spool)
         self.timing = advisories.policy_for(settings)
         self.posting = posting_for(settings)
         self.forwarding = forwarding.load_forwarding(settings.embargo.policy)
+        if crypto is not None:
+            self.crypto = crypto
+
+    @cached_property
+    def crypto(self) -> Crypto:
+        """The relay's keyring, for the keys an `X-Share` post brings (opened on first use)."""
+        return GnuPG(self.settings.gnupg.home, self.settings.gnupg.binary)
 
     def is_authorised(self, session: Session, fingerprint: str) -> bool:
+        """A sender's or member's key; or a grant's, which may only accept its terms."""
         return (
             sender_for(session, fingerprint) is not None
             or member_for(session, fingerprint) is not None
+            or bool(grants_for_key(session, fingerprint))
         )
 
     def route(
@@ -102,15 +120,14 @@ class PostRouter:
         member = None
         if sender_for(session, post.signer) is not None:
             routing = self._sender_post(session, spool, post, found, outcome)
-        else:
-            member = member_for(session, post.signer)
-            if member is None:  # authorised a moment ago, removed since
-                raise Rejection(
-                    550, "5.7.1", "the signing key is not authorised to post to this list"
-                )
+        elif (member := member_for(session, post.signer)) is not None:
             routing = self._member_post(
                 session, spool, post, found, payload, message, member, outcome
             )
+        elif grants_for_key(session, post.signer):
+            routing = self._acceptance(session, post, found, outcome)
+        else:  # authorised a moment ago, removed since
+            raise Rejection(550, "5.7.1", "the signing key is not authorised to post to this list")
         if routing.advisory_id is not None:
             self._external_copies(
                 session,
@@ -146,7 +163,9 @@ class PostRouter:
             advisory.id,
             embargoed=True,
             lift_at=advisory.lift_at,
-            recipients=[forwarding.Recipient(a, self._kind(session, a), True) for a in visible],
+            recipients=[
+                forwarding.Recipient(a, self._kind(session, a, advisory.id), True) for a in visible
+            ],
             now=now,
             policy=self.forwarding,
         )
@@ -171,13 +190,21 @@ class PostRouter:
         )
         outcome.notes.append(f"reported {len(outside)} external copies")
 
-    def _kind(self, session: Session, address: str) -> forwarding.Kind:
+    def _kind(self, session: Session, address: str, advisory_id: str) -> forwarding.Kind:
         if session.execute(
             select(Member.id).where(Member.address == address, Member.state == MemberState.ACTIVE)
         ).first():
             return forwarding.Kind.MEMBER
         if session.execute(select(Sender.id).where(Sender.address == address)).first():
             return forwarding.Kind.SENDER
+        if session.execute(
+            select(Grant.id).where(
+                Grant.address == address,
+                Grant.advisory_id == advisory_id,
+                Grant.state == GrantState.ACCEPTED,
+            )
+        ).first():
+            return forwarding.Kind.GRANT_HOLDER
         domain = address.rpartition("@")[2]
         for domains in session.execute(
             select(Member.domains).where(Member.state == MemberState.ACTIVE)
@@ -224,6 +251,8 @@ class PostRouter:
     ) -> queue.Routing:
         if keywords.EMBARGO_UNTIL in found:
             raise Rejection(550, "5.7.1", "only the list's authorised senders set embargo times")
+        if keywords.ACCEPT in found:
+            raise Rejection(550, "5.7.1", "X-Accept is for people a member shared an advisory with")
         actor = f"key:{post.signer}"
         outcome.member = member.address
         if (application := found.get(keywords.VOUCH)) is not None:
@@ -249,12 +278,72 @@ class PostRouter:
             except RelayError as exc:
                 raise Rejection(550, "5.6.0", f"X-Status: {exc}") from None
             outcome.notes.append(f"status {status}")
+        if (person := found.get(keywords.SHARE)) is not None:
+            self._share(session, spool, advisory, member, person, payload, actor, outcome)
+            outcome.routing = queue.Routing(advisory.id, audience=queue.NOBODY)
+            return outcome.routing
         mode = self.posting.member_posts
         hold = queue.MODERATION_HOLD if mode == MemberPosts.MODERATE else None
         audience = queue.SENDERS if mode == MemberPosts.SRC else queue.MEMBERS
         if hold:
             self._tell_moderators(session, spool, advisory, member)
         outcome.routing = queue.Routing(advisory.id, audience=audience, hold=hold)
+        return outcome.routing
+
+    def _share(
+        self,
+        session: Session,
+        spool: Spool,
+        advisory: Advisory,
+        member: Member,
+        person: str,
+        payload: bytes,
+        actor: str,
+        outcome: Outcome,
+    ) -> None:
+        keys = grants.attached_keys(payload)
+        if not keys:
+            raise Rejection(
+                550, "5.6.0", "X-Share: attach the person's public key (application/pgp-keys)"
+            )
+        try:
+            grant = grants.share(
+                session,
+                spool,
+                self.crypto,
+                self.settings,
+                advisory_id=advisory.id,
+                member=member,
+                address=person,
+                keys=keys,
+                actor=actor,
+            )
+        except KeyProblem as exc:
+            raise Rejection(550, "5.6.0", f"X-Share: {exc}") from None
+        except RelayError as exc:
+            raise Rejection(550, "5.7.1", f"X-Share: {exc}") from None
+        outcome.notes.append(f"grant {grant.id}: terms sent to {grant.address}")
+
+    def _acceptance(
+        self, session: Session, post: VerifiedPost, found: dict[str, str], outcome: Outcome
+    ) -> queue.Routing:
+        """A grant's key signed this: the person accepts the terms, and may do nothing else."""
+        token = found.get(keywords.ACCEPT)
+        if token is None:
+            raise Rejection(
+                550,
+                "5.7.1",
+                "this key may only accept the terms of a need-to-know grant "
+                "(an 'X-Accept: TOKEN' line); posts to the list come from its members",
+            )
+        try:
+            grant, backlog = grants.accept(
+                session, self.settings, signer=post.signer, token=token, now=utcnow()
+            )
+        except RelayError as exc:
+            raise Rejection(550, "5.7.1", f"X-Accept: {exc}") from None
+        outcome.notes.append(f"grant {grant.id} accepted; {backlog} earlier posts queued")
+        outcome.routing = queue.Routing(grant.advisory_id, audience=queue.NOBODY)
         return outcome.routing
 
     def _advisory_of(

@@ -24,6 +24,8 @@ from relay.errors import RelayError
 from relay.models import (
     Delivery,
     DeliveryStatus,
+    Grant,
+    GrantState,
     Member,
     MemberState,
     Message,
@@ -57,13 +59,14 @@ class Routing:
     """Where an accepted post goes, decided inside the accept transaction."""
 
     advisory_id: str | None
-    audience: str = "members"  # "members": every active member; "senders": the SRC only;
-    # "nobody": a post that only tells the relay something
+    audience: str = "members"  # "members": every active member, and the advisory's accepted
+    # grant holders; "senders": the SRC only; "nobody": a post that only tells the relay something
     hold: str | None = None  # held at once with this code (e.g. "moderation"), or sent
 
 
 MEMBERS, SENDERS, NOBODY = "members", "senders", "nobody"
 MODERATION_HOLD = "moderation"
+REJECTED = "rejected"  # `last_code` of a post's copies a moderator refused
 
 
 def accept_post(
@@ -106,7 +109,7 @@ def accept_post(
                 )
             )
             count = 0
-            for address, member_id in _audience(session, routing.audience):
+            for address, member_id in _audience(session, routing.audience, routing.advisory_id):
                 session.add(
                     Delivery(
                         message_id=message_id,
@@ -135,7 +138,9 @@ def accept_post(
     return Accepted(message_id, count, routing.advisory_id)
 
 
-def _audience(session: Session, audience: str) -> list[tuple[str, int | None]]:
+def _audience(
+    session: Session, audience: str, advisory_id: str | None = None
+) -> list[tuple[str, int | None]]:
     if audience == NOBODY:  # a post that only tells the relay something (a vouch)
         return []
     if audience == SENDERS:
@@ -146,7 +151,22 @@ def _audience(session: Session, audience: str) -> list[tuple[str, int | None]]:
         .where(Member.state == MemberState.ACTIVE)
         .order_by(Member.id)
     ).all()
-    return [(address, member_id) for address, member_id in members]
+    found: list[tuple[str, int | None]] = [(address, member_id) for address, member_id in members]
+    if advisory_id is not None:
+        # People a member shared the advisory with, once they accepted the list's terms.
+        seen = {address for address, _ in found}
+        found += [(a, None) for a in grant_holders(session, advisory_id) if a not in seen]
+    return found
+
+
+def grant_holders(session: Session, advisory_id: str) -> list[str]:
+    """The addresses holding an accepted grant for the advisory."""
+    rows = session.execute(
+        select(Grant.address)
+        .where(Grant.advisory_id == advisory_id, Grant.state == GrantState.ACCEPTED)
+        .order_by(Grant.id)
+    ).scalars()
+    return list(dict.fromkeys(rows))
 
 
 def enqueue_notice(
@@ -406,19 +426,20 @@ def retry(session: Session, delivery_id: int, actor: str) -> Delivery:
     return delivery
 
 
+_UNSENT = (
+    DeliveryStatus.QUEUED,
+    DeliveryStatus.DEFERRED,
+    DeliveryStatus.HELD,
+    DeliveryStatus.ACTIVE,
+)
+
+
 def cancel_member(session: Session, member_id: int, actor: str, reason: str) -> int:
     """Stop every unsent delivery to a member at once (removal or suspension)."""
     deliveries = session.execute(
         select(Delivery).where(
             Delivery.member_id == member_id,
-            Delivery.status.in_(
-                (
-                    DeliveryStatus.QUEUED,
-                    DeliveryStatus.DEFERRED,
-                    DeliveryStatus.HELD,
-                    DeliveryStatus.ACTIVE,
-                )
-            ),
+            Delivery.status.in_(_UNSENT),
         )
     ).scalars()
     count = 0
@@ -430,6 +451,107 @@ def cancel_member(session: Session, member_id: int, actor: str, reason: str) -> 
     if count:
         audit.record(
             session, actor, "delivery.cancelled", f"member:{member_id}", count=count, reason=reason
+        )
+    return count
+
+
+def cancel_grant(
+    session: Session, advisory_id: str, recipient: str, actor: str, reason: str
+) -> int:
+    """Stop every unsent copy of an advisory's messages to a grant holder at once."""
+    deliveries = session.execute(
+        select(Delivery).where(
+            Delivery.advisory_id == advisory_id,
+            Delivery.recipient == recipient,
+            Delivery.member_id.is_(None),
+            Delivery.status.in_(_UNSENT),
+        )
+    ).scalars()
+    count = 0
+    for delivery in deliveries:
+        delivery.status = DeliveryStatus.FAILED
+        delivery.lease_until = None
+        delivery.last_code, delivery.last_reason = "cancelled", reason
+        count += 1
+    if count:
+        audit.record(
+            session,
+            actor,
+            "delivery.cancelled",
+            f"grant:{advisory_id}:{recipient}",
+            count=count,
+            reason=reason,
+        )
+    return count
+
+
+def deliver_backlog(
+    session: Session, advisory_id: str, recipient: str, list_domain: str, now: datetime
+) -> int:
+    """Queue a new grant holder's copies of the advisory's posts so far, oldest first.
+
+    A post counts if it went to the list's members: a copy held for moderation is held
+    for the grant holder too (the moderator's decision covers it), a rejected one is
+    skipped, and so are posts for the senders only or for nobody. A copy cancelled by an
+    earlier revoked grant is queued again. Returns the number of copies queued or held.
+    """
+    rows = session.execute(
+        select(Message.id, Delivery.status, Delivery.last_code)
+        .join(Delivery, Delivery.message_id == Message.id)
+        .where(
+            Message.advisory_id == advisory_id,
+            Message.kind == MessageKind.POST,
+            Delivery.member_id.is_not(None),
+        )
+        .order_by(Message.received_at, Message.id)
+    ).all()
+    copies: dict[str, list[tuple[str, str | None]]] = {}
+    for message_id, status, last_code in rows:
+        copies.setdefault(message_id, []).append((status, last_code))
+    existing = {
+        d.message_id: d
+        for d in session.execute(
+            select(Delivery).where(
+                Delivery.recipient == recipient,
+                Delivery.advisory_id == advisory_id,
+                Delivery.member_id.is_(None),
+            )
+        ).scalars()
+    }
+    count = 0
+    for message_id, states in copies.items():
+        if all(s == DeliveryStatus.FAILED and c == REJECTED for s, c in states):
+            continue
+        moderated = any(s == DeliveryStatus.HELD and c == MODERATION_HOLD for s, c in states)
+        status = DeliveryStatus.HELD if moderated else DeliveryStatus.QUEUED
+        code = MODERATION_HOLD if moderated else None
+        delivery = existing.get(message_id)
+        if delivery is None:
+            session.add(
+                Delivery(
+                    message_id=message_id,
+                    recipient=recipient,
+                    plaintext_allowed=False,
+                    copy_message_id=copy_message_id(list_domain),
+                    advisory_id=advisory_id,
+                    status=status,
+                    last_code=code,
+                    next_attempt_at=now,
+                )
+            )
+        elif delivery.status == DeliveryStatus.FAILED and delivery.last_code == "cancelled":
+            delivery.status, delivery.next_attempt_at = status, now
+            delivery.last_code, delivery.last_reason = code, None
+        else:
+            continue
+        count += 1
+    if count:
+        audit.record(
+            session,
+            RELAY_ACTOR,
+            "delivery.backlog",
+            f"grant:{advisory_id}:{recipient}",
+            count=count,
         )
     return count
 
@@ -689,7 +811,7 @@ def moderate(session: Session, message_id: str, actor: str, *, release: bool, re
             delivery.last_code, delivery.last_reason = None, None
         else:
             delivery.status = DeliveryStatus.FAILED
-            delivery.last_code, delivery.last_reason = "rejected", reason
+            delivery.last_code, delivery.last_reason = REJECTED, reason
     audit.record(
         session,
         actor,

@@ -73,7 +73,7 @@ class ListHandler:
         self.crypto = crypto
         self.on_accept = on_accept
         self.on_schedule = on_schedule
-        self.router = posts.PostRouter(settings, spool)
+        self.router = posts.PostRouter(settings, spool, crypto)
 
     async def handle_MAIL(
         self,
