@@ -52,6 +52,7 @@ from relay.crypto import Crypto, GnuPG
 from relay.errors import KeyProblem, RelayError
 from relay.inbound import Rejection, VerifiedPost
 from relay.keystore import grants_for_key, member_for, sender_for
+from relay.matcher import Match
 from relay.models import (
     Advisory,
     AdvisoryState,
@@ -137,6 +138,7 @@ class PostRouter:
                 member,
                 mail_from,
                 message_id,
+                payload,
                 outcome,
             )
         return routing
@@ -150,6 +152,7 @@ class PostRouter:
         member: Member | None,
         mail_from: str,
         message_id: str,
+        payload: bytes,
         outcome: Outcome,
     ) -> None:
         """Addresses in To/Cc that the relay does not serve: the poster's own mail system
@@ -185,10 +188,19 @@ class PostRouter:
             recipients=[d.context.recipient.address for d in outside],
             kind="external-cc",
             message_id=message_id,
-            match=None,
+            match=self._evidence(session, advisory.id, payload),
             now=now,
         )
         outcome.notes.append(f"reported {len(outside)} external copies")
+
+    def _evidence(self, session: Session, advisory_id: str, payload: bytes) -> Match | None:
+        """How strongly the post's text matches what the list sent about the advisory."""
+        text = _text(payload)
+        if not text:
+            return None
+        return next(
+            (m for m in self.watch.match(session, text) if m.advisory_id == advisory_id), None
+        )
 
     def _kind(self, session: Session, address: str, advisory_id: str) -> forwarding.Kind:
         if session.execute(

@@ -22,8 +22,11 @@ from relay.spool import PAYLOAD, Spool
 
 
 class EmbargoedText:
-    def __init__(self, spool: Spool) -> None:
+    def __init__(
+        self, spool: Spool, states: tuple[AdvisoryState, ...] = (AdvisoryState.EMBARGOED,)
+    ) -> None:
         self.spool = spool
+        self.states = states  # which advisories to index: embargoed ones, or (trace) all
         self._matcher = Matcher()
         self._indexed: set[str] = set()  # message ids
         self._lock = threading.Lock()
@@ -35,9 +38,7 @@ class EmbargoedText:
 
     def _refresh(self, session: Session) -> None:
         embargoed = set(
-            session.execute(
-                select(Advisory.id).where(Advisory.state == AdvisoryState.EMBARGOED)
-            ).scalars()
+            session.execute(select(Advisory.id).where(Advisory.state.in_(self.states))).scalars()
         )
         for advisory_id in self._matcher.advisories():
             if advisory_id not in embargoed:
