@@ -323,3 +323,37 @@ def test_unlabelled_member_post_quoting_embargoed_text_is_attributed_to_its_advi
             select(Message).where(Message.signer_fingerprint == distro0.fingerprint)
         ).scalar_one()
     assert post.advisory_id == "CVE-2026-9999"
+
+
+def test_the_same_copied_post_after_the_lift_is_no_leak(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    from relay import embargo
+    from relay.models import Incident
+
+    home = _home(tmp_path, keys, sink, policy="kubernetes-distributors.toml")
+    with RelayThread(home.settings) as relay:
+        _advisory(home, keys, relay)
+        sink.wait_for(2, timeout=60)
+        before = relay.run(_post(relay.port, _cc_post(home, keys, "boss@corp.example")))
+        assert before[0] == 550
+        embargo.lift_now(
+            home.db,
+            relay.relay.spool,
+            home.settings,
+            "CVE-2026-8888",
+            actor="cli:test",
+            reason="published",
+            now=datetime.now(UTC),
+        )
+        public = _signed(
+            home,
+            keys.make("src"),
+            "X-Advisory: CVE-2026-8888\n\nNow public.\n",
+            "[Security Advisory] CVE-2026-8888",
+            Cc="boss@corp.example",
+        )
+        after = relay.run(_post(relay.port, public))
+    assert after[0] == 250, after
+    with home.db.transaction() as s:
+        assert s.execute(select(func.count(Incident.id))).scalar() == 0
