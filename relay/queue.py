@@ -575,30 +575,18 @@ def enqueue_list_notice(
     """Queue a relay notice to every active member, encrypted like a post, in the caller's
     transaction; returns the message id and the number of deliveries."""
     members = session.execute(
-        select(Member.id, Member.address)
-        .where(Member.state == MemberState.ACTIVE)
-        .order_by(Member.id)
-    ).all()
-    message_id = _queue_text(
+        select(Member).where(Member.state == MemberState.ACTIVE).order_by(Member.id)
+    ).scalars()
+    return enqueue_member_notice(
         session,
         spool,
-        recipients=[(address, member_id) for member_id, address in members],
+        members=members,
         subject=subject,
         text=text,
         list_domain=list_domain,
-        advisory_id=advisory_id,
-        plaintext_allowed=False,
-    )
-    audit.record(
-        session,
-        RELAY_ACTOR,
-        "notice.queued",
-        message_id,
         reason=reason,
-        advisory=advisory_id,
-        deliveries=len(members),
+        advisory_id=advisory_id,
     )
-    return message_id, len(members)
 
 
 def enqueue_advisory_notice(
