@@ -581,6 +581,8 @@ def enqueue_list_notice(
         session,
         spool,
         members=members,
+        # People a member shared the advisory with hear of its lift and moves too.
+        also=grant_holders(session, advisory_id) if advisory_id else (),
         subject=subject,
         text=text,
         list_domain=list_domain,
@@ -713,10 +715,12 @@ def enqueue_member_notice(
     list_domain: str,
     reason: str,
     advisory_id: str | None = None,
+    also: Iterable[str] = (),
 ) -> tuple[str, int]:
     """Queue a relay notice to some members (each copy encrypted to that member, held if it
-    has no usable key), in the caller's transaction; returns the message id and count."""
-    recipients = [(m.address, m.id) for m in members]
+    has no usable key), and to the non-members in `also` (grant holders), in the caller's
+    transaction; returns the message id and count."""
+    recipients = [(m.address, m.id) for m in members] + [(a, None) for a in also]
     message_id = _queue_text(
         session,
         spool,

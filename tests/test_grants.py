@@ -297,3 +297,42 @@ def test_x_share_without_a_key_or_outside_the_team_is_refused(
     with home.db.transaction() as s:
         assert s.execute(select(Grant)).scalars().all() == []
         assert s.execute(select(Delivery).where(Delivery.member_id.is_(None))).all() == []
+
+
+def test_grant_holders_hear_of_the_lift(tmp_path: Path, keys: KeyFactory, sink: SmtpSink):
+    from relay import embargo
+
+    home = _home(tmp_path, keys, sink)
+    distro0 = _member(keys, 0)
+    dev = keys.make("dev0", "dev@distro0.example")
+    with RelayThread(home.settings) as relay:
+        _src_post(home, keys, relay, "The flaw.")
+        sink.wait_for(2, timeout=60)
+        share = _with_key(
+            f"X-Advisory: {ADVISORY}\nX-Share: {dev.address}\n\nOur dev.\n", dev.public
+        )
+        assert (
+            relay.run(
+                _post(relay.port, _signed(home, distro0, share, "share"), sender=distro0.address)
+            )[0]
+            == 250
+        )
+        sink.wait_for(3, timeout=60)
+        token = _grant(home, dev.address).token
+        assert _send(relay, home, dev, f"X-Accept: {token}\n\nI agree.\n")[0] == 250
+        sink.wait_for(4, timeout=60)  # the post so far
+        embargo.lift_now(
+            home.db,
+            relay.relay.spool,
+            home.settings,
+            ADVISORY,
+            actor="cli:t",
+            reason="published",
+            now=datetime.now(UTC),
+        )
+        relay.relay.dispatcher.wake()
+        received = sink.wait_for(7, timeout=60)  # the lift notice: two members and dev
+    notice = _to(received, dev.address)[-1]
+    opened = OpenedCopy(home.client(dev), notice.data)
+    assert opened.signer == home.list_fpr and "embargo" in opened.text.lower()
+    assert ADVISORY in opened.text
