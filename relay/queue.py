@@ -180,7 +180,7 @@ def enqueue_notice(
     reason: str,
 ) -> str:
     """Queue a relay notice (text only, quoting no advisory content) in the caller's transaction."""
-    message_id = _queue_text(
+    return _queue_text(
         session,
         spool,
         recipients=[(address, None) for address in dict.fromkeys(r.lower() for r in recipients)],
@@ -189,9 +189,8 @@ def enqueue_notice(
         list_domain=list_domain,
         advisory_id=None,
         plaintext_allowed=True,
+        reason=reason,
     )
-    audit.record(session, RELAY_ACTOR, "notice.queued", message_id, reason=reason)
-    return message_id
 
 
 def _text_entity(text: str) -> bytes:
@@ -609,28 +608,17 @@ def enqueue_advisory_notice(
     Unless `plaintext_allowed`, a recipient without a usable key is held, never sent
     in the clear: only a lifted advisory's public text may travel unencrypted.
     """
-    addresses = list(dict.fromkeys(r.lower() for r in recipients))
-    message_id = _queue_text(
+    return _queue_text(
         session,
         spool,
-        recipients=[(address, None) for address in addresses],
+        recipients=[(a, None) for a in dict.fromkeys(r.lower() for r in recipients)],
         subject=subject,
         text=text,
         list_domain=list_domain,
         advisory_id=advisory_id,
         plaintext_allowed=plaintext_allowed,
-    )
-    audit.record(
-        session,
-        RELAY_ACTOR,
-        "notice.queued",
-        message_id,
         reason=reason,
-        advisory=advisory_id,
-        deliveries=len(addresses),
-        plaintext_allowed=plaintext_allowed,
     )
-    return message_id
 
 
 def _queue_text(
@@ -643,7 +631,9 @@ def _queue_text(
     list_domain: str,
     advisory_id: str | None,
     plaintext_allowed: bool,
+    reason: str,
 ) -> str:
+    """The one writer of relay notices: spool file, message, deliveries, audit row."""
     message_id = new_id()
     payload = _text_entity(text)
     spool.write(message_id, PAYLOAD, payload)
@@ -668,6 +658,16 @@ def _queue_text(
                 advisory_id=advisory_id,
             )
         )
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "notice.queued",
+        message_id,
+        reason=reason,
+        advisory=advisory_id,
+        deliveries=len(recipients),
+        plaintext_allowed=plaintext_allowed,
+    )
     return message_id
 
 
@@ -730,15 +730,7 @@ def enqueue_member_notice(
         list_domain=list_domain,
         advisory_id=advisory_id,
         plaintext_allowed=False,
-    )
-    audit.record(
-        session,
-        RELAY_ACTOR,
-        "notice.queued",
-        message_id,
         reason=reason,
-        advisory=advisory_id,
-        deliveries=len(recipients),
     )
     return message_id, len(recipients)
 
