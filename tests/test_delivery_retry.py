@@ -7,7 +7,7 @@ The dispatcher runs pass by pass (`run_once`) on an injected clock: no waiting.
 from __future__ import annotations
 
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,19 +16,11 @@ from sqlalchemy import select
 from relay.models import Delivery, DeliveryStatus, Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
-from tests.support.relayhome import CONTACT, LIST, RelayHome, RelayThread
+from tests.support.relayhome import CONTACT, LIST, OffsetClock, RelayHome, RelayThread
 from tests.support.relayhome import smtp_post as _post
 from tests.support.smtpsink import SmtpSink
 
 SECRET = "The flaw lets any tenant read another tenant's secrets."
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
 
 
 def _free_port() -> int:
@@ -66,7 +58,7 @@ def _deliveries(home: RelayHome) -> dict[str, Delivery]:
 def test_451_is_deferred_on_the_backoff_schedule_then_delivered(tmp_path, keys):
     with SmtpSink() as sink:
         home = _home(tmp_path, keys, sink.port)
-        clock = Clock()
+        clock = OffsetClock()
         sink.reply_next("451 4.3.0 Try again later", count=2)
         with RelayThread(home.settings, clock=clock, dispatch=False) as relay:
             _post_advisory(home, keys, relay)
@@ -97,7 +89,7 @@ def test_451_is_deferred_on_the_backoff_schedule_then_delivered(tmp_path, keys):
 def test_smarthost_down_is_deferred_and_delivered_once_it_is_back(tmp_path, keys):
     port = _free_port()
     home = _home(tmp_path, keys, port)
-    clock = Clock()
+    clock = OffsetClock()
     with RelayThread(home.settings, clock=clock, dispatch=False) as relay:
         _post_advisory(home, keys, relay)
         dispatcher = relay.relay.dispatcher

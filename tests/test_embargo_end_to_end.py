@@ -16,39 +16,16 @@ from sqlalchemy import func, select
 from relay.models import Advisory, AdvisoryState, AuditEvent, Delivery, Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
-from tests.support.relayhome import LIST, RelayHome, RelayThread
+from tests.support.relayhome import LIST, OffsetClock, RelayHome, RelayThread, distributors
 from tests.support.relayhome import smtp_post as _post
 from tests.support.smtpsink import SmtpSink
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-class Clock:
-    """The relay's notion of now: real time, jumped ahead by the test instead of waiting."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def jump_to(self, moment: datetime) -> None:
-        self.offset = moment - datetime.now(UTC)
-
-
-@pytest.fixture
-def sink():
-    with SmtpSink() as running:
-        yield running
-
-
 @pytest.fixture
 def home(tmp_path: Path, keys: KeyFactory, sink: SmtpSink) -> RelayHome:
-    home = RelayHome(tmp_path, keys, smarthost=f"127.0.0.1:{sink.port}")
-    home.add_sender(keys.make("src", "src@example.org"))
-    for n in range(2):
-        home.add_member(keys.make(f"distro{n}", f"security@distro{n}.example"))
-    return home
+    return distributors(tmp_path, keys, sink.port)
 
 
 def _lift_in(days: int) -> datetime:
@@ -172,7 +149,7 @@ def test_a_post_that_moves_the_lift_notifies_every_member(
 def test_lift_missed_while_down_runs_at_start_exactly_once(
     home: RelayHome, keys: KeyFactory, sink: SmtpSink
 ):
-    clock = Clock()
+    clock = OffsetClock()
     lift = _lift_in(3)
     post = _advisory_post(
         home,
@@ -215,7 +192,7 @@ def test_lift_missed_while_down_runs_at_start_exactly_once(
 def test_pending_lift_fires_on_the_injected_clock_after_a_restart(
     home: RelayHome, keys: KeyFactory, sink: SmtpSink
 ):
-    clock = Clock()
+    clock = OffsetClock()
     lift = _lift_in(5)
     post = _advisory_post(
         home,

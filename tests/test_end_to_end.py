@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from relay.models import Delivery, DeliveryStatus, Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
-from tests.support.relayhome import CONTACT, LIST, RelayHome, RelayThread
+from tests.support.relayhome import CONTACT, LIST, RelayHome, RelayThread, distributors
 from tests.support.relayhome import smtp_post as _post
 from tests.support.smtpsink import SmtpSink
 
@@ -30,18 +30,8 @@ SUBJECT = "[EMBARGOED] CVE-2026-99999: kube-apiserver traffic interception"
 
 
 @pytest.fixture
-def sink():
-    with SmtpSink() as running:
-        yield running
-
-
-@pytest.fixture
 def home(tmp_path: Path, keys: KeyFactory, sink: SmtpSink) -> RelayHome:
-    home = RelayHome(tmp_path, keys, smarthost=f"127.0.0.1:{sink.port}")
-    home.add_sender(keys.make("src", "src@example.org"))
-    for n in range(3):
-        home.add_member(keys.make(f"distro{n}", f"security@distro{n}.example"))
-    return home
+    return distributors(tmp_path, keys, sink.port, members=3)
 
 
 def _signed_advisory(home: RelayHome, keys: KeyFactory) -> bytes:

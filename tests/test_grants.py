@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -19,7 +18,7 @@ from relay.cli import cli
 from relay.models import AuditEvent, Delivery, Grant, GrantState, Incident, Message
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, crlf, pgp_mime_signed, text_entity
-from tests.support.relayhome import LIST, RelayHome, RelayThread
+from tests.support.relayhome import LIST, RelayHome, RelayThread, distributors
 from tests.support.relayhome import smtp_post as _post
 from tests.support.smtpsink import Received, SmtpSink
 
@@ -31,18 +30,8 @@ TITLE = "kubelet token exposure"
 LIFT = (datetime.now(UTC) + timedelta(days=9)).replace(microsecond=0)
 
 
-@pytest.fixture
-def sink():
-    with SmtpSink() as running:
-        yield running
-
-
 def _home(tmp_path: Path, keys: KeyFactory, sink: SmtpSink) -> RelayHome:
-    home = RelayHome(tmp_path, keys, smarthost=f"127.0.0.1:{sink.port}")
-    home.add_sender(keys.make("src", "src@example.org"))
-    for n in range(2):
-        home.add_member(keys.make(f"distro{n}", f"security@distro{n}.example"))
-    return home
+    return distributors(tmp_path, keys, sink.port)
 
 
 def _member(keys: KeyFactory, n: int) -> TestKey:

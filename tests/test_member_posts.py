@@ -17,7 +17,7 @@ from relay.cli import cli
 from relay.models import Contribution, Delivery, DeliveryStatus, Message
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
-from tests.support.relayhome import LIST, RelayHome, RelayThread
+from tests.support.relayhome import LIST, RelayHome, RelayThread, distributors
 from tests.support.relayhome import smtp_post as _post
 from tests.support.smtpsink import SmtpSink
 
@@ -25,19 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 LIFT = (datetime.now(UTC) + timedelta(days=9)).replace(microsecond=0)
 
 
-@pytest.fixture
-def sink():
-    with SmtpSink() as running:
-        yield running
-
-
 def _home(tmp_path: Path, keys: KeyFactory, sink: SmtpSink, policy: str | None = None):
     extra = f'\n[embargo]\npolicy = "{ROOT / "policies" / policy}"\n' if policy else ""
-    home = RelayHome(tmp_path, keys, smarthost=f"127.0.0.1:{sink.port}", extra=extra)
-    home.add_sender(keys.make("src", "src@example.org"))
-    for n in range(2):
-        home.add_member(keys.make(f"distro{n}", f"security@distro{n}.example"))
-    return home
+    return distributors(tmp_path, keys, sink.port, extra=extra)
 
 
 def _signed(home: RelayHome, key, body: str, subject: str, **headers: str) -> bytes:

@@ -7,11 +7,9 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
-
-import pytest
 
 from relay.config import DeliverySettings
 from relay.transport import (
@@ -56,12 +54,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as running:
-        yield running
 
 
 def test_accepted_copy_is_sent_and_arrives_byte_identical(sink: SmtpSink) -> None:

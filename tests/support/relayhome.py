@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from relay import config as relay_config
@@ -148,3 +148,28 @@ async def smtp_post(port: int, data: bytes, sender: str = "src@example.org") -> 
         return exc.code, exc.message
     finally:
         smtp.close()
+
+
+def distributors(
+    root: Path, keys: KeyFactory, port: int, *, members: int = 2, extra: str = ""
+) -> RelayHome:
+    """A relay delivering to the smarthost on `port`, with the SRC sender
+    src@example.org and members security@distro<N>.example."""
+    home = RelayHome(root, keys, smarthost=f"127.0.0.1:{port}", extra=extra)
+    home.add_sender(keys.make("src", "src@example.org"))
+    for n in range(members):
+        home.add_member(keys.make(f"distro{n}", f"security@distro{n}.example"))
+    return home
+
+
+class OffsetClock:
+    """The relay's notion of now: real time, jumped ahead by a test instead of waiting."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def jump_to(self, moment: datetime) -> None:
+        self.offset = moment - datetime.now(UTC)
