@@ -3,27 +3,24 @@ through the real CLI on a real SQLite database, keyring and spool."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from sqlalchemy import func, select
+from click.testing import CliRunner
+from sqlalchemy import select
 
-from relay import admin, advisories, applications, queue
+from relay import advisories, applications, queue
 from relay.applications import parse_application
 from relay.cli import cli
-from relay.config import Settings, load
-from relay.db import Database
 from relay.errors import RelayError
 from relay.models import Application, AuditEvent, Delivery, DeliveryStatus, Member, Message
 from relay.spool import Spool
 from relay.timing import NO_RULES
+from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
-from tests.support.relayhome import CONTACT, write_config
+from tests.support.relayhome import CONTACT
 
 DATA = Path(__file__).resolve().parent / "data" / "applications"
 COMPLETE, INCOMPLETE = DATA / "complete.md", DATA / "incomplete.md"
@@ -99,25 +96,7 @@ def test_inline_answers_front_matter_and_what_is_not_a_prompt() -> None:
 # The commands
 
 
-@dataclass
-class Relay:
-    config: Path
-    settings: Settings
-    db: Database
-
-    def __call__(self, *args: str, code: int = 0) -> Result:
-        result = CliRunner().invoke(cli, ["--config", str(self.config), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        assert "Traceback" not in result.output
-        return result
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json").stdout)
-
-    def count(self, model: type) -> int:
-        with self.db.transaction() as s:
-            return s.scalar(select(func.count()).select_from(model)) or 0
-
+class Relay(CliRelay):
     def actions(self) -> list[str]:
         with self.db.transaction() as s:
             query = select(AuditEvent.action).where(AuditEvent.subject.startswith("application:"))
@@ -126,16 +105,14 @@ class Relay:
 
 @pytest.fixture
 def relay(tmp_path: Path, keys: KeyFactory) -> Iterator[Relay]:
-    config = write_config(tmp_path)
-    settings = load(config)
-    admin.init_relay(settings, "cli:setup")
-    db = admin.open_database(settings)
-    crypto = admin.open_keyring(settings)
-    for address in (A, S):
-        key = keys.make(f"app-{address.split('@')[1].split('.')[0]}", address)
-        admin.add_member(db, crypto, settings, address, address, key.public, "cli:setup")
-    yield Relay(config, settings, db)
-    db.dispose()
+    home = set_up(
+        tmp_path,
+        keys,
+        [(f"app-{a.split('@')[1].split('.')[0]}", a, a) for a in (A, S)],
+        kind=Relay,
+    )
+    yield home
+    home.db.dispose()
 
 
 def _suspend(relay: Relay) -> None:

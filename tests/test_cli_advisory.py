@@ -13,24 +13,21 @@ import getpass
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 from sqlalchemy import select
 
 from relay import admin
 from relay.cli import cli
-from relay.config import Settings, load
-from relay.db import Database
 from relay.models import AuditEvent, Delivery, Message, MessageKind
 from relay.spool import PAYLOAD, Spool
 from relay.when import format_when
+from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
-from tests.support.relayhome import write_config
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 PUBLIC = "announce@example.com"
@@ -38,21 +35,7 @@ ACTIVE = ["cli-adv-a@distro-a.example", "cli-adv-b@distro-b.example"]
 REMOVED = "cli-adv-gone@distro-c.example"
 
 
-@dataclass
-class Relay:
-    config: Path
-    settings: Settings
-    db: Database
-
-    def __call__(self, *args: str, code: int = 0, **kwargs: object) -> Result:
-        result = CliRunner().invoke(cli, ["--config", str(self.config), *args], **kwargs)
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        assert "Traceback" not in result.output
-        return result
-
-    def json(self, *args: str, **kwargs: object) -> object:
-        return json.loads(self(*args, "--json", **kwargs).stdout)
-
+class Relay(CliRelay):
     def audit(self, action: str) -> list[AuditEvent]:
         with self.db.transaction() as s:
             query = select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)
@@ -78,16 +61,11 @@ def make_relay(root: Path, keys: KeyFactory, policy: str | None = None) -> Relay
     extra = f'[embargo]\npublic_addresses = ["{PUBLIC}"]\n'
     if policy is not None:
         extra += f'policy = "{POLICIES / policy}"\n'
-    config = write_config(root, extra=extra)
-    settings = load(config)
-    admin.init_relay(settings, "cli:setup")
-    db = admin.open_database(settings)
-    crypto = admin.open_keyring(settings)
-    for address in [*ACTIVE, REMOVED]:
-        key = keys.make(address.split("@")[0], address)
-        admin.add_member(db, crypto, settings, address, address, key.public, "cli:setup")
-    admin.remove_member(db, REMOVED, "cli:setup", "left the list")
-    return Relay(config, settings, db)
+    relay = set_up(
+        root, keys, [(a.split("@")[0], a, a) for a in [*ACTIVE, REMOVED]], extra=extra, kind=Relay
+    )
+    admin.remove_member(relay.db, REMOVED, "cli:setup", "left the list")
+    return relay
 
 
 @pytest.fixture

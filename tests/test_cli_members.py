@@ -3,59 +3,26 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
-from sqlalchemy import func, select
+from click.testing import CliRunner
 
-from relay import admin
 from relay.cli import cli
-from relay.config import Settings, load
-from relay.db import Database
 from relay.models import AuditEvent, Delivery, Member
+from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
-from tests.support.relayhome import write_config
 
 GROUPS = Path(__file__).resolve().parent / "data" / "groups" / "k8s-groups.yaml"
 A, B = "secalert@redhat.com", "security@cli-old.example"
 
 
-@dataclass
-class Relay:
-    config: Path
-    settings: Settings
-    db: Database
-
-    def __call__(self, *args: str, code: int = 0) -> Result:
-        result = CliRunner().invoke(cli, ["--config", str(self.config), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        assert "Traceback" not in result.output
-        return result
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json").stdout)
-
-    def count(self, model: type) -> int:
-        with self.db.transaction() as s:
-            return s.scalar(select(func.count()).select_from(model)) or 0
-
-
 @pytest.fixture
-def relay(tmp_path: Path, keys: KeyFactory) -> Iterator[Relay]:
-    config = write_config(tmp_path)
-    settings = load(config)
-    admin.init_relay(settings, "cli:setup")
-    db = admin.open_database(settings)
-    crypto = admin.open_keyring(settings)
-    for address in (A, B):
-        key = keys.make(f"cli-{address.split('@')[1].split('.')[0]}", address)
-        admin.add_member(db, crypto, settings, address, address, key.public, "cli:setup")
-    yield Relay(config, settings, db)
-    db.dispose()
+def relay(tmp_path: Path, keys: KeyFactory) -> Iterator[CliRelay]:
+    home = set_up(tmp_path, keys, [(f"cli-{a.split('@')[1].split('.')[0]}", a, a) for a in (A, B)])
+    yield home
+    home.db.dispose()
 
 
 def test_new_commands_have_help() -> None:
@@ -74,7 +41,7 @@ def test_new_commands_have_help() -> None:
         assert result.exit_code == 0 and "Usage: " in result.stdout, command
 
 
-def test_suspend_resume_and_show(relay: Relay) -> None:
+def test_suspend_resume_and_show(relay: CliRelay) -> None:
     relay("advisory", "create", "CVE-2026-21", "--title", "T")
     relay("advisory", "schedule", "CVE-2026-21", "--lift", "2099-03-03 16:00Z")
     out = relay("member", "suspend", B, "--reason", "stopped answering").stdout
@@ -106,7 +73,7 @@ def test_suspend_resume_and_show(relay: Relay) -> None:
     assert "no member" in relay("member", "show", "x@nowhere.example", code=1).stderr
 
 
-def test_sync_dry_run_apply_and_bad_files(relay: Relay, tmp_path: Path) -> None:
+def test_sync_dry_run_apply_and_bad_files(relay: CliRelay, tmp_path: Path) -> None:
     plan = relay.json("member", "sync", str(GROUPS), "--group", "distributors-announce")
     assert (len(plan["added"]), plan["removed"], plan["unchanged"]) == (28, [B], [A])
     assert (plan["applied"], plan["changes"]) == (False, 29)
@@ -136,7 +103,7 @@ def test_sync_dry_run_apply_and_bad_files(relay: Relay, tmp_path: Path) -> None:
     assert again["changes"] == 0
 
 
-def test_key_import_and_check(relay: Relay, keys: KeyFactory) -> None:
+def test_key_import_and_check(relay: CliRelay, keys: KeyFactory) -> None:
     relay("member", "sync", str(GROUPS), "--group", "distributors-announce", "--apply")
     ubuntu = keys.make("cli-ubuntu", "security@ubuntu.com", expire="10d")
     weak = keys.make("cli-weak", "security@ubuntu.com", kind="rsa1024")
@@ -159,7 +126,7 @@ def test_key_import_and_check(relay: Relay, keys: KeyFactory) -> None:
     assert "unreachable (copies held): k8s-security@suse.de: no key on file" in text
 
 
-def test_advisory_status_report_and_show(relay: Relay) -> None:
+def test_advisory_status_report_and_show(relay: CliRelay) -> None:
     relay("advisory", "create", "CVE-2026-22", "--title", "Escape")
     out = relay("advisory", "status", "CVE-2026-22", A, "tested-no-issues").stdout
     assert f"CVE-2026-22: {A} none -> tested-no-issues" in out

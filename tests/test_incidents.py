@@ -11,17 +11,13 @@ import asyncio
 import json
 import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import inspect, select
 
 from relay import admin, advisories, incidents, queue
-from relay.cli import cli
-from relay.config import load
 from relay.db import MIGRATIONS_DIR, Database
 from relay.dispatch import Dispatcher
 from relay.errors import RelayError
@@ -29,9 +25,10 @@ from relay.matcher import Match, Matcher
 from relay.models import AuditEvent, Delivery, DeliveryStatus, Incident, Member, Message
 from relay.spool import Spool
 from tests.support import keys as test_keys
+from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy
-from tests.support.relayhome import CONTACT, RelayHome, write_config
+from tests.support.relayhome import CONTACT, RelayHome
 from tests.support.smtpsink import SmtpSink
 
 ADVISORY = "CVE-2026-4242"
@@ -287,42 +284,23 @@ def test_record_leak_refuses_what_it_cannot_report_and_keeps_nothing(
 # The command line
 
 
-@dataclass
-class Relay:
-    config: Path
-    db: Database
-
-    def __call__(self, *args: str, code: int = 0) -> Result:
-        result = CliRunner().invoke(cli, ["--config", str(self.config), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        assert "Traceback" not in result.output
-        return result
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json").stdout)
-
-
 @pytest.fixture
-def relay(tmp_path: Path, keys: KeyFactory, contact: test_keys.TestKey) -> Iterator[Relay]:
-    config = write_config(tmp_path)
-    settings = load(config)
-    admin.init_relay(settings, "cli:setup")
-    db = admin.open_database(settings)
-    crypto = admin.open_keyring(settings)
-    member = keys.make("distro-leak", DISTRO)
-    admin.add_member(db, crypto, settings, DISTRO, "Leaky Linux", member.public, "cli:setup")
-    admin.add_sender(db, crypto, settings, CONTACT, contact.public, "cli:setup")
+def relay(tmp_path: Path, keys: KeyFactory, contact: test_keys.TestKey) -> Iterator[CliRelay]:
+    relay = set_up(tmp_path, keys, [("distro-leak", DISTRO, "Leaky Linux")])
+    db = relay.db
+    crypto = admin.open_keyring(relay.settings)
+    admin.add_sender(db, crypto, relay.settings, CONTACT, contact.public, "cli:setup")
     with db.transaction() as s:
         now = datetime.now(UTC)
         advisories.create(
             s, ADVISORY, TITLE, now + timedelta(days=7), "t", advisories.NO_RULES, now
         )
         advisories.create(s, "CVE-2026-5555", "other", None, "t", advisories.NO_RULES, now)
-    yield Relay(config, db)
+    yield relay
     db.dispose()
 
 
-def test_cli_report_list_filter_and_resolve(relay: Relay) -> None:
+def test_cli_report_list_filter_and_resolve(relay: CliRelay) -> None:
     out = relay(
         "incident",
         "report",
@@ -397,7 +375,7 @@ def test_cli_report_list_filter_and_resolve(relay: Relay) -> None:
         assert [d.plaintext_allowed for d in reports] == [False, False]
 
 
-def test_cli_refusals(relay: Relay) -> None:
+def test_cli_refusals(relay: CliRelay) -> None:
     def report(*args: str) -> str:
         return relay("incident", "report", *args, "--note", "n", code=1).stderr
 
@@ -414,7 +392,7 @@ def test_cli_refusals(relay: Relay) -> None:
         assert s.execute(select(Incident)).first() is None
 
 
-def test_cli_warns_when_the_report_must_wait_for_the_contacts_key(relay: Relay) -> None:
+def test_cli_warns_when_the_report_must_wait_for_the_contacts_key(relay: CliRelay) -> None:
     relay("sender", "remove", CONTACT)
     result = relay(
         "incident", "report", ADVISORY, "--member", DISTRO, "--to", OUTSIDER, "--note", "n"
@@ -423,7 +401,7 @@ def test_cli_warns_when_the_report_must_wait_for_the_contacts_key(relay: Relay) 
     assert "relay sender add" in result.stderr
 
 
-def test_member_list_shows_the_incident_count(relay: Relay) -> None:
+def test_member_list_shows_the_incident_count(relay: CliRelay) -> None:
     assert "incidents" in relay("member", "list").stdout
     before = relay.json("member", "list")
     assert isinstance(before, list) and before[0]["incidents"] == 0
@@ -440,7 +418,7 @@ def test_member_list_shows_the_incident_count(relay: Relay) -> None:
     assert line.rstrip(" │|").split("│")[-1].strip() == "2"
 
 
-def test_migration_0005_downgrades_and_upgrades(relay: Relay) -> None:
+def test_migration_0005_downgrades_and_upgrades(relay: CliRelay) -> None:
     from alembic import command
     from alembic.config import Config
 
