@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay import advisories, compose, embargo, queue
+from relay import advisories, compose, embargo, keystore, queue
 from relay.config import Settings
 from relay.crypto import Crypto, KeyInfo
 from relay.db import Database
@@ -338,24 +338,13 @@ class Dispatcher:
 
     # One delivery
 
-    def _usable(self, fingerprints: tuple[str, ...]) -> tuple[list[str], str | None]:
-        usable, problems = [], []
-        for fpr in fingerprints:
-            info = self._keys.get(fpr)
-            problem = "key is missing from the keyring" if info is None else info.problem
-            if problem is None:
-                usable.append(fpr)
-            else:
-                problems.append(f"key {fpr[-16:]}: {problem}")
-        return usable, (None if usable else "; ".join(problems) or "no key on file")
-
     async def _prepare(self, job: Job) -> Ready | queue.Outcome | None:
         """Build the job's copy (or settle it: cancelled, held); runs ahead of sending, so the
         crypto workers always have the next copies queued while others are on the wire."""
         if not job.member_active:
             why = "member is not active" if job.to_member else "recipient holds no accepted grant"
             return queue.Outcome(job.delivery_id, "permanent", "cancelled", why)
-        keys, problem = self._usable(job.fingerprints)
+        keys, problem = keystore.usable(job.fingerprints, self._keys.get)
         loop = asyncio.get_running_loop()
         try:
             if problem is not None:

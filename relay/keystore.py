@@ -8,6 +8,8 @@ once and never leads to plaintext.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -26,24 +28,29 @@ def list_key(crypto: Crypto) -> KeyInfo:
     return secret[0]
 
 
-def usable_keys(crypto: Crypto, fingerprints: list[str]) -> tuple[list[str], str | None]:
-    """The fingerprints that can be encrypted to now, and why none can (if so)."""
-    usable: list[str] = []
+def usable(
+    fingerprints: Iterable[str], lookup: Callable[[str], KeyInfo | None]
+) -> tuple[list[str], str | None]:
+    """The fingerprints that can be encrypted to now, and why none can (if so).
+
+    `lookup` gives a key's state: `crypto.key_info`, or a listing already at hand.
+    """
+    found: list[str] = []
     problems: list[str] = []
     for fpr in fingerprints:
-        info = crypto.key_info(fpr)
+        info = lookup(fpr)
         problem = "key is missing from the keyring" if info is None else info.problem
         if problem is None:
-            usable.append(fpr)
+            found.append(fpr)
         else:
-            problems.append(f"{fpr[-16:]}: {problem}")
-    if usable:
-        return usable, None
+            problems.append(f"key {fpr[-16:]}: {problem}")
+    if found:
+        return found, None
     return [], "; ".join(problems) or "no key on file"
 
 
-def member_keys(crypto: Crypto, member: Member) -> tuple[list[str], str | None]:
-    return usable_keys(crypto, [k.fingerprint for k in member.keys])
+def usable_keys(crypto: Crypto, fingerprints: list[str]) -> tuple[list[str], str | None]:
+    return usable(fingerprints, crypto.key_info)
 
 
 def sender_for(session: Session, fingerprint: str) -> Sender | None:
