@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from relay.models import Delivery, DeliveryStatus, Message, MessageKind
 from tests.support.keys import KeyFactory
@@ -126,12 +126,29 @@ def test_member_without_usable_key_gets_nothing_and_the_contact_is_told(
         assert [d.recipient for d in held] == ["security@keyless.example"]
 
 
+def _nested(depth: int) -> bytes:
+    head = b"Subject: deep\r\n"
+    for n in range(depth):
+        head += f'Content-Type: multipart/mixed; boundary="b{n}"\r\n\r\n--b{n}\r\n'.encode()
+    body = b"Content-Type: text/plain\r\n\r\nx\r\n"
+    tail = b"".join(f"\r\n--b{n}--\r\n".encode() for n in reversed(range(depth)))
+    return head + body + tail
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
         (lambda data: data.replace(b"\r\n", b"\n", 3), "550 5.5.2"),  # bare LF (smuggling)
         (lambda data: data.replace(b"tenants", b"tenantz"), "550 5.7.7"),  # tampered body
         (lambda data: text_entity(BODY), "550 5.7.1"),  # not signed at all
+        (lambda data: _nested(21), "554 5.6.0"),  # MIME nested too deep
+        (  # base64 that does not decode strictly
+            lambda data: (
+                b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64"
+                b"\r\n\r\nQUJD*RA==\r\n"
+            ),
+            "554 5.6.0",
+        ),
     ],
 )
 def test_refused_posts_store_nothing(home: RelayHome, keys: KeyFactory, mutate, expected):
@@ -257,3 +274,18 @@ def test_notice_kind_is_recorded(home: RelayHome, keys: KeyFactory, sink: SmtpSi
         notices = s.execute(select(Message).where(Message.kind == MessageKind.NOTICE)).scalars()
         (notice,) = list(notices)
         assert "CVE" not in notice.subject
+
+
+def test_database_failure_at_accept_answers_451_and_keeps_nothing(
+    home: RelayHome, keys: KeyFactory
+):
+    """The sender keeps the message and retries: no 250 without a commit."""
+    post = _signed_advisory(home, keys)
+    with home.db.transaction() as s:
+        s.execute(text("DROP TABLE audit_events"))  # every accept writes an audit row
+    with RelayThread(home.settings, dispatch=False) as relay:
+        code, reply = relay.run(_post(relay.port, post))
+    assert (code, reply.split()[0]) == (451, "4.3.0")
+    with home.db.transaction() as s:
+        assert s.execute(select(func.count(Message.id))).scalar() == 0
+    assert not any(p.is_file() for p in home.settings.storage.spool_dir.rglob("*"))
