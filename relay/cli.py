@@ -431,7 +431,8 @@ def queue_retry(ctx: click.Context, delivery_id: int) -> None:
     click.echo(f"delivery {view.id} to {view.recipient} queued for an attempt now")
 
 
-# Advisories and the audit trail, then membership, key health and contributing back, live in
+# Advisories and the audit trail, membership, key health, moderation, sharing, incidents and
+# tracing live in
 # their own modules; importing them adds their commands to `cli`.
 from relay import (  # noqa: E402, F401
     cli_advisory,
@@ -440,6 +441,7 @@ from relay import (  # noqa: E402, F401
     cli_incidents,
     cli_members,
     cli_share,
+    cli_trace,
 )
 
 

@@ -1,7 +1,6 @@
-"""`relay held list|release|reject`: members' posts waiting for a moderator; and
-`relay trace`: where a leaked text comes from.
+"""`relay held list|release|reject`: members' posts waiting for a moderator.
 
-Part of the `relay` command: importing this module adds these commands to `cli`.
+Part of the `relay` command: importing this module adds the `held` group to `cli`.
 """
 
 from __future__ import annotations
@@ -68,59 +67,3 @@ def held_reject(ctx: click.Context, message_id: str, reason: str) -> None:
     with _app(ctx).db.transaction() as session:
         count = queue.moderate(session, message_id, audit.cli_actor(), release=False, reason=reason)
     click.echo(f"rejected: {message_id} ({count} copies dropped)")
-
-
-@cli.command("trace")
-@click.argument("file", type=click.File("r", encoding="utf-8", errors="replace"))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def trace_command(ctx: click.Context, file, as_json: bool) -> None:  # type: ignore[no-untyped-def]
-    """Name the advisory a leaked text (a whole message or an excerpt; - for stdin) comes
-    from and, where a copy's Message-ID survived, the recipient whose copy it was."""
-    from relay import trace
-
-    app = _app(ctx)
-    found = trace.trace(app.db, app.spool, file.read(), app.settings.list.domain)
-    data = {
-        "advisories": [
-            {
-                "advisory": m.advisory_id,
-                "score": round(m.score, 3),
-                "fingerprints": m.matched_fingerprints,
-                "identifiers": list(m.identifiers),
-                "sources": list(m.sources),
-                "excerpts": len(m.excerpts),
-            }
-            for m in found.matches
-        ],
-        "copies": [
-            {
-                "delivery": c.delivery_id,
-                "recipient": c.recipient,
-                "advisory": c.advisory_id,
-                "message": c.message_id,
-                "evidence": c.evidence,
-            }
-            for c in found.copies
-        ],
-        "messages": [{"message": m, "advisory": a} for m, a in found.messages],
-    }
-    if as_json:
-        _print_json(data)
-        return
-    if not any(data.values()):
-        click.echo("No advisory of this list matches the text, and no copy of ours is named.")
-        return
-    for row in data["advisories"]:
-        click.echo(
-            f"advisory {row['advisory']}: score {row['score']}, "
-            f"{row['fingerprints']} fingerprints, identifiers "
-            f"{', '.join(row['identifiers']) or '-'}"
-        )
-    for row in data["copies"]:
-        click.echo(
-            f"copy for {row['recipient']} (delivery {row['delivery']}, advisory "
-            f"{row['advisory'] or '-'}), by its Message-ID {row['evidence']}"
-        )
-    for row in data["messages"]:
-        click.echo(f"message {row['message']} (advisory {row['advisory'] or '-'})")

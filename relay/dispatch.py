@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.policy
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -534,9 +536,6 @@ def _outcome(delivery_id: int, result: SendResult, keys: list[str]) -> queue.Out
 
 def _text_of(entity: bytes) -> str:
     """The decoded text of a notice's text/plain entity."""
-    import email
-    import email.policy
-
     part = email.message_from_bytes(entity, policy=email.policy.default)
     return str(part.get_content())
 

@@ -14,6 +14,8 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.policy import SMTP
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
@@ -194,9 +196,6 @@ def enqueue_notice(
 
 
 def _text_entity(text: str) -> bytes:
-    from email.message import EmailMessage
-    from email.policy import SMTP
-
     part = EmailMessage(policy=SMTP)
     part.set_content(text, charset="utf-8", cte="quoted-printable")
     del part["MIME-Version"]
