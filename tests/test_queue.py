@@ -14,8 +14,6 @@ from relay.errors import RelayError
 from relay.models import AuditEvent, Delivery, DeliveryStatus, Member, MemberState, Message
 from relay.spool import PAYLOAD, RAW, Spool
 
-T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
 
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
@@ -75,14 +73,13 @@ def test_failed_commit_leaves_no_spool_files_and_no_rows(db, spool, monkeypatch)
 
 
 def test_claim_leases_due_rows_once_and_recover_returns_them(db, spool):
-    _accept(db, spool)
-    first = queue.claim_due(db, T0 + timedelta(days=1), 10, timedelta(minutes=10))
+    _accept(db, spool)  # the deliveries fall due at the real time of the accept
+    later = datetime.now(UTC) + timedelta(days=1)
+    first = queue.claim_due(db, later, 10, timedelta(minutes=10))
     assert len(first) == 3
-    assert queue.claim_due(db, T0 + timedelta(days=1), 10, timedelta(minutes=10)) == []
+    assert queue.claim_due(db, later, 10, timedelta(minutes=10)) == []
     assert queue.recover(db) == 3
-    assert sorted(queue.claim_due(db, T0 + timedelta(days=1), 10, timedelta(minutes=10))) == sorted(
-        first
-    )
+    assert sorted(queue.claim_due(db, later, 10, timedelta(minutes=10))) == sorted(first)
 
 
 def test_expired_lease_is_claimed_again(db, spool):
