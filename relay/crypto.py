@@ -11,6 +11,8 @@ message, never fall back to plaintext.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterable
@@ -201,8 +203,6 @@ class GnuPG:
     @staticmethod
     def version_text(binary: str = "gpg") -> str:
         """The GnuPG version, for reports."""
-        import subprocess
-
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
         return out.stdout.split("\n", 1)[0].rsplit(" ", 1)[-1] if out.stdout else "unknown"
 
@@ -215,11 +215,17 @@ class GnuPG:
             probe = gnupg.GPG(
                 gnupghome=scratch, gpgbinary=self._gpg.gpgbinary, options=_GPG_OPTIONS
             )
-            result = probe.import_keys(data)
-            if not result.fingerprints:
-                return []
-            secret = {k["fingerprint"] for k in probe.list_keys(secret=True)}
-            return [_key_from_listing(k, k["fingerprint"] in secret) for k in probe.list_keys()]
+            try:
+                result = probe.import_keys(data)
+                if not result.fingerprints:
+                    return []
+                secret = {k["fingerprint"] for k in probe.list_keys(secret=True)}
+                listing = probe.list_keys()
+            finally:
+                # Listing secret keys started a gpg-agent for the scratch home: stop it, or
+                # every inspection would leave one running after its home is gone.
+                stop_agent(Path(scratch))
+            return [_key_from_listing(k, k["fingerprint"] in secret) for k in listing]
 
     def import_keys(self, data: bytes) -> list[str]:
         """Import public keys; refuses secret keys. Returns primary fingerprints."""
@@ -388,6 +394,19 @@ _MICALG = {
     10: "pgp-sha512",
     11: "pgp-sha224",
 }
+
+
+def stop_agent(home: Path) -> None:
+    """Stop the gpg-agent serving a GnuPG home, if one runs (gpg starts them on demand)."""
+    gpgconf = shutil.which("gpgconf")
+    if gpgconf is None:
+        return
+    subprocess.run(
+        [gpgconf, "--homedir", str(home), "--kill", "gpg-agent"],
+        capture_output=True,
+        check=False,
+        timeout=10,
+    )
 
 
 def prepare_home(home: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.crypto import stop_agent
 from tests.support.keys import KeyFactory
 from tests.support.smtpsink import SmtpSink
 
@@ -21,3 +22,24 @@ def sink():
     """A capturing SMTP server on 127.0.0.1 (the relay's smarthost in most tests)."""
     with SmtpSink() as running:
         yield running
+
+
+def _stop_agents(root: Path) -> None:
+    """Stop the gpg-agents gpg started for the GnuPG homes under `root` (a home whose
+    agent ran has a private-keys-v1.d folder): tests stop the servers they start."""
+    for keys_dir in root.rglob("private-keys-v1.d"):
+        stop_agent(keys_dir.parent)
+
+
+@pytest.fixture(autouse=True)
+def _agents_stopped(request: pytest.FixtureRequest):
+    used = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if used is not None:
+        _stop_agents(used)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _all_agents_stopped(tmp_path_factory: pytest.TempPathFactory):
+    yield
+    _stop_agents(tmp_path_factory.getbasetemp())
