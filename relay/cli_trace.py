@@ -17,7 +17,8 @@ from relay.cli import _app, _print_json, cli
 @click.pass_context
 def trace_command(ctx: click.Context, file, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     """Name the advisory a leaked text (a whole message or an excerpt; - for stdin) comes
-    from and, where a copy's Message-ID survived, the recipient whose copy it was."""
+    from and, where a copy's reference or Message-ID survived, the recipient whose copy
+    it was."""
     app = _app(ctx)
     found = trace.trace(app.db, app.spool, file.read(), app.settings.list.domain)
     data = {
@@ -59,7 +60,11 @@ def trace_command(ctx: click.Context, file, as_json: bool) -> None:  # type: ign
     for row in data["copies"]:
         click.echo(
             f"copy for {row['recipient']} (delivery {row['delivery']}, advisory "
-            f"{row['advisory'] or '-'}), by its Message-ID {row['evidence']}"
+            f"{row['advisory'] or '-'}), by {_evidence(row['evidence'])}"
         )
     for row in data["messages"]:
         click.echo(f"message {row['message']} (advisory {row['advisory'] or '-'})")
+
+
+def _evidence(found: str) -> str:
+    return f"its Message-ID {found}" if found.startswith("<") else f"its reference {found}"

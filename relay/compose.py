@@ -1,42 +1,46 @@
-"""Outgoing copies: the exact bytes of what one member receives.
+"""Outgoing copies: the exact bytes of what one recipient receives.
 
-A copy is signed, then encrypted (RFC 3156 §6.1): the list key signs the
-Cryptographic Payload once per message (`sign`), and each member's copy is that
-signed entity encrypted to the member's keys only (`seal`). Signing is the
-expensive half of a gpg call, and the signed content is the same for every
-member, so one signature serves the whole fan-out.
+Each copy is its own Cryptographic Payload, signed by the list key and encrypted to
+the recipient's keys only, in one OpenPGP message (RFC 3156 §6.2): one gpg call per
+copy. Signing per copy is what lets every copy carry its own reference (and its own
+Message-ID) inside the signature: a leaked copy names its recipient, and no one can
+alter that name without breaking the list's signature.
 
-The real headers live only inside the signature, on a `multipart/mixed` root
-marked both `protected-headers="v1"` (Thunderbird, K-9, mutt) and `hp="cipher"`
-(RFC 9788), with one `HP-Outer` line per outer field that every copy shares.
-Outside, only an allow-list travels and the Subject is the literal `[...]`
-(RFC 9788 `hcp_baseline`); `To` is the list address, the member is only the
-envelope recipient, and each copy has its own outer `Message-ID`.
+The real headers live only inside, on a `multipart/mixed` root marked both
+`protected-headers="v1"` (Thunderbird, K-9, mutt) and `hp="cipher"` (RFC 9788), with
+one `HP-Outer` line per outer field. Outside, only an allow-list travels and the
+Subject is the literal `[...]` (RFC 9788 `hcp_baseline`); for posts `To` is the list
+address and the member is only the envelope recipient.
 
-The carried payload is spliced in byte for byte: re-serialising it with the
-`email` package could re-fold or re-encode what its author signed. Everything
-else is built here from scratch with `policy.SMTP` (CRLF, RFC 2047, 78 columns).
-Crypto errors propagate: the caller holds the delivery, never sends plaintext.
+The carried payload is spliced in byte for byte: re-serialising it with the `email`
+package could re-fold or re-encode what its author signed. Everything else is built
+here from scratch with `policy.SMTP` (CRLF, RFC 2047, 78 columns). Crypto errors
+propagate: the caller holds the delivery, never sends plaintext.
 """
 
 from __future__ import annotations
 
+import binascii
 import functools
 import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy
-from email.message import MIMEPart
 from email.utils import format_datetime
 
 from relay.crypto import Crypto
 from relay.errors import CryptoError
+from relay.references import HEADER as REFERENCE_HEADER
 
 OBSCURED_SUBJECT = "[...]"
 PREAMBLE = b"This is an OpenPGP/MIME encrypted message (RFC 4880 and 3156)\r\n"
 
 _SMTP = policy.SMTP
+_TEXT_HEAD = (
+    b'Content-Type: text/plain; charset="utf-8"\r\n'
+    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+)
 _CRLF = b"\r\n"
 _MESSAGE_ID = re.compile(r"^<[^<>\s@]+@[^<>\s@]+>$")
 _FIELD_NAME = re.compile(r"^[!-9;-~]+$")
@@ -44,34 +48,46 @@ _HEADER_LINE = re.compile(rb"^(?:[!-9;-~]+:|[ \t])")
 _BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 # Fields the relay sets itself; extra protected fields may not shadow them.
 _RESERVED = {"from", "to", "cc", "bcc", "subject", "date", "message-id", "in-reply-to"}
-_RESERVED |= {"references", "list-id", "hp-outer", "mime-version"}
+_RESERVED |= {"references", "list-id", "hp-outer", "mime-version", REFERENCE_HEADER.lower()}
 
 
 @dataclass(frozen=True)
 class Copy:
-    """What every copy of one message shares; only the outer Message-ID differs."""
+    """One recipient's copy: what it says, and the fields that make it this copy."""
 
     list_address: str  # From, and the envelope sender
     list_id: str  # List-Id value, e.g. 'Distributors <distributors.example.org>'
     to: str  # the To field (the list address for posts; a notice's one recipient)
-    message_id: str  # the message's own Message-ID, carried inside, e.g. '<abc@example.org>'
+    message_id: str  # this copy's own Message-ID, inside and outside, e.g. '<abc@example.org>'
     subject: str  # the real subject: only ever inside the encryption
     payload: bytes  # the verified MIME entity to carry (own headers + body, CRLF)
     preface: str | None = None  # short text/plain note placed first; None = no note
     extra_protected: tuple[tuple[str, str], ...] = ()  # extra fields placed only inside
     in_reply_to: str | None = None
+    reference: str | None = None  # the per-recipient reference, inside only
     date: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-def sign(copy: Copy, crypto: Crypto, signer: str) -> bytes:
-    """The multipart/signed entity shared by every copy (RFC 3156 §5), signed by `signer`."""
+def build_encrypted(copy: Copy, crypto: Crypto, signer: str, recipient_keys: list[str]) -> bytes:
+    """One copy: its payload root signed by `signer`, encrypted to `recipient_keys` only."""
+    outer = _outer_fields(
+        copy.list_address, copy.list_id, copy.to, copy.message_id, OBSCURED_SUBJECT, copy.date
+    )
+    signed = crypto.sign_encrypt(payload_root(copy, outer), recipient_keys, signer)
+    return _envelope(outer, _armoured(signed, b"MESSAGE"))
+
+
+def payload_root(copy: Copy, outer: list[tuple[str, str]]) -> bytes:
+    """The Cryptographic Payload (RFC 9788): protected headers, the preface, the payload.
+
+    `outer` are the fields sent outside, recorded inside as one `HP-Outer` line each."""
     _check_entity(copy.payload)
-    outer = _shared_outer_fields(copy)
     subject = _one_line("Subject", copy.subject)
     protected = [(name, subject if name == "Subject" else value) for name, value in outer]
-    protected.insert(4, ("Message-ID", _message_id(copy.message_id)))
     if copy.in_reply_to is not None:
         protected.append(("In-Reply-To", _one_line("In-Reply-To", copy.in_reply_to)))
+    if copy.reference is not None:
+        protected.append((REFERENCE_HEADER, _one_line(REFERENCE_HEADER, copy.reference)))
     for name, value in copy.extra_protected:
         if not _FIELD_NAME.match(name) or name.lower() in _RESERVED or _structural(name):
             raise ValueError(f"not allowed as an extra protected field: {name!r}")
@@ -79,62 +95,18 @@ def sign(copy: Copy, crypto: Crypto, signer: str) -> bytes:
     protected += [("HP-Outer", f"{name}: {value}") for name, value in outer]
 
     parts = [copy.payload] if copy.preface is None else [text_part(copy.preface), copy.payload]
-    inner_boundary = _boundary(*parts)
-    root = b"".join(
-        [
-            _fold(
-                "Content-Type",
-                _multipart("mixed", inner_boundary, 'protected-headers="v1"; hp="cipher"'),
-            ),
-            *(_fold(name, value) for name, value in protected),
-            _CRLF,
-            *(b"--" + inner_boundary + _CRLF + part + _CRLF for part in parts),
-            b"--" + inner_boundary + b"--",
-        ]
-    )
-    signature, micalg = crypto.sign_detached(root, signer)
-    signature = _armoured(signature, b"SIGNATURE")
-    boundary = _boundary(root, signature)
+    boundary = _boundary(*parts)
     return b"".join(
         [
-            _fold(
-                "Content-Type",
-                _multipart(
-                    "signed", boundary, f'micalg={micalg}; protocol="application/pgp-signature"'
-                ),
-            ),
+            # Written directly: the boundary is fresh per copy, so folding would never be cached.
+            b'Content-Type: multipart/mixed; protected-headers="v1"; hp="cipher";\r\n'
+            b' boundary="' + boundary + b'"\r\n',
+            *(_fold(name, value) for name, value in protected),
             _CRLF,
-            b"--" + boundary + _CRLF + root + _CRLF,
-            b"--" + boundary + _CRLF,
-            b'Content-Type: application/pgp-signature; name="signature.asc"\r\n',
-            b"Content-Description: OpenPGP digital signature\r\n",
-            b'Content-Disposition: attachment; filename="signature.asc"\r\n\r\n',
-            signature,
+            *(b"--" + boundary + _CRLF + part + _CRLF for part in parts),
             b"--" + boundary + b"--" + _CRLF,
         ]
     )
-
-
-def seal(
-    signed: bytes, copy: Copy, copy_message_id: str, crypto: Crypto, recipient_keys: list[str]
-) -> bytes:
-    """One member's copy: the signed entity encrypted to `recipient_keys` only."""
-    outer = _shared_outer_fields(copy)
-    outer.insert(4, ("Message-ID", _message_id(copy_message_id)))
-    armour = _armoured(crypto.encrypt(signed, recipient_keys), b"MESSAGE")
-    return _envelope(outer, armour)
-
-
-def build_encrypted(
-    copy: Copy,
-    crypto: Crypto,
-    signer: str,
-    recipient_keys: list[str],
-    copy_message_id: str | None = None,
-) -> bytes:
-    """A single signed and encrypted copy (notices, one-off messages)."""
-    signed = sign(copy, crypto, signer)
-    return seal(signed, copy, copy_message_id or copy.message_id, crypto, recipient_keys)
 
 
 def build_plain_notice(
@@ -188,31 +160,19 @@ def build_encrypted_notice(
 
 
 def text_part(text: str) -> bytes:
-    """A text/plain; charset=utf-8 entity, quoted-printable, CRLF, 7-bit."""
-    part = MIMEPart(policy=_SMTP)
+    """A text/plain; charset=utf-8 entity, quoted-printable, CRLF, 7-bit.
+
+    binascii's encoder (in C) rather than the email package: every copy has its own
+    preface, so this runs once per copy."""
     normalised = text.replace("\r\n", "\n").replace("\r", "\n")
-    part.set_content(normalised, subtype="plain", charset="utf-8", cte="quoted-printable")
-    data = part.as_bytes()
+    if not normalised.endswith("\n"):
+        normalised += "\n"
+    body = binascii.b2a_qp(normalised.encode("utf-8"), istext=True).replace(b"\n", _CRLF)
     # An mbox on the way would turn "From " into ">From "; qp lets us sidestep it.
-    head, sep, body = data.partition(_CRLF + _CRLF)
-    return head + sep + re.sub(rb"(?m)^From ", b"=46rom ", body)
+    return _TEXT_HEAD + re.sub(rb"(?m)^From ", b"=46rom ", body)
 
 
 # Building blocks
-
-
-def _shared_outer_fields(copy: Copy) -> list[tuple[str, str]]:
-    """The outer fields every copy carries (all but Message-ID), also the HP-Outer set."""
-    fields = _outer_fields(
-        copy.list_address, copy.list_id, copy.to, copy.message_id, OBSCURED_SUBJECT, copy.date
-    )
-    return [(name, value) for name, value in fields if name != "Message-ID"]
-
-
-def _message_id(value: str) -> str:
-    if not _MESSAGE_ID.match(value):
-        raise ValueError(f"not a Message-ID: {value!r}")
-    return value
 
 
 def _outer_fields(
@@ -276,10 +236,6 @@ def _armoured(data: bytes, kind: bytes) -> bytes:
     ):
         raise CryptoError(f"GnuPG did not return one armoured OpenPGP {kind.decode().lower()}")
     return text.replace(b"\n", _CRLF) + _CRLF
-
-
-def _multipart(subtype: str, boundary: bytes, params: str) -> str:
-    return f'multipart/{subtype}; {params}; boundary="{boundary.decode()}"'
 
 
 def _boundary(*contents: bytes) -> bytes:

@@ -9,8 +9,8 @@ backoff schedule; `5xx` fails at once.
 Three kinds of concurrency, each sized on its own: `workers` threads run gpg
 (one per core), `connections` tasks talk SMTP so sending overlaps encryption,
 and one recorder commits outcomes in batches so the disk syncs once per batch,
-not once per copy. The list signs each message once; members differ only in
-the encryption.
+not once per copy. Each copy is signed and encrypted in one gpg call, since each
+carries its own reference.
 """
 
 from __future__ import annotations
@@ -68,13 +68,14 @@ class Job:
     recipient: str
     member_active: bool
     copy_message_id: str
+    reference: str
     subject: str
     mail_from: str
     signer: str | None
     received_at: datetime
     plaintext_allowed: bool
     fingerprints: tuple[str, ...]
-    to_member: bool  # a list-wide message: every member gets the same signed entity
+    to_member: bool  # a copy of a list-wide message (To: the list), not a one-off notice
     advisory: Advisory | None = None  # as loaded with the claim (detached snapshot)
 
 
@@ -111,7 +112,6 @@ class Dispatcher:
         )
         self._list_fpr = list_key(crypto).fingerprint
         self._wake = asyncio.Event()
-        self._signed: OrderedDict[str, asyncio.Future[bytes]] = OrderedDict()
         self._keys: dict[str, KeyInfo] = {}
         self._payloads: OrderedDict[str, bytes] = OrderedDict()
         self._inflight: dict[int, Job] = {}  # sent, outcome not yet recorded (for the log)
@@ -285,6 +285,7 @@ class Dispatcher:
                     d.c.recipient,
                     d.c.member_id,
                     d.c.copy_message_id,
+                    d.c.reference,
                     d.c.plaintext_allowed,
                     m.c.kind,
                     m.c.subject,
@@ -326,6 +327,7 @@ class Dispatcher:
                         recipient=r.recipient,
                         member_active=active,
                         copy_message_id=r.copy_message_id,
+                        reference=r.reference,
                         subject=r.subject,
                         mail_from=r.mail_from,
                         signer=r.signer_fingerprint,
@@ -357,15 +359,12 @@ class Dispatcher:
                     return None
                 data = await loop.run_in_executor(self._crypto_pool, self._plain_notice, job)
             else:
-                copy = self._copy(job)
-                signed = await self._signed_entity(job, copy)
                 data = await loop.run_in_executor(
                     self._crypto_pool,
-                    compose.seal,
-                    signed,
-                    copy,
-                    job.copy_message_id,
+                    compose.build_encrypted,
+                    self._copy(job),
                     self.crypto,
+                    self._list_fpr,
                     keys,
                 )
         except CryptoError as exc:
@@ -393,7 +392,7 @@ class Dispatcher:
         return self._payloads[message_id]
 
     def _copy(self, job: Job) -> compose.Copy:
-        """What every copy of the job's message shares."""
+        """The job's copy: its message, the embargo notice, and what makes it this copy."""
         lst = self.settings.list
         notes: list[str] = []
         extra: tuple[tuple[str, str], ...] = ()
@@ -411,37 +410,19 @@ class Dispatcher:
                 f"Posted to {lst.address} by {job.mail_from or 'an authorised sender'}; "
                 f"the relay verified the OpenPGP signature of key {job.signer}.\n"
             )
+        notes.append(copy_note(job.recipient, job.reference))
         return compose.Copy(
             list_address=lst.address,
             list_id=lst.list_id_header,
             to=lst.address if job.to_member else job.recipient,
-            message_id=f"<{job.message_id}@{lst.domain}>" if job.to_member else job.copy_message_id,
+            message_id=job.copy_message_id,
             subject=job.subject,
             payload=self._payload(job.message_id),
-            preface="\n".join(notes) or None,
+            preface="\n".join(notes),
             extra_protected=extra,
+            reference=job.reference,
             date=job.received_at,
         )
-
-    async def _signed_entity(self, job: Job, copy: compose.Copy) -> bytes:
-        """The list's signature over a message, made once and shared by its copies."""
-        # One signature per message and embargo state (its notice quotes the lift time);
-        # a notice to one non-member is signed for that recipient alone.
-        key = (
-            f"{job.message_id}/{job.advisory and job.advisory.state}/{copy.extra_protected}"
-            if job.to_member
-            else f"{job.message_id}/{job.delivery_id}"
-        )
-        future = self._signed.get(key)
-        if future is None or (future.done() and future.exception() is not None):
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(
-                self._crypto_pool, compose.sign, copy, self.crypto, self._list_fpr
-            )
-            self._signed[key] = future
-            while len(self._signed) > 32:
-                self._signed.popitem(last=False)
-        return await future
 
     def _plain_notice(self, job: Job) -> bytes:
         lst = self.settings.list
@@ -509,6 +490,14 @@ class Dispatcher:
             )
         if self._loop is not None:  # called from a worker thread
             self._loop.call_soon_threadsafe(self._wake.set)
+
+
+def copy_note(recipient: str, reference: str) -> str:
+    """The last lines of every copy's notice: whose copy this is, and its reference."""
+    return (
+        f"Copy reference {reference}: this copy was made for {recipient} alone.\n"
+        "Each copy the list sends is individual, so a leaked copy can be traced.\n"
+    )
 
 
 def _other_keys(

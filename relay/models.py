@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from relay.references import new_reference
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -172,6 +174,9 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Fixed at accept time so a resend after a crash carries the same Message-ID.
     copy_message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    # The per-recipient reference the copy carries inside (relay/references.py), also fixed
+    # when the delivery is queued: a leaked copy names its recipient by it.
+    reference: Mapped[str] = mapped_column(String(20), unique=True, default=new_reference)
     fingerprints: Mapped[list[str] | None] = mapped_column(JSON)
     last_code: Mapped[str | None] = mapped_column(String(16))
     last_reason: Mapped[str | None] = mapped_column(Text)

@@ -2,10 +2,10 @@
 
 Real gpg throughout: the relay's own GnuPG home holds the list key; each member
 decrypts in a separate home holding only their own secret key and the list's
-public key. A copy is signed, then encrypted (RFC 3156 §6.1), so each check of
-message-format.md §6 is made on the layer that carries it: the encryption
-(who can read it), the multipart/signed inside (who vouches for it, verified
-from the raw byte slice), the protected root, and the outer bytes.
+public key. A copy is signed and encrypted in one OpenPGP message (RFC 3156 §6.2),
+so each check of message-format.md §6 is made on the layer that carries it: the
+encryption (who can read it and who vouches for it), the protected root (the real
+headers, this copy's reference), and the outer bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import quopri
 import re
-import tempfile
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.header import Header
@@ -28,8 +27,6 @@ from relay.compose import (
     build_encrypted,
     build_encrypted_notice,
     build_plain_notice,
-    seal,
-    sign,
 )
 from relay.crypto import GnuPG
 from relay.errors import CryptoError
@@ -39,9 +36,10 @@ from tests.support.mail import OpenedCopy
 
 LIST = "distributors@example.org"
 LIST_ID = "Distributors <distributors.example.org>"
-MESSAGE_ID = "<c0ffee.1@example.org>"
 ALICE_COPY_ID = "<c0ffee.1.alice@example.org>"
 BOB_COPY_ID = "<c0ffee.1.bob@example.org>"
+ALICE_REF = "ER-7K2F-9QXM-3HDT"
+BOB_REF = "ER-4MZW-0PC8-KV5N"
 SUBJECT = "CVE-2026-4242: Überlauf im kube-apiserver, embargoed until Thursday"
 BODY = "The kubelet trusts a forged node lease; patch attached. Keep this embargoed."
 POSTER = "reporter@vendor.example"
@@ -57,8 +55,6 @@ PAYLOAD = (
     ".a line starting with a dot\r\n"
 ).encode()
 STRUCTURAL = {"mime-version", "content-type"}
-# RFC 4880 §9.4 hash numbers (VALIDSIG field 8) to RFC 3156 micalg names.
-MICALG = {"2": "pgp-sha1", "8": "pgp-sha256", "9": "pgp-sha384", "10": "pgp-sha512"}
 
 
 class Relay:
@@ -100,12 +96,13 @@ def make_copy(**overrides: object) -> Copy:
         list_address=LIST,
         list_id=LIST_ID,
         to=LIST,
-        message_id=MESSAGE_ID,
+        message_id=ALICE_COPY_ID,
         subject=SUBJECT,
         payload=PAYLOAD,
         preface=f"Signed by {POSTER}, signature verified.",
         extra_protected=(("X-Embargo-Until", "2026-05-07T16:00:00Z"),),
         in_reply_to="<thread-start@vendor.example>",
+        reference=ALICE_REF,
         date=datetime(2026, 5, 1, 9, 30, tzinfo=UTC),
     )
     fields.update(overrides)
@@ -113,19 +110,14 @@ def make_copy(**overrides: object) -> Copy:
 
 
 @pytest.fixture(scope="module")
-def signed(relay: Relay) -> bytes:
-    """The one multipart/signed entity the whole fan-out shares."""
-    return sign(make_copy(), relay.crypto, relay.fingerprint)
+def wire(relay: Relay, alice: Key) -> bytes:
+    return build_encrypted(make_copy(), relay.crypto, relay.fingerprint, [alice.fingerprint])
 
 
 @pytest.fixture(scope="module")
-def wire(signed: bytes, relay: Relay, alice: Key) -> bytes:
-    return seal(signed, make_copy(), ALICE_COPY_ID, relay.crypto, [alice.fingerprint])
-
-
-@pytest.fixture(scope="module")
-def bob_wire(signed: bytes, relay: Relay, bob: Key) -> bytes:
-    return seal(signed, make_copy(), BOB_COPY_ID, relay.crypto, [bob.fingerprint])
+def bob_wire(relay: Relay, bob: Key) -> bytes:
+    bobs = make_copy(message_id=BOB_COPY_ID, reference=BOB_REF)
+    return build_encrypted(bobs, relay.crypto, relay.fingerprint, [bob.fingerprint])
 
 
 @pytest.fixture(scope="module")
@@ -143,27 +135,10 @@ def encryption_subkeys(ring: Keyring, fingerprint: str) -> list[str]:
     return sorted(row[4] for row in rows if row[0] == "sub" and "e" in row[11])
 
 
-def signature_of(copy: OpenedCopy) -> bytes:
-    return copy.signed.get_payload()[1].get_payload(decode=True)
-
-
-def verify(ring: Keyring, data: bytes, signature: bytes) -> list[list[str]]:
-    """gpg --verify of a detached signature over exactly `data`, as the member."""
-    with tempfile.NamedTemporaryFile(suffix=".asc") as sig:
-        sig.write(signature)
-        sig.flush()
-        _, status = ring.status(["--verify", sig.name, "-"], data)
-    return status
-
-
-def shared_outer(wire: bytes) -> list[str]:
-    """The non-structural outer fields every copy shares: all but the copy's Message-ID."""
+def outer_fields(wire: bytes) -> list[str]:
+    """The non-structural outer fields, as the HP-Outer lines record them."""
     outer = message_from_bytes(wire, policy=policy.default)
-    return [
-        f"{name}: {value}"
-        for name, value in outer.items()
-        if name.lower() not in STRUCTURAL and name != "Message-ID"
-    ]
+    return [f"{name}: {value}" for name, value in outer.items() if name.lower() not in STRUCTURAL]
 
 
 def text_of(part: EmailMessage) -> str:
@@ -180,8 +155,6 @@ def test_copy_decrypts_with_the_members_key_alone(
     assert opened.decrypted
     assert "DECRYPTION_FAILED" not in keywords(opened.decrypt_status)
     assert sorted(opened.enc_to) == encryption_subkeys(alice_ring, alice.fingerprint)
-    # Signed, then encrypted (§6.1): the encryption layer itself carries no signature.
-    assert {"NEWSIG", "GOODSIG", "VALIDSIG"}.isdisjoint(keywords(opened.decrypt_status))
 
 
 def test_another_member_cannot_decrypt_the_copy(wire: bytes, bob_ring: Keyring) -> None:
@@ -194,39 +167,37 @@ def test_another_member_cannot_decrypt_the_copy(wire: bytes, bob_ring: Keyring) 
 # 2: who vouches for it
 
 
-def test_decrypted_content_is_multipart_signed_with_a_matching_micalg(
-    opened: OpenedCopy,
-) -> None:
-    assert opened.signed.get_content_type() == "multipart/signed"
-    assert opened.signed.get_param("protocol") == "application/pgp-signature"
-    content, signature = opened.signed.get_payload()
-    assert content.get_content_type() == "multipart/mixed"
-    assert signature.get_content_type() == "application/pgp-signature"
-    armour = signature.get_payload(decode=True)
-    assert armour.count(b"-----BEGIN PGP SIGNATURE-----") == 1
-    assert armour.strip().endswith(b"-----END PGP SIGNATURE-----")
-    (validsig,) = [line for line in opened.verify_status if line[0] == "VALIDSIG"]
-    assert opened.micalg == MICALG[validsig[8]]
-
-
-def test_signed_root_verifies_from_the_raw_slice_as_the_list_key(
+def test_the_list_key_signs_the_decrypted_root_in_the_same_message(
     opened: OpenedCopy, relay: Relay
 ) -> None:
-    assert {"BADSIG", "ERRSIG"}.isdisjoint(keywords(opened.verify_status))
+    # One OpenPGP message, signed and encrypted (§6.2): exactly one signature, the list's,
+    # over the very bytes decrypted; no detached signature part to splice or strip.
+    status = keywords(opened.decrypt_status)
+    assert status.count("NEWSIG") == 1 and status.count("GOODSIG") == 1
+    assert {"BADSIG", "ERRSIG"}.isdisjoint(status)
     assert opened.signer == relay.fingerprint
-    # The root as the email package would re-serialise it is not what was signed.
-    assert opened.root.as_bytes(policy=policy.SMTP) != opened.root_bytes
+    assert opened.root.get_content_type() == "multipart/mixed"
+    assert b"multipart/signed" not in opened.root_bytes
 
 
-def test_a_tampered_root_fails_verification(opened: OpenedCopy, alice_ring: Keyring) -> None:
-    signature = signature_of(opened)
-    assert "VALIDSIG" in keywords(verify(alice_ring, opened.root_bytes, signature))
-    at = opened.root_bytes.index(BODY.encode())
-    flipped = bytes([opened.root_bytes[at] ^ 0x01])
-    tampered = opened.root_bytes[:at] + flipped + opened.root_bytes[at + 1 :]
-    status = keywords(verify(alice_ring, tampered, signature))
-    assert "VALIDSIG" not in status and "GOODSIG" not in status
-    assert "BADSIG" in status
+def test_a_tampered_copy_does_not_open(wire: bytes, alice_ring: Keyring) -> None:
+    armour = wire.index(b"-----BEGIN PGP MESSAGE-----")
+    at = wire.index(b"\r\n\r\n", armour) + 40  # inside the ciphertext's base64
+    flipped = b"A" if wire[at : at + 1] != b"A" else b"B"
+    tampered = OpenedCopy(alice_ring, wire[:at] + flipped + wire[at + 1 :])
+    assert tampered.signer is None
+    assert not tampered.decrypted or "BADSIG" in keywords(tampered.decrypt_status)
+
+
+def test_a_copy_signed_by_another_key_is_not_the_lists(
+    alice: Key, alice_ring: Keyring, relay: Relay
+) -> None:
+    # A member forging a copy to itself cannot make it look like the list's.
+    forged = build_encrypted(
+        make_copy(), GnuPG(alice_ring.home), alice.fingerprint, [alice.fingerprint]
+    )
+    opened = OpenedCopy(alice_ring, forged)
+    assert opened.decrypted and opened.signer == alice.fingerprint != relay.fingerprint
 
 
 # 3: the outer MIME structure
@@ -263,13 +234,13 @@ def test_root_carries_the_real_headers_and_hp_outer_lines(wire: bytes, opened: O
     assert root.get_param("hp") == "cipher"
     assert root.get_param("protected-headers") == "v1"
     assert root["Subject"] == SUBJECT
-    for name in ("From", "To", "Date", "List-Id"):
+    for name in ("From", "To", "Date", "List-Id", "Message-ID"):
         assert root[name] == outer[name]
-    # Inside: the message's own ID, the same for every member; outside: this copy's.
-    assert root["Message-ID"] == MESSAGE_ID
+    assert root["Message-ID"] == ALICE_COPY_ID  # the copy's own, inside and outside
     assert root["In-Reply-To"] == "<thread-start@vendor.example>"
     assert root["X-Embargo-Until"] == "2026-05-07T16:00:00Z"
-    assert root.get_all("HP-Outer") == shared_outer(wire)
+    assert root["X-Copy-Reference"] == ALICE_REF
+    assert root.get_all("HP-Outer") == outer_fields(wire)
     assert f"Subject: {OBSCURED_SUBJECT}" in root.get_all("HP-Outer")
 
 
@@ -284,7 +255,7 @@ def test_preface_comes_first_and_the_payload_last(opened: OpenedCopy) -> None:
 def test_payload_bytes_are_carried_unchanged(opened: OpenedCopy) -> None:
     boundary = opened.root.get_boundary().encode()
     last = opened.root_bytes.rsplit(b"--" + boundary + b"\r\n", 1)[1]
-    closing = b"\r\n--" + boundary + b"--"
+    closing = b"\r\n--" + boundary + b"--\r\n"
     assert last.endswith(closing)
     assert last[: -len(closing)] == PAYLOAD
     # The check above would fail had the email package re-serialised the entity.
@@ -324,33 +295,29 @@ def test_non_ascii_subject_round_trips_and_stays_inside(
     assert_wire_hygiene(wire)
 
 
-# One signature, many copies
+# One signature per copy, so each carries its own reference
 
 
-def test_copies_share_one_signed_entity_but_not_their_envelope(
-    signed: bytes,
+def test_each_copy_is_signed_for_its_recipient_with_its_own_reference(
     wire: bytes,
     bob_wire: bytes,
-    alice: Key,
     bob: Key,
     alice_ring: Keyring,
     bob_ring: Keyring,
     relay: Relay,
 ) -> None:
-    for_alice, alice_status = alice_ring.decrypt(wire)
-    for_bob, bob_status = bob_ring.decrypt(bob_wire)
-    assert "DECRYPTION_OKAY" in keywords(alice_status)
-    assert "DECRYPTION_OKAY" in keywords(bob_status)
-    assert for_alice == for_bob == signed
-    assert [s[1] for s in bob_status if s[0] == "ENC_TO"] == encryption_subkeys(
-        bob_ring, bob.fingerprint
-    )
-    assert OpenedCopy(bob_ring, bob_wire).signer == relay.fingerprint
-
+    alice_copy, bob_copy = OpenedCopy(alice_ring, wire), OpenedCopy(bob_ring, bob_wire)
+    assert alice_copy.signer == bob_copy.signer == relay.fingerprint
+    assert (alice_copy.reference, bob_copy.reference) == (ALICE_REF, BOB_REF)
+    assert sorted(bob_copy.enc_to) == encryption_subkeys(bob_ring, bob.fingerprint)
+    assert alice_copy.root["Message-ID"] != bob_copy.root["Message-ID"]
+    # The same advisory in both: only what makes the copy differs.
+    assert alice_copy.text == bob_copy.text and BODY in alice_copy.text
     alice_outer = message_from_bytes(wire, policy=policy.default)
     bob_outer = message_from_bytes(bob_wire, policy=policy.default)
     assert (alice_outer["Message-ID"], bob_outer["Message-ID"]) == (ALICE_COPY_ID, BOB_COPY_ID)
-    assert shared_outer(wire) == shared_outer(bob_wire)
+    same = [f for f in outer_fields(wire) if not f.startswith("Message-ID")]
+    assert same == [f for f in outer_fields(bob_wire) if not f.startswith("Message-ID")]
 
     # Each copy opens with its own key only.
     for ring, other in ((alice_ring, bob_wire), (bob_ring, wire)):
@@ -360,25 +327,12 @@ def test_copies_share_one_signed_entity_but_not_their_envelope(
         assert plaintext == b""
 
 
-def test_build_encrypted_uses_the_copy_message_id_outside(
-    relay: Relay, alice: Key, alice_ring: Keyring
-) -> None:
-    explicit = build_encrypted(
-        make_copy(), relay.crypto, relay.fingerprint, [alice.fingerprint], ALICE_COPY_ID
-    )
-    default = build_encrypted(make_copy(), relay.crypto, relay.fingerprint, [alice.fingerprint])
-    assert message_from_bytes(explicit, policy=policy.default)["Message-ID"] == ALICE_COPY_ID
-    assert message_from_bytes(default, policy=policy.default)["Message-ID"] == MESSAGE_ID
-    for data in (explicit, default):
-        assert OpenedCopy(alice_ring, data).root["Message-ID"] == MESSAGE_ID
-
-
 def test_copy_date_defaults_to_now_in_utc() -> None:
     copy = Copy(
         list_address=LIST,
         list_id=LIST_ID,
         to=LIST,
-        message_id=MESSAGE_ID,
+        message_id=ALICE_COPY_ID,
         subject=SUBJECT,
         payload=PAYLOAD,
     )
@@ -412,12 +366,12 @@ def test_no_confidential_text_appears_outside(wire: bytes, opened: OpenedCopy) -
         POSTER.encode(),
         b"vendor.example",
         b"2026-05-07T16:00:00Z",
-        MESSAGE_ID.encode(),  # the message-level ID would link the copies of one message
+        ALICE_REF.encode(),  # the reference names the recipient: inside only
     ]
     for secret in secrets:
         assert secret not in wire, secret
     assert b"\r\nSubject: [...]\r\n" in wire
-    for name in (b"Autocrypt", b"User-Agent", b"Received", b"In-Reply-To", b"X-Embargo"):
+    for name in (b"Autocrypt", b"User-Agent", b"Received", b"In-Reply-To", b"X-Embargo", b"X-Copy"):
         assert name.lower() not in wire.lower()
 
 
@@ -452,11 +406,10 @@ def test_hygiene_check_can_fail() -> None:
 UNKNOWN = "0123456789ABCDEF0123456789ABCDEF01234567"
 
 
-def test_crypto_failure_raises_instead_of_sending_plaintext(relay: Relay, signed: bytes) -> None:
-    with pytest.raises(CryptoError):
-        seal(signed, make_copy(), ALICE_COPY_ID, relay.crypto, [UNKNOWN])
-    with pytest.raises(CryptoError):
-        seal(signed, make_copy(), ALICE_COPY_ID, relay.crypto, [])
+def test_crypto_failure_raises_instead_of_sending_plaintext(relay: Relay) -> None:
+    for keys in ([UNKNOWN], []):
+        with pytest.raises(CryptoError):
+            build_encrypted(make_copy(), relay.crypto, relay.fingerprint, keys)
 
 
 # python-gnupg passes the signer as --default-key, which gpg ignores with a warning when
@@ -467,7 +420,7 @@ def test_signing_without_the_signers_secret_key_is_refused(
 ) -> None:
     signer = UNKNOWN if who == "unknown" else alice.fingerprint
     with pytest.raises(CryptoError):
-        sign(make_copy(), relay.crypto, signer)
+        build_encrypted(make_copy(), relay.crypto, signer, [alice.fingerprint])
 
 
 @pytest.mark.parametrize(
@@ -476,24 +429,26 @@ def test_signing_without_the_signers_secret_key_is_refused(
         ({"subject": "Hi\r\nBcc: everyone@example.com"}, "single line"),
         ({"to": "a@example.net\nBcc: b@example.com"}, "single line"),
         ({"message_id": "no-angle-brackets@example.org"}, "Message-ID"),
+        ({"message_id": "<a@b>\r\nBcc: c@example.com"}, "Message-ID"),
+        ({"reference": "ER-1\r\nBcc: c@example.com"}, "single line"),
         ({"date": datetime(2026, 5, 1, 9, 30)}, "timezone"),
         ({"in_reply_to": "<a@b>\r\nBcc: c@example.com"}, "single line"),
         ({"extra_protected": (("Content-Type", "text/html"),)}, "not allowed"),
         ({"extra_protected": (("Subject", "spoofed"),)}, "not allowed"),
         ({"extra_protected": (("HP-Outer", "Subject: x"),)}, "not allowed"),
+        ({"extra_protected": (("X-Copy-Reference", "ER-0000-0000-0000"),)}, "not allowed"),
         ({"extra_protected": (("Bad Name", "x"),)}, "not allowed"),
         ({"payload": PAYLOAD.replace(b"\r\n", b"\n")}, "CRLF"),
         ({"payload": b"just text, no header section\r\n"}, "not a MIME entity"),
     ],
 )
-def test_malformed_copies_are_refused(overrides: dict, problem: str, relay: Relay) -> None:
+def test_malformed_copies_are_refused(
+    overrides: dict, problem: str, relay: Relay, alice: Key
+) -> None:
     with pytest.raises(ValueError, match=problem):
-        sign(make_copy(**overrides), relay.crypto, relay.fingerprint)
-
-
-def test_malformed_copy_message_id_is_refused(relay: Relay, signed: bytes, alice: Key) -> None:
-    with pytest.raises(ValueError, match="Message-ID"):
-        seal(signed, make_copy(), "copy-1@example.org", relay.crypto, [alice.fingerprint])
+        build_encrypted(
+            make_copy(**overrides), relay.crypto, relay.fingerprint, [alice.fingerprint]
+        )
 
 
 # Notices
@@ -557,6 +512,6 @@ def test_encrypted_notice_keeps_subject_and_text_inside(
     assert opened.signer == relay.fingerprint
     assert opened.root["Subject"] == "Your key expires in 7 days"
     assert opened.root["To"] == "alice@example.net"
-    assert opened.root.get_all("HP-Outer") == shared_outer(wire)
+    assert opened.root.get_all("HP-Outer") == outer_fields(wire)
     (text,) = opened.root.get_payload()
     assert text_of(text) == NOTICE + "\n"

@@ -60,6 +60,7 @@ def test_signed_advisory_reaches_every_member_encrypted_to_that_member_alone(
     assert set(by_rcpt) == {(m.address,) for m in members}
     secret_lines = [line for line in BODY.splitlines() if len(line) > 20] + [SUBJECT]
     message_ids = set()
+    references: dict[str, str | None] = {}
     for member in members:
         data = by_rcpt[(member.address,)].data
         for line in secret_lines:
@@ -76,6 +77,12 @@ def test_signed_advisory_reaches_every_member_encrypted_to_that_member_alone(
         assert opened.signer == home.list_fpr
         assert opened.root["Subject"] == SUBJECT
         assert "intercept traffic of other tenants" in opened.text
+        # The copy names its recipient inside only, by a reference stored with the delivery.
+        assert opened.root["Message-ID"] == outer["Message-ID"]
+        references[member.address] = opened.reference
+        assert f"Copy reference {opened.reference}: this copy was made for {member.address}" in (
+            opened.text
+        )
         message_ids.add(outer["Message-ID"])
         # Another member's key alone cannot read this copy.
         other = members[(members.index(member) + 1) % 3]
@@ -86,6 +93,8 @@ def test_signed_advisory_reaches_every_member_encrypted_to_that_member_alone(
         rows = s.execute(select(Delivery)).scalars().all()
         assert {d.status for d in rows} == {DeliveryStatus.SENT}
         assert {d.copy_message_id for d in rows} == message_ids
+        assert {d.recipient: d.reference for d in rows} == references
+    assert len(set(references.values())) == 3
 
 
 def test_member_without_usable_key_gets_nothing_and_the_contact_is_told(

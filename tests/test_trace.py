@@ -1,5 +1,6 @@
 """`relay trace`: from a leaked text back to the advisory and, where the copy's
-Message-ID survived, to the recipient whose copy it was. Real gpg, SMTP and SQLite."""
+reference or Message-ID survived, to the recipient whose copy it was. Real gpg, SMTP
+and SQLite."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from relay.cli import cli
+from relay.models import Delivery
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome, RelayThread
@@ -71,3 +74,21 @@ def test_trace_names_the_advisory_and_the_recipient_of_a_leaked_copy(
 
     unrelated = _trace(home, tmp_path, "Kubernetes volumes are great; upgrade often.\n")
     assert unrelated == {"advisories": [], "copies": [], "messages": []}
+
+    # The decrypted text pasted with the notice at its top: the reference names the copy.
+    with home.db.transaction() as s:
+        reference = s.execute(
+            select(Delivery.reference).where(Delivery.recipient == members[1].address)
+        ).scalar_one()
+    pasted = _trace(home, tmp_path, opened)
+    assert [(c["recipient"], c["evidence"]) for c in pasted["copies"]] == [
+        (members[1].address, reference)
+    ]
+    assert [a["advisory"] for a in pasted["advisories"]] == ["CVE-2026-7001"]
+
+    # Retyped from a screenshot: lower case, and O for 0 or I for 1 (Crockford look-alikes).
+    retyped = reference.lower().replace("0", "o").replace("1", "i")
+    found = _trace(home, tmp_path, f"someone sent me copy {retyped} of something\n")
+    assert [c["recipient"] for c in found["copies"]] == [members[1].address]
+    forged = _trace(home, tmp_path, "copy ER-0000-0000-0000 of something\n")
+    assert forged["copies"] == []

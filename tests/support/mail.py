@@ -119,44 +119,38 @@ def decoded_text(entity: bytes) -> str:
 
 
 class OpenedCopy:
-    """A relay copy as its member's mail client sees it: decrypted, signature checked."""
+    """A relay copy as its recipient's mail client sees it: decrypted, signature checked.
+
+    The relay signs and encrypts each copy in one OpenPGP message (RFC 3156 §6.2): the
+    decrypted bytes are the protected root itself, and gpg reports the signature over
+    exactly those bytes while decrypting."""
 
     def __init__(self, keyring: Keyring, data: bytes) -> None:
         import email
         import email.policy
-        import re
-        import tempfile
 
         self.outer = email.message_from_bytes(data, policy=email.policy.default)
         plaintext, status = keyring.decrypt(data)
         self.decrypt_status = status
-        self.decrypted = "DECRYPTION_OKAY" in [s[0] for s in status]
+        words = [s[0] for s in status]
+        self.decrypted = "DECRYPTION_OKAY" in words
         self.enc_to = [s[1] for s in status if s[0] == "ENC_TO"]
         self.signer: str | None = None
         self.root_bytes = b""
         if not self.decrypted:
             return
-        self.signed = email.message_from_bytes(plaintext, policy=email.policy.default)
-        assert self.signed.get_content_type() == "multipart/signed", self.signed.get_content_type()
-        boundary = self.signed.get_boundary().encode()
-        delimiter = re.compile(rb"\r\n--" + re.escape(boundary) + rb"(?:--)?[ \t]*\r\n")
-        start = plaintext.index(b"--" + boundary + b"\r\n") + len(boundary) + 4
-        end = delimiter.search(plaintext, start - 2)
-        self.root_bytes = plaintext[start : end.start()]
-        signature = self.signed.get_payload()[1].get_payload(decode=True)
-        with tempfile.NamedTemporaryFile(suffix=".asc") as sig:
-            sig.write(signature)
-            sig.flush()
-            _, verify = keyring.status(["--verify", sig.name, "-"], self.root_bytes)
-        self.verify_status = verify
-        valid = [s for s in verify if s[0] == "VALIDSIG"]
-        if "GOODSIG" in [s[0] for s in verify] and len(valid) == 1:
+        valid = [s for s in status if s[0] == "VALIDSIG"]
+        if "GOODSIG" in words and len(valid) == 1 and "BADSIG" not in words:
             self.signer = valid[0][-1]
-        self.root = email.message_from_bytes(self.root_bytes, policy=email.policy.default)
-        self.micalg = self.signed.get_param("micalg")
+        self.root_bytes = plaintext
+        self.root = email.message_from_bytes(plaintext, policy=email.policy.default)
 
     @property
     def text(self) -> str:
         return "\n".join(
             p.get_content() for p in self.root.walk() if p.get_content_type() == "text/plain"
         )
+
+    @property
+    def reference(self) -> str | None:
+        return self.root["X-Copy-Reference"]

@@ -1,0 +1,122 @@
+"""The Alembic migrations: they build the schema the models describe, on SQLite and on
+PostgreSQL (127.0.0.1:5432, a throwaway database per test), and carry data across."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from relay.db import MIGRATIONS_DIR, Database
+from relay.models import Base
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _config(db: Database) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = db.engine
+    return config
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'relay.db'}")
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def postgres() -> Iterator[Database]:
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"relay_test_{secrets.token_hex(6)}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as exc:  # pragma: no cover - the machine runs PostgreSQL
+        admin.dispose()
+        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
+    db = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+    try:
+        yield db
+    finally:
+        db.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _differences(db: Database) -> list:
+    with db.engine.connect() as conn:
+        return compare_metadata(MigrationContext.configure(conn), Base.metadata)
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_the_migrations_build_the_schema_of_the_models(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    db: Database = request.getfixturevalue(backend)
+    db.upgrade()
+    assert db.is_current()
+    assert _differences(db) == []
+
+
+def _delivery_rows(db: Database, count: int) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO messages (id, kind, received_at, mail_from, subject, size, sha256)"
+                " VALUES ('m1', 'post', '2026-11-24 10:00:00', '', 's', 1, 'x')"
+            )
+        )
+        for n in range(count):
+            conn.execute(
+                text(
+                    "INSERT INTO deliveries (message_id, recipient, plaintext_allowed, status,"
+                    " attempts, created_at, updated_at, next_attempt_at, copy_message_id)"
+                    " VALUES ('m1', :rcpt, false, 'sent', 1, '2026-11-24 10:00:00',"
+                    " '2026-11-24 10:00:00', '2026-11-24 10:00:00', :copy)"
+                ),
+                {"rcpt": f"m{n}@example.net", "copy": f"<c{n}@example.org>"},
+            )
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0007_gives_every_existing_delivery_its_own_reference(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    db: Database = request.getfixturevalue(backend)
+    config = _config(db)
+    command.upgrade(config, "0006")
+    _delivery_rows(db, 5)
+    command.upgrade(config, "0007")
+    with db.engine.connect() as conn:
+        references = conn.execute(text("SELECT reference FROM deliveries")).scalars().all()
+    assert len(references) == 5 and len(set(references)) == 5
+    assert all(
+        re.fullmatch(r"ER-[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){2}", r) for r in references
+    )
+    with pytest.raises(IntegrityError), db.engine.begin() as conn:  # unique
+        conn.execute(text("UPDATE deliveries SET reference = :r"), {"r": references[0]})
+    with pytest.raises(IntegrityError), db.engine.begin() as conn:  # not null
+        conn.execute(text("UPDATE deliveries SET reference = NULL"))
+
+    command.downgrade(config, "0006")
+    columns = {c["name"] for c in inspect(db.engine).get_columns("deliveries")}
+    assert "reference" not in columns and "copy_message_id" in columns
+    command.upgrade(config, "head")
+    assert db.is_current()
