@@ -9,9 +9,11 @@ allows and a leak report is raised), with the rule that decided and why.
 
 This is policy only: a pure function of a frozen Context and the list's policy, with no
 I/O, no database and no clock (callers pass `now`). It fails closed: a rule that raises,
-or a recipient no rule speaks for, is blocked. Today the post router (relay/posts.py)
-calls it for the addresses a post names in To/Cc; the relay's own deliveries go only to
-members, senders and grant holders by construction.
+or a recipient no rule speaks for, is blocked. Who a recipient is comes from
+relay/parties.py. Callers: the post router (relay/posts.py) for the addresses a post
+names in To/Cc and for the person an `X-Share` names; the dispatcher (relay/dispatch.py)
+for every copy the relay itself is about to send, for the copy's own advisory and for
+every embargoed advisory its text quotes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Kind(StrEnum):
     MEMBER = "member"
     SENDER = "sender"  # an authorised (SRC) sender or the security contact
     GRANT_HOLDER = "grant_holder"  # accepted the terms for this advisory; grant not revoked
+    PENDING_GRANT = "pending_grant"  # a member shared the advisory; terms not yet accepted
     MEMBER_DOMAIN = "member_domain"  # in a member's declared domain, but holds no grant
     OUTSIDER = "outsider"
 
@@ -64,6 +67,9 @@ class Context:
     lift_at: datetime | None
     recipient: Recipient
     now: datetime
+    # The message is the terms of the recipient's own pending grant, which name the
+    # advisory and nothing of it: the one thing a pending grant may receive.
+    terms: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,17 @@ def grant(ctx: Context, policy: ForwardingPolicy) -> Decision | None:
     )
 
 
+def terms(ctx: Context, policy: ForwardingPolicy) -> Decision | None:
+    if ctx.recipient.kind != Kind.PENDING_GRANT or not ctx.terms:
+        return None
+    return _say(
+        ctx,
+        Verdict.DELIVER,
+        f"{ctx.recipient.address} was offered a grant for {ctx.advisory_id} and receives only "
+        f"its terms until it accepts them; embargoed until {_until(ctx)}",
+    )
+
+
 def member_domain(ctx: Context, policy: ForwardingPolicy) -> Decision | None:
     # "grant-only": no opinion, so the address is judged as an outsider further down.
     if ctx.recipient.kind != Kind.MEMBER_DOMAIN or policy.member_domains != "allow":
@@ -182,6 +199,8 @@ def outsider(ctx: Context, policy: ForwardingPolicy) -> Decision | None:
         who = f"{address} is not a member, an authorised sender, nor holder of a grant for"
     elif ctx.recipient.kind == Kind.MEMBER_DOMAIN:
         who = f"{address} is in a member's domain but holds no grant for"
+    elif ctx.recipient.kind == Kind.PENDING_GRANT:
+        who = f"{address} has not yet accepted the terms of its grant for"
     else:
         return None
     outcome = {
@@ -193,7 +212,15 @@ def outsider(ctx: Context, policy: ForwardingPolicy) -> Decision | None:
 
 
 # Permissions first, then what the relay cannot stop, then the restriction.
-RULES: tuple[Rule, ...] = (lifted, list_party, grant, member_domain, visible_only, outsider)
+RULES: tuple[Rule, ...] = (
+    lifted,
+    list_party,
+    grant,
+    terms,
+    member_domain,
+    visible_only,
+    outsider,
+)
 
 
 def decide(ctx: Context, policy: ForwardingPolicy, rules: Iterable[Rule] = RULES) -> Decision:

@@ -31,7 +31,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from relay import advisories, audit, keystore, queue
+from relay import advisories, audit, keystore, parties, queue
 from relay.admin import normalise_address
 from relay.config import Settings
 from relay.crypto import Crypto
@@ -213,7 +213,7 @@ def _check_person(session: Session, settings: Settings, member: Member, address:
         raise GrantError(f"{address} is a member of the list; it needs no grant")
     if session.execute(select(Sender.id).where(Sender.address == address)).first():
         raise GrantError(f"{address} is an authorised sender; it needs no grant")
-    team = {d.lower() for d in member.domains or []} | {member.address.rpartition("@")[2]}
+    team = parties.team_domains(member)
     if address.rpartition("@")[2] not in team:
         raise GrantError(
             f"{address} is not in the team of {member.address} "

@@ -43,6 +43,7 @@ from relay.models import (
     IncidentKind,
     Member,
     Message,
+    MessageKind,
     utcnow,
 )
 from relay.spool import Spool
@@ -57,10 +58,10 @@ log = logging.getLogger("relay.incidents")
 POLICY_WARNING = "Repeated offenses may lead to the removal from the distributors list."
 
 _WHAT_HAPPENED = {
-    IncidentKind.FORWARD_BLOCKED: "The relay refused to deliver to these addresses: "
-    "nothing reached them.",
-    IncidentKind.FORWARD_FLAGGED: "The list's policy flags rather than blocks: the message "
-    "was delivered to these addresses.",
+    IncidentKind.FORWARD_BLOCKED: "The relay blocked these addresses: nothing about the "
+    "advisory reached them.",
+    IncidentKind.FORWARD_FLAGGED: "The list's policy flags rather than blocks: nothing about "
+    "the advisory reached these addresses either, and the sender was not told.",
     IncidentKind.EXTERNAL_CC: "These addresses were in the message's To or Cc: the sender's "
     "own mail system delivers to them, so they may have received it.",
     IncidentKind.CONTENT_MATCH: "The message quotes the advisory's embargoed text.",
@@ -101,7 +102,77 @@ class Reported:
     contact_problem: str | None = None  # why the report is held, if the contact has no key
 
 
+@dataclass(frozen=True)
+class LeakAttempt:
+    """A leak the relay found in a post it refuses: recorded after the refusal's rollback,
+    so it carries ids, not rows of the rolled-back session."""
+
+    advisory_id: str
+    member_id: int | None
+    sender: str
+    recipients: tuple[str, ...]
+    kind: str
+    match: Match | None = None
+    note: str | None = None
+
+
 # Recording
+
+
+def record_refusal(
+    db: Database,
+    spool: Spool,
+    settings: Settings,
+    *,
+    raw: bytes,
+    payload: bytes,
+    subject: str,
+    mail_from: str,
+    signer: str,
+    original_message_id: str | None,
+    leaks: Iterable[LeakAttempt],
+    now: datetime,
+) -> list[int]:
+    """Report the leaks of a refused post: the post is kept as their evidence (never
+    delivered), each leak becomes an incident with its report, in one transaction.
+
+    The policy wants every leak reported, refused or not; if this cannot commit, the
+    caller answers 451 rather than a refusal the report never followed."""
+    leaks = list(leaks)
+    recorded: list[int] = []
+
+    def record(session: Session, spool: Spool, message_id: str) -> None:
+        for leak in leaks:
+            member = session.get(Member, leak.member_id) if leak.member_id is not None else None
+            incident = record_leak(
+                session,
+                spool,
+                settings,
+                advisory_id=leak.advisory_id,
+                member=member,
+                sender=leak.sender,
+                recipients=leak.recipients,
+                kind=leak.kind,
+                message_id=message_id,
+                match=leak.match,
+                now=now,
+                note=leak.note,
+            )
+            recorded.append(incident.id)
+
+    queue.keep_refused(
+        db,
+        spool,
+        raw=raw,
+        payload=payload,
+        subject=subject,
+        mail_from=mail_from,
+        signer=signer,
+        original_message_id=original_message_id,
+        advisory_id=leaks[0].advisory_id,
+        record=record,
+    )
+    return recorded
 
 
 def record_leak(
@@ -132,12 +203,14 @@ def record_leak(
     to = list(dict.fromkeys(r.strip().lower() for r in recipients if r.strip()))
     if not to:
         raise RelayError("a leak report must say to whom it leaked")
-    advisory = advisories.get(session, advisory_id)
-    if match is not None and match.advisory_id.upper() != advisory.id.upper():
-        raise ValueError(f"the match is for {match.advisory_id}, not {advisory.id}")
+    # None when the leaking post was refused before the advisory it opens was created.
+    advisory = advisories.find(session, advisory_id)
+    named = advisory.id if advisory is not None else advisory_id.strip()
+    if match is not None and match.advisory_id.upper() != named.upper():
+        raise ValueError(f"the match is for {match.advisory_id}, not {named}")
     incident = Incident(
         at=now,
-        advisory_id=advisory.id,
+        advisory_id=named,
         member=member,
         sender=sender.strip().lower(),
         recipients=to,
@@ -156,11 +229,11 @@ def record_leak(
         session,
         spool,
         recipients=[lst.security_contact],
-        subject=f"[{lst.name}] Leak report: {advisory.id} ({kind}), incident {incident.id}",
+        subject=f"[{lst.name}] Leak report: {named} ({kind}), incident {incident.id}",
         text=_report(incident, advisory, member, count, message),
         list_domain=lst.domain,
         reason=f"incident {incident.id}",
-        advisory_id=advisory.id,
+        advisory_id=advisory.id if advisory is not None else None,
         plaintext_allowed=False,  # the report quotes embargoed text
     )
     audit.record(
@@ -169,7 +242,7 @@ def record_leak(
         "incident.recorded",
         _subject(incident),
         incident=incident.id,
-        advisory=advisory.id,
+        advisory=named,
         kind=str(kind),
         member=member.address if member else None,
         sender=incident.sender,
@@ -184,7 +257,7 @@ def record_leak(
         "incident.recorded",
         level=logging.WARNING,
         id=incident.id,
-        advisory=advisory.id,
+        advisory=named,
         kind=kind,
         member=member.address if member else "-",
         recipients=len(to),
@@ -219,7 +292,7 @@ def report_by_admin(
             session,
             spool,
             settings,
-            advisory_id=advisory_id,
+            advisory_id=advisories.get(session, advisory_id).id,  # an advisory of this list
             member=member,
             sender=from_,
             recipients=to,
@@ -257,7 +330,7 @@ def list_incidents(
             address = normalise_address(member)
             query = query.where(Incident.member_id == _member(session, address).id)
         if advisory_id is not None:
-            query = query.where(Incident.advisory_id == advisories.get(session, advisory_id).id)
+            query = query.where(func.upper(Incident.advisory_id) == advisory_id.strip().upper())
         return [_view(i) for i in session.execute(query).scalars()]
 
 
@@ -351,7 +424,7 @@ def _view(incident: Incident) -> IncidentView:
 
 def _report(
     incident: Incident,
-    advisory: Advisory,
+    advisory: Advisory | None,
     member: Member | None,
     count: int,
     message: Message | None,
@@ -362,14 +435,15 @@ def _report(
         *textwrap.wrap(f"Kind: {incident.kind}. {_WHAT_HAPPENED[IncidentKind(incident.kind)]}", 76),
         "",
         "WHAT LEAKED",
-        f"  Advisory: {advisory.id}: {_flat(advisory.title) or '(no title)'}",
-        f"            {_embargo(advisory)}",
+        *_advisory_lines(incident.advisory_id, advisory),
         f"  Message:  {_message(incident.message_id, message)}",
     ]
     if incident.matched:
         lines += _evidence_lines(incident.matched)
     if incident.note:
-        lines += ["", "  Administrator's account:", *_indented(incident.note, "    ")]
+        by_admin = incident.recorded_by != queue.RELAY_ACTOR
+        label = "Administrator's account:" if by_admin else "What the relay did:"
+        lines += ["", f"  {label}", *_indented(incident.note, "    ")]
     lines += ["", "TO WHOM", *(f"  {_flat(r)}" for r in incident.recipients)]
     lines += ["", "SENT BY", f"  {_flat(incident.sender)}"]
     lines += ["", "RECORDED AGAINST"]
@@ -393,6 +467,18 @@ def _report(
     return "\n".join(lines) + "\n"
 
 
+def _advisory_lines(named: str, advisory: Advisory | None) -> list[str]:
+    if advisory is None:
+        return [
+            f"  Advisory: {_flat(named)}: not on the list; the post that would have opened it",
+            "            was refused",
+        ]
+    return [
+        f"  Advisory: {advisory.id}: {_flat(advisory.title) or '(no title)'}",
+        f"            {_embargo(advisory)}",
+    ]
+
+
 def _embargo(advisory: Advisory) -> str:
     if advisory.state == AdvisoryState.LIFTED and advisory.lifted_at is not None:
         return f"lifted {format_when(advisory.lifted_at)}"
@@ -408,8 +494,9 @@ def _message(message_id: str | None, message: Message | None) -> str:
         return "none passed through the relay"
     if message is None:
         return f"relay message {message_id}"
+    what = "refused post, kept as evidence" if message.kind == MessageKind.REFUSED else "message"
     return (
-        f'relay message {message.id}, "{_flat(message.subject)}", from '
+        f'relay {what} {message.id}, "{_flat(message.subject)}", from '
         f"{_flat(message.mail_from) or 'unknown'}, received {format_when(message.received_at)}"
     )
 

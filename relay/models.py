@@ -75,6 +75,9 @@ PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.ACTIVE, DeliveryStatus
 class MessageKind(enum.StrEnum):
     POST = "post"  # a signed post distributed to the list
     NOTICE = "notice"  # text the relay itself writes (failures, unreachable members)
+    # A signed post refused because it leaked (copied to outsiders, shared outside the
+    # team): kept as the evidence of its incidents, never delivered.
+    REFUSED = "refused"
 
 
 class Member(Base):
@@ -177,6 +180,9 @@ class Delivery(Base):
     # The per-recipient reference the copy carries inside (relay/references.py), also fixed
     # when the delivery is queued: a leaked copy names its recipient by it.
     reference: Mapped[str] = mapped_column(String(20), unique=True, default=new_reference)
+    # A copy held (`last_code` "embargo") until this advisory's lift because its text
+    # quotes it; None: held for the copy's own advisory.
+    held_for: Mapped[str | None] = mapped_column(String(64))
     fingerprints: Mapped[list[str] | None] = mapped_column(JSON)
     last_code: Mapped[str | None] = mapped_column(String(16))
     last_reason: Mapped[str | None] = mapped_column(Text)
@@ -326,7 +332,7 @@ class IncidentKind(enum.StrEnum):
     """How the relay (or an administrator) came to know of a leak."""
 
     FORWARD_BLOCKED = "forward-blocked"  # the relay refused those recipients: nothing reached them
-    FORWARD_FLAGGED = "forward-flagged"  # delivered as the policy allows, and reported
+    FORWARD_FLAGGED = "forward-flagged"  # the same, without telling the sender
     EXTERNAL_CC = "external-cc"  # in a post's To/Cc: the sender's own mail system delivers there
     CONTENT_MATCH = "content-match"  # quoted embargoed text without naming the advisory
     REPORTED_BY_ADMIN = "reported-by-admin"  # learnt of by other means
@@ -343,7 +349,9 @@ class Incident(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-    advisory_id: Mapped[str] = mapped_column(ForeignKey("advisories.id"), index=True)
+    # The advisory as the leaked message named it: not a foreign key, since a refused post
+    # may name one its refusal kept from being created.
+    advisory_id: Mapped[str] = mapped_column(String(64), index=True)
     # Who leaked, when the relay can tell (a member's signature or address).
     member_id: Mapped[int | None] = mapped_column(ForeignKey("members.id"), index=True)
     sender: Mapped[str] = mapped_column(String(320))

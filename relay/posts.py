@@ -17,18 +17,24 @@ commits together with the post or not at all.
   attached asks the relay to share its advisory with someone in the member's team
   (relay/grants.py); it goes to nobody. The person's key may then sign one thing only:
   the acceptance of the terms (`X-Accept: TOKEN`), which also goes to nobody.
+  A person outside the member's team is refused with `550 5.7.1` naming the advisory
+  and its lift, and the attempt is reported as a leak.
 - Either way, addresses in the post's To/Cc that are neither members, senders nor
   holders of an accepted grant got the post from the poster's own mail system while
-  the advisory is under embargo: the list's forwarding policy (relay/forwarding.py)
-  refuses the post with `550 5.7.1`, or distributes it and reports the leak to the
-  security contact (relay/incidents.py).
+  an advisory it carries is under embargo (the one it names, and any other whose
+  embargoed text it quotes): the list's forwarding policy (relay/forwarding.py)
+  refuses the post with `550 5.7.1`, or distributes it; either way the leak is
+  reported to the security contact (relay/incidents.py).
+
+A refusal that reports a leak is a `ReportedRefusal`: the SMTP edge records its leaks
+(and keeps the post as their evidence) after the accept transaction rolled back.
 """
 
 from __future__ import annotations
 
 import email.policy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from email.utils import getaddresses
 from functools import cached_property
@@ -45,6 +51,7 @@ from relay import (
     grants,
     incidents,
     keywords,
+    parties,
     queue,
 )
 from relay.config import Settings
@@ -57,10 +64,8 @@ from relay.models import (
     Advisory,
     AdvisoryState,
     Delivery,
-    Grant,
-    GrantState,
+    IncidentKind,
     Member,
-    MemberState,
     Message,
     Sender,
     utcnow,
@@ -71,6 +76,14 @@ from relay.watch import EmbargoedText
 
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _ADVISORY_ID = re.compile(r"\b[A-Z][A-Z0-9]*-\d{4}-\d{3,}\b", re.IGNORECASE)
+
+
+class ReportedRefusal(Rejection):
+    """A post refused because it leaks: the SMTP edge reports `leaks` before refusing."""
+
+    def __init__(self, text: str, leaks: list[incidents.LeakAttempt]) -> None:
+        super().__init__(550, "5.7.1", text)
+        self.leaks = leaks
 
 
 @dataclass
@@ -156,74 +169,81 @@ class PostRouter:
         outcome: Outcome,
     ) -> None:
         """Addresses in To/Cc that the relay does not serve: the poster's own mail system
-        delivers to them, so they cannot be blocked, only refused or reported."""
-        advisory = advisories.get(session, advisory_id)
+        delivers to them, so they cannot be blocked, only refused or reported; for the
+        advisory the post names and for every embargoed one whose text it quotes."""
         visible = [a for a in _visible(message) if a != self.settings.list.address]
-        if advisory.state != AdvisoryState.EMBARGOED or not visible:
+        if not visible:
             return
         now = utcnow()
-        decisions = forwarding.decide_all(
-            advisory.id,
-            embargoed=True,
-            lift_at=advisory.lift_at,
-            recipients=[
-                forwarding.Recipient(a, self._kind(session, a, advisory.id), True) for a in visible
-            ],
-            now=now,
-            policy=self.forwarding,
-        )
-        outside = [d for d in decisions if d.verdict != forwarding.Verdict.DELIVER]
-        if not outside:
+        contact = self.settings.list.security_contact
+        leaks: list[incidents.LeakAttempt] = []
+        first: forwarding.Decision | None = None
+        for advisory, match in self._carried(session, advisory_id, payload):
+            decisions = forwarding.decide_all(
+                advisory.id,
+                embargoed=True,
+                lift_at=advisory.lift_at,
+                recipients=[
+                    forwarding.Recipient(a, parties.kind_of(session, a, advisory.id, contact), True)
+                    for a in visible
+                ],
+                now=now,
+                policy=self.forwarding,
+            )
+            outside = [d for d in decisions if d.verdict != forwarding.Verdict.DELIVER]
+            if not outside:
+                continue
+            first = first or outside[0]
+            leaks.append(
+                incidents.LeakAttempt(
+                    advisory_id=advisory.id,
+                    member_id=member.id if member is not None else None,
+                    sender=mail_from,
+                    recipients=tuple(d.context.recipient.address for d in outside),
+                    kind=IncidentKind.EXTERNAL_CC,
+                    match=match,
+                )
+            )
+        if first is None:
             return
         if forwarding.post_with_external_copies(self.forwarding) == "refuse":
-            reply = forwarding.block_reply(outside[0])
-            raise Rejection(550, "5.7.1", reply.split(" ", 2)[2])
-        incidents.record_leak(
-            session,
-            spool,
-            self.settings,
-            advisory_id=advisory.id,
-            member=member,
-            sender=mail_from,
-            recipients=[d.context.recipient.address for d in outside],
-            kind="external-cc",
-            message_id=message_id,
-            match=self._evidence(session, advisory.id, payload),
-            now=now,
-        )
-        outcome.notes.append(f"reported {len(outside)} external copies")
-
-    def _evidence(self, session: Session, advisory_id: str, payload: bytes) -> Match | None:
-        """How strongly the post's text matches what the list sent about the advisory."""
-        text = _text(payload)
-        if not text:
-            return None
-        return next(
-            (m for m in self.watch.match(session, text) if m.advisory_id == advisory_id), None
-        )
-
-    def _kind(self, session: Session, address: str, advisory_id: str) -> forwarding.Kind:
-        if session.execute(
-            select(Member.id).where(Member.address == address, Member.state == MemberState.ACTIVE)
-        ).first():
-            return forwarding.Kind.MEMBER
-        if session.execute(select(Sender.id).where(Sender.address == address)).first():
-            return forwarding.Kind.SENDER
-        if session.execute(
-            select(Grant.id).where(
-                Grant.address == address,
-                Grant.advisory_id == advisory_id,
-                Grant.state == GrantState.ACCEPTED,
+            refused = "The list refused the post (550 5.7.1); the copies in To/Cc were sent anyway."
+            raise ReportedRefusal(
+                forwarding.block_reply(first).split(" ", 2)[2],
+                [replace(leak, note=refused) for leak in leaks],
             )
-        ).first():
-            return forwarding.Kind.GRANT_HOLDER
-        domain = address.rpartition("@")[2]
-        for domains in session.execute(
-            select(Member.domains).where(Member.state == MemberState.ACTIVE)
-        ).scalars():
-            if domain in (domains or []):
-                return forwarding.Kind.MEMBER_DOMAIN
-        return forwarding.Kind.OUTSIDER
+        for leak in leaks:
+            incidents.record_leak(
+                session,
+                spool,
+                self.settings,
+                advisory_id=leak.advisory_id,
+                member=member,
+                sender=leak.sender,
+                recipients=leak.recipients,
+                kind=leak.kind,
+                message_id=message_id,
+                match=leak.match,
+                now=now,
+            )
+        outcome.notes.append(f"reported external copies of {len(leaks)} advisories")
+
+    def _carried(
+        self, session: Session, advisory_id: str, payload: bytes
+    ) -> list[tuple[Advisory, Match | None]]:
+        """The embargoed advisories a post carries, with the matcher's evidence: the one it
+        belongs to, and any other whose embargoed text it quotes."""
+        text = _content(payload)
+        matches = {m.advisory_id: m for m in self.watch.match(session, text)} if text else {}
+        named = advisories.get(session, advisory_id)
+        carried = (
+            [(named, matches.pop(named.id, None))] if named.state == AdvisoryState.EMBARGOED else []
+        )
+        for other, match in matches.items():
+            advisory = advisories.find(session, other)
+            if advisory is not None and advisory.state == AdvisoryState.EMBARGOED:
+                carried.append((advisory, match))
+        return carried
 
     def _sender_post(
         self,
@@ -313,6 +333,7 @@ class PostRouter:
         actor: str,
         outcome: Outcome,
     ) -> None:
+        self._refuse_outside_the_team(session, advisory, member, person)
         keys = grants.attached_keys(payload)
         if not keys:
             raise Rejection(
@@ -335,6 +356,45 @@ class PostRouter:
         except RelayError as exc:
             raise Rejection(550, "5.7.1", f"X-Share: {exc}") from None
         outcome.notes.append(f"grant {grant.id}: terms sent to {grant.address}")
+
+    def _refuse_outside_the_team(
+        self, session: Session, advisory: Advisory, member: Member, person: str
+    ) -> None:
+        """A share with someone outside the member's team is an attempted leak: blocked
+        whatever the list's `outsiders` rule (a grant is the relay's to refuse), and
+        reported. List parties and team members are left to the grant's own checks."""
+        address = person.strip().lower()
+        kind = parties.kind_of(session, address, advisory.id, self.settings.list.security_contact)
+        in_team = address.rpartition("@")[2] in parties.team_domains(member)
+        if kind not in (forwarding.Kind.OUTSIDER, forwarding.Kind.MEMBER_DOMAIN) or in_team:
+            return
+        decision = forwarding.decide(
+            forwarding.Context(
+                advisory.id,
+                advisory.state == AdvisoryState.EMBARGOED,
+                advisory.lift_at,
+                forwarding.Recipient(address, forwarding.Kind.OUTSIDER),
+                utcnow(),
+            ),
+            replace(self.forwarding, outsiders="block"),
+        )
+        if decision.verdict == forwarding.Verdict.DELIVER:
+            return  # not under embargo: the grant's own checks refuse it
+        raise ReportedRefusal(
+            forwarding.block_reply(decision).split(" ", 2)[2]
+            + f": not in the team of {member.address}",
+            [
+                incidents.LeakAttempt(
+                    advisory_id=advisory.id,
+                    member_id=member.id,
+                    sender=member.address,
+                    recipients=(address,),
+                    kind=IncidentKind.FORWARD_BLOCKED,
+                    note=f"{member.address} asked the list to share {advisory.id} with "
+                    f"{address}, outside its team; refused. {decision.reason}.",
+                )
+            ],
+        )
 
     def _acceptance(
         self, session: Session, post: VerifiedPost, found: dict[str, str], outcome: Outcome
@@ -381,7 +441,7 @@ class PostRouter:
             if (advisory := advisories.find(session, candidate)) is not None:
                 return advisory
         # No label: the text itself may quote an embargoed advisory.
-        matches = self.watch.match(session, f"{subject}\n{_text(payload)}")
+        matches = self.watch.match(session, f"{subject}\n{_content(payload)}")
         if matches:
             return advisories.get(session, matches[0].advisory_id)
         raise Rejection(
@@ -449,6 +509,19 @@ def _references(message: EmailMessage) -> list[str]:
             continue
         ids += _MESSAGE_ID.findall(str(value or ""))
     return list(dict.fromkeys(reversed(ids)))  # the nearest reference first
+
+
+def _content(payload: bytes) -> str:
+    """Every text part of the post (body and attached patches), for the content matcher."""
+    entity = email.message_from_bytes(payload, policy=email.policy.default)
+    texts = []
+    for part in entity.walk():
+        if part.get_content_maintype() == "text" and not part.is_multipart():
+            try:
+                texts.append(str(part.get_content()))
+            except (LookupError, ValueError):
+                continue
+    return "\n".join(texts)
 
 
 def _text(payload: bytes) -> str:

@@ -24,6 +24,7 @@ from relay import audit
 from relay.db import Database
 from relay.errors import RelayError
 from relay.models import (
+    Advisory,
     Delivery,
     DeliveryStatus,
     Grant,
@@ -91,25 +92,12 @@ def accept_post(
     `route` runs inside that transaction with the new message id: it names the post's
     advisory (creating or rescheduling it) and its audience; if it raises, nothing is kept.
     """
-    message_id = new_id()
-    spool.write(message_id, RAW, raw)
-    spool.write(message_id, PAYLOAD, payload)
+    post = _Post(raw, payload, subject, mail_from, signer, original_message_id)
+    message_id = post.store(spool)
     try:
         with db.transaction() as session:
             routing = route(session, spool, message_id)
-            session.add(
-                Message(
-                    advisory_id=routing.advisory_id,
-                    id=message_id,
-                    kind=MessageKind.POST,
-                    mail_from=mail_from,
-                    signer_fingerprint=signer,
-                    original_message_id=original_message_id,
-                    subject=subject,
-                    size=len(raw),
-                    sha256=hashlib.sha256(raw).hexdigest(),
-                )
-            )
+            session.add(post.row(message_id, MessageKind.POST, routing.advisory_id))
             count = 0
             for address, member_id in _audience(session, routing.audience, routing.advisory_id):
                 session.add(
@@ -138,6 +126,69 @@ def accept_post(
         spool.remove(message_id)
         raise
     return Accepted(message_id, count, routing.advisory_id)
+
+
+def keep_refused(
+    db: Database,
+    spool: Spool,
+    *,
+    raw: bytes,
+    payload: bytes,
+    subject: str,
+    mail_from: str,
+    signer: str,
+    original_message_id: str | None,
+    advisory_id: str,
+    record: Callable[[Session, Spool, str], None],
+) -> str:
+    """Keep a post refused for a leak as the evidence of its incidents: spool files and a
+    message row with no delivery, and `record` (the incidents) in the same transaction.
+    The post's advisory may not exist: the refusal kept the post from creating it."""
+    post = _Post(raw, payload, subject, mail_from, signer, original_message_id)
+    message_id = post.store(spool)
+    try:
+        with db.transaction() as session:
+            known = session.get(Advisory, advisory_id) is not None
+            session.add(post.row(message_id, MessageKind.REFUSED, advisory_id if known else None))
+            session.flush()
+            record(session, spool, message_id)
+            audit.record(session, signer, "message.refused", message_id, size=len(raw))
+    except BaseException:
+        spool.remove(message_id)
+        raise
+    return message_id
+
+
+@dataclass(frozen=True)
+class _Post:
+    """A verified post, as its message row records it."""
+
+    raw: bytes
+    payload: bytes
+    subject: str
+    mail_from: str
+    signer: str
+    original_message_id: str | None
+
+    def store(self, spool: Spool) -> str:
+        """Write the exact bytes (fsynced) under a new message id, before any commit."""
+        message_id = new_id()
+        spool.write(message_id, RAW, self.raw)
+        spool.write(message_id, PAYLOAD, self.payload)
+        return message_id
+
+    def row(self, message_id: str, kind: str, advisory_id: str | None) -> Message:
+        return Message(
+            advisory_id=advisory_id,
+            id=message_id,
+            kind=kind,
+            mail_from=self.mail_from,
+            signer_fingerprint=self.signer,
+            original_message_id=self.original_message_id,
+            subject=self.subject,
+            size=len(self.raw),
+            sha256=hashlib.sha256(self.raw).hexdigest(),
+        )
 
 
 def _audience(

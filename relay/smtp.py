@@ -19,12 +19,13 @@ from email.message import EmailMessage
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
-from relay import advisories, keywords, posts, queue
+from relay import advisories, incidents, keywords, posts, queue
 from relay.config import Settings
 from relay.crypto import Crypto
 from relay.db import Database
 from relay.inbound import Rejection, check_structure, check_wire, verify_post
 from relay.logs import clean, event
+from relay.models import utcnow
 from relay.spool import Spool
 
 log = logging.getLogger("relay.smtp")
@@ -165,6 +166,22 @@ class ListHandler:
                     session, spool, message_id, post, found, payload, message, mail_from, outcome
                 ),
             )
+        except posts.ReportedRefusal as refusal:
+            # Refused, and reported all the same: the leak happened (or was attempted).
+            incidents.record_refusal(
+                self.db,
+                self.spool,
+                self.settings,
+                raw=raw,
+                payload=payload,
+                subject=post.subject,
+                mail_from=mail_from,
+                signer=post.signer,
+                original_message_id=_header(message, "Message-ID"),
+                leaks=refusal.leaks,
+                now=utcnow(),
+            )
+            raise
         except advisories.EmbargoTimeUnreadable as exc:
             raise Rejection(550, "5.6.0", _one_line(str(exc))) from None
         except advisories.AdvisoryError as exc:

@@ -41,7 +41,7 @@ FLAG_ALL = ForwardingPolicy("flag", "grant-only", "distribute-and-report")
 ALLOW_DOMAINS = ForwardingPolicy("block", "allow", "distribute-and-report")
 REFUSE_CC = ForwardingPolicy("block", "grant-only", "refuse")
 
-ALL_RULES = ("lifted", "list_party", "grant", "member_domain", "visible_only", "outsider")
+ALL_RULES = ("lifted", "list_party", "grant", "terms", "member_domain", "visible_only", "outsider")
 
 
 def ctx(
@@ -52,18 +52,21 @@ def ctx(
     lift_at: datetime | None = LIFT,
     now: datetime = BEFORE,
     address: str = "someone@example.net",
+    terms: bool = False,
 ) -> Context:
-    return Context(ADV, embargoed, lift_at, Recipient(address, Kind(kind), visible_only), now)
+    recipient = Recipient(address, Kind(kind), visible_only)
+    return Context(ADV, embargoed, lift_at, recipient, now, terms)
 
 
 def lifted_ctx(kind: Kind, *, visible_only: bool = False) -> Context:
     return ctx(kind, visible_only=visible_only, embargoed=False, now=AFTER)
 
 
-MEMBER, SENDER, HOLDER, DOMAIN, OUTSIDER = (
+MEMBER, SENDER, HOLDER, PENDING, DOMAIN, OUTSIDER = (
     Kind.MEMBER,
     Kind.SENDER,
     Kind.GRANT_HOLDER,
+    Kind.PENDING_GRANT,
     Kind.MEMBER_DOMAIN,
     Kind.OUTSIDER,
 )
@@ -75,6 +78,12 @@ CASES: dict[str, tuple[Context, ForwardingPolicy, Verdict, str]] = {
     "member": (ctx(MEMBER), BLOCK_ALL, DELIVER, "list_party"),
     "sender": (ctx(SENDER), BLOCK_ALL, DELIVER, "list_party"),
     "grant holder": (ctx(HOLDER), BLOCK_ALL, DELIVER, "grant"),
+    # Offered a grant, not yet accepted: the terms only.
+    "pending grant, its terms": (ctx(PENDING, terms=True), BLOCK_ALL, DELIVER, "terms"),
+    "pending grant, a post": (ctx(PENDING), BLOCK_ALL, BLOCK, "outsider"),
+    "pending grant, a post, flag": (ctx(PENDING), FLAG_ALL, FLAG, "outsider"),
+    "terms to an outsider": (ctx(OUTSIDER, terms=True), BLOCK_ALL, BLOCK, "outsider"),
+    "cc pending grant": (ctx(PENDING, visible_only=True), BLOCK_ALL, FLAG, "visible_only"),
     "member domain, grant only": (ctx(DOMAIN), BLOCK_ALL, BLOCK, "outsider"),
     "member domain, grant only, flag": (ctx(DOMAIN), FLAG_ALL, FLAG, "outsider"),
     "member domain, allowed": (ctx(DOMAIN), ALLOW_DOMAINS, DELIVER, "member_domain"),

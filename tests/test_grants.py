@@ -283,9 +283,17 @@ def test_x_share_without_a_key_or_outside_the_team_is_refused(
             _post(relay.port, _signed(home, distro0, share, "share"), sender=distro0.address)
         )
         assert (code, reply[:5]) == (550, "5.7.1") and "not in the team" in reply
+        # The refusal names the advisory and its lift, as every block does.
+        assert f"{boss.address}> may not receive {ADVISORY} before" in reply and "UTC" in reply
     with home.db.transaction() as s:
         assert s.execute(select(Grant)).scalars().all() == []
-        assert s.execute(select(Delivery).where(Delivery.member_id.is_(None))).all() == []
+        # Nothing went to boss@ ... but the attempt is a leak, reported against the member.
+        (report,) = s.execute(select(Delivery).where(Delivery.member_id.is_(None))).scalars()
+        assert report.recipient == "security@example.org"
+        (incident,) = s.execute(select(Incident)).scalars()
+        assert (incident.kind, incident.recipients) == ("forward-blocked", [boss.address])
+        assert incident.member.address == distro0.address
+        assert "outside its team" in incident.note
 
 
 def test_grant_holders_hear_of_the_lift(tmp_path: Path, keys: KeyFactory, sink: SmtpSink):

@@ -227,13 +227,29 @@ def _cc_post(home: RelayHome, keys: KeyFactory, cc: str) -> bytes:
 def test_post_copied_to_an_outsider_is_refused_under_the_kubernetes_policy(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
+    from relay.models import Advisory, Incident, MessageKind
+
     home = _home(tmp_path, keys, sink, policy="kubernetes-distributors.toml")
-    with RelayThread(home.settings, dispatch=False) as relay:
+    contact = keys.make("contact", "security@example.org")
+    home.add_sender(contact)
+    with RelayThread(home.settings) as relay:
         code, reply = relay.run(_post(relay.port, _cc_post(home, keys, "boss@corp.example")))
-    assert code == 550 and reply.startswith("5.7.1")
-    assert "boss@corp.example" in reply and "CVE-2026-8888" in reply and "UTC" in reply
+        assert code == 550 and reply.startswith("5.7.1")
+        assert "boss@corp.example" in reply and "CVE-2026-8888" in reply and "UTC" in reply
+        (report,) = sink.wait_for(1, timeout=60)
     with home.db.transaction() as s:
-        assert s.execute(select(func.count(Message.id))).scalar() == 0
+        # Refused: it opened no advisory and went to no member ...
+        assert s.execute(select(Advisory)).scalars().all() == []
+        (kept,) = s.execute(select(Message).where(Message.kind == MessageKind.REFUSED)).scalars()
+        assert s.execute(select(Delivery).where(Delivery.message_id == kept.id)).first() is None
+        # ... but the copy the sender's own mail system sent to boss@ is reported all the same.
+        (incident,) = s.execute(select(Incident)).scalars().all()
+        assert (incident.advisory_id, incident.kind) == ("CVE-2026-8888", "external-cc")
+        assert incident.recipients == ["boss@corp.example"] and incident.message_id == kept.id
+    assert report.rcpt_tos == ("security@example.org",)
+    text = OpenedCopy(home.client(contact), report.data).text
+    assert "CVE-2026-8888: not on the list" in text and "boss@corp.example" in text
+    assert "refused post, kept as evidence" in text and "The list refused the post" in text
 
 
 def test_post_copied_to_an_outsider_is_distributed_and_the_leak_reported_by_default(
@@ -345,5 +361,84 @@ def test_the_same_copied_post_after_the_lift_is_no_leak(
         )
         after = relay.run(_post(relay.port, public))
     assert after[0] == 250, after
+    with home.db.transaction() as s:  # the refused copy before the lift, nothing after
+        (incident,) = s.execute(select(Incident)).scalars().all()
+        assert incident.at < datetime.now(UTC) and incident.kind == "external-cc"
+
+
+def test_a_post_about_a_lifted_advisory_that_quotes_an_embargoed_one_is_a_leak_of_that_one(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    from relay import embargo
+    from relay.models import Incident
+
+    home = _home(tmp_path, keys, sink)  # the built-in default: distribute and report
+    contact = keys.make("contact", "security@example.org")
+    home.add_sender(contact)
+    src, distro0 = keys.make("src"), keys.make("distro0", "security@distro0.example")
+    body = ADVISORY_TEXT.read_text().split("\n\n", 1)[1]
+    embargoed = _signed(
+        home,
+        src,
+        f"X-Advisory: CVE-2026-9999\nX-Embargo-Until: {LIFT.isoformat()}\n\n{body}",
+        "[EMBARGOED] CVE-2026-9999: command execution through gitRepo volume",
+    )
+    public = _signed(
+        home,
+        src,
+        f"X-Advisory: CVE-2026-1111\nX-Embargo-Until: {LIFT.isoformat()}\n\nA minor issue.\n",
+        "[EMBARGOED] CVE-2026-1111: a minor issue",
+    )
+    excerpt = body.split("Am I vulnerable?")[0].split("\n\n", 1)[1]
+    reply = (
+        "X-Advisory: CVE-2026-1111\n\nNow that 1111 is public, compare it with this one:\n\n"
+        f"{_quoted_rewrapped(excerpt)}\n"
+    )
+    with RelayThread(home.settings) as relay:
+        assert relay.run(_post(relay.port, embargoed))[0] == 250
+        assert relay.run(_post(relay.port, public))[0] == 250
+        embargo.lift_now(
+            home.db,
+            relay.relay.spool,
+            home.settings,
+            "CVE-2026-1111",
+            actor="cli:test",
+            reason="published",
+            now=datetime.now(UTC),
+        )
+        code, why = relay.run(
+            _post(
+                relay.port,
+                _signed(home, distro0, reply, "Re: CVE-2026-1111", Cc="press@news.example"),
+                sender=distro0.address,
+            )
+        )
+        assert code == 250, why
     with home.db.transaction() as s:
+        (incident,) = s.execute(select(Incident)).scalars().all()
+        # Not CVE-2026-1111, which the post names and which is public: the one it quotes.
+        assert (incident.advisory_id, incident.kind) == ("CVE-2026-9999", "external-cc")
+        assert incident.recipients == ["press@news.example"]
+        assert incident.member.address == distro0.address
+        assert incident.matched["score"] > 0.5 and incident.matched["excerpts"]
+
+
+def test_a_refusal_whose_leak_cannot_be_recorded_is_a_temporary_failure(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+):
+    from relay import incidents
+    from relay.models import Incident
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    home = _home(tmp_path, keys, sink, policy="kubernetes-distributors.toml")
+    monkeypatch.setattr(incidents, "record_leak", broken)
+    with RelayThread(home.settings, dispatch=False) as relay:
+        code, reply = relay.run(_post(relay.port, _cc_post(home, keys, "boss@corp.example")))
+    # Not a 550 that the report never followed: the sender keeps the post and tries again.
+    assert (code, reply[:5]) == (451, "4.3.0")
+    with home.db.transaction() as s:
+        assert s.execute(select(func.count(Message.id))).scalar() == 0
         assert s.execute(select(func.count(Incident.id))).scalar() == 0
+    assert not any(p.is_file() for p in home.settings.storage.spool_dir.rglob("*"))
