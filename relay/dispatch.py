@@ -1,9 +1,11 @@
 """The dispatcher (Postfix's qmgr): picks due deliveries and sees each one through.
 
-For each claimed delivery: resolve the recipient's usable keys, seal its own
-encrypted copy of the message's signed entity, hand it to the transport, record
-the outcome. A recipient without a usable key is held (never plaintext) and the
-security contact is told; `4xx` and connection errors are deferred on the
+For each claimed delivery: ask the gate whether the recipient may receive it now
+(relay/gate.py: every copy that is not a member's copy of a list post), resolve
+the recipient's usable keys, build its own signed and encrypted copy, hand it to
+the transport, record the outcome. A copy the gate stops is held until the lift and
+the leak reported; a recipient without a usable key is held (never plaintext) and
+the security contact is told; `4xx` and connection errors are deferred on the
 backoff schedule; `5xx` fails at once.
 
 Three kinds of concurrency, each sized on its own: `workers` threads run gpg
@@ -20,6 +22,7 @@ import contextlib
 import email
 import email.policy
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +32,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay import advisories, compose, embargo, keystore, queue
+from relay import advisories, compose, embargo, forwarding, gate, keystore, queue
 from relay.config import Settings
 from relay.crypto import Crypto, KeyInfo
 from relay.db import Database
@@ -50,6 +53,7 @@ from relay.models import (
 )
 from relay.spool import PAYLOAD, Spool
 from relay.transport import Outcome, SendResult, Transport, make_transport
+from relay.watch import EmbargoedText, text_of
 
 log = logging.getLogger("relay.dispatch")
 
@@ -77,6 +81,7 @@ class Job:
     fingerprints: tuple[str, ...]
     to_member: bool  # a copy of a list-wide message (To: the list), not a one-off notice
     advisory: Advisory | None = None  # as loaded with the claim (detached snapshot)
+    stopped: gate.Stopped | None = None  # the gate's reason to hold it, if any
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,7 @@ class Dispatcher:
         *,
         transport_factory: Callable[[], Transport] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        watch: EmbargoedText | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -114,6 +120,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._keys: dict[str, KeyInfo] = {}
         self._payloads: OrderedDict[str, bytes] = OrderedDict()
+        self._payload_lock = threading.Lock()
         self._inflight: dict[int, Job] = {}  # sent, outcome not yet recorded (for the log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crypto_pool = ThreadPoolExecutor(
@@ -122,6 +129,11 @@ class Dispatcher:
         d = settings.delivery
         self._retry = queue.Retry(d.min_backoff, d.max_backoff, d.queue_lifetime)
         self._policy = advisories.policy_for(settings)
+        self._gate = gate.Gate(
+            settings,
+            watch or EmbargoedText(spool),
+            forwarding.load_forwarding(settings.embargo.policy),
+        )
 
     def wake(self) -> None:
         """New work arrived (called from the event loop thread)."""
@@ -313,12 +325,23 @@ class Dispatcher:
             found = session.execute(select(Advisory).where(Advisory.id.in_(advisory_ids)))
             by_id = {a.id: a for a in found.scalars()}
             jobs = []
+            now = self.clock()
             for r in rows:
+                stopped = None
                 if r.member_id is not None:
                     fingerprints = tuple(member_keys.get(r.member_id, ()))
                     active = r.state == MemberState.ACTIVE
                 else:
                     fingerprints, active = _other_keys(session, r.recipient, r.advisory_id, r.kind)
+                    # A member's copy of a list post needs no question: members read it all.
+                    stopped = self._gate.check(
+                        session,
+                        recipient=r.recipient,
+                        message_id=r.message_id,
+                        advisory=by_id.get(r.advisory_id),
+                        text=lambda message_id=r.message_id: text_of(self._payload(message_id)),
+                        now=now,
+                    )
                 jobs.append(
                     Job(
                         delivery_id=r.id,
@@ -336,6 +359,7 @@ class Dispatcher:
                         fingerprints=fingerprints,
                         to_member=r.member_id is not None,
                         advisory=by_id.get(r.advisory_id),
+                        stopped=stopped,
                     )
                 )
         return jobs
@@ -348,6 +372,9 @@ class Dispatcher:
         if not job.member_active:
             why = "member is not active" if job.to_member else "recipient holds no accepted grant"
             return queue.Outcome(job.delivery_id, "permanent", "cancelled", why)
+        if job.stopped is not None:
+            await asyncio.to_thread(self._hold_for_lift, job, job.stopped)
+            return None
         keys, problem = keystore.usable(job.fingerprints, self._keys.get)
         loop = asyncio.get_running_loop()
         try:
@@ -385,11 +412,15 @@ class Dispatcher:
         return Ready(data, keys)
 
     def _payload(self, message_id: str) -> bytes:
-        if message_id not in self._payloads:
-            self._payloads[message_id] = self.spool.read(message_id, PAYLOAD)
-            while len(self._payloads) > 32:
-                self._payloads.popitem(last=False)
-        return self._payloads[message_id]
+        """A message's payload from the spool, cached (the event loop and the claim's
+        worker thread both read it, hence the lock)."""
+        with self._payload_lock:
+            data = self._payloads.get(message_id)
+            if data is None:
+                data = self._payloads[message_id] = self.spool.read(message_id, PAYLOAD)
+                while len(self._payloads) > 32:
+                    self._payloads.popitem(last=False)
+            return data
 
     def _copy(self, job: Job) -> compose.Copy:
         """The job's copy: its message, the embargo notice, and what makes it this copy."""
@@ -452,6 +483,23 @@ class Dispatcher:
                         f"Check the member's address, then run: relay queue retry {d.id}\n",
                         reason=f"delivery {d.id} failed",
                     )
+
+    def _hold_for_lift(self, job: Job, stopped: gate.Stopped) -> None:
+        with self.db.transaction() as session:
+            gate.hold(session, self.spool, self.settings, job.delivery_id, stopped, self.clock())
+        event(
+            log,
+            "held",
+            level=logging.WARNING,
+            id=job.delivery_id,
+            msg=job.message_id,
+            rcpt=job.recipient,
+            until_lift_of=stopped.advisory_id,
+            rule=stopped.decision.rule,
+            verdict=stopped.decision.verdict,
+        )
+        if self._loop is not None:  # the leak report and the poster's notice are queued
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     def _hold_unreachable(self, job: Job, reason: str) -> None:
         with self.db.transaction() as session:

@@ -67,6 +67,15 @@ def sender_by_address(session: Session, address: str) -> Sender | None:
     ).scalar_one_or_none()
 
 
+def member_by_address(session: Session, address: str) -> Member | None:
+    """The active member whose security alias this is."""
+    return session.execute(
+        select(Member).where(
+            Member.address == address.strip().lower(), Member.state == MemberState.ACTIVE
+        )
+    ).scalar_one_or_none()
+
+
 def member_for(session: Session, fingerprint: str) -> Member | None:
     """The active member whose key made a signature (by primary fingerprint)."""
     return session.execute(

@@ -72,7 +72,7 @@ from relay.models import (
 )
 from relay.posting import MemberPosts, posting_for
 from relay.spool import Spool
-from relay.watch import EmbargoedText
+from relay.watch import EmbargoedText, text_of
 
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _ADVISORY_ID = re.compile(r"\b[A-Z][A-Z0-9]*-\d{4}-\d{3,}\b", re.IGNORECASE)
@@ -97,9 +97,15 @@ class Outcome:
 
 
 class PostRouter:
-    def __init__(self, settings: Settings, spool: Spool, crypto: Crypto | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        crypto: Crypto | None = None,
+        watch: EmbargoedText | None = None,
+    ) -> None:
         self.settings = settings
-        self.watch = EmbargoedText(spool)
+        self.watch = watch or EmbargoedText(spool)
         self.timing = advisories.policy_for(settings)
         self.posting = posting_for(settings)
         self.forwarding = forwarding.load_forwarding(settings.embargo.policy)
@@ -233,7 +239,7 @@ class PostRouter:
     ) -> list[tuple[Advisory, Match | None]]:
         """The embargoed advisories a post carries, with the matcher's evidence: the one it
         belongs to, and any other whose embargoed text it quotes."""
-        text = _content(payload)
+        text = text_of(payload)
         matches = {m.advisory_id: m for m in self.watch.match(session, text)} if text else {}
         named = advisories.get(session, advisory_id)
         carried = (
@@ -441,7 +447,7 @@ class PostRouter:
             if (advisory := advisories.find(session, candidate)) is not None:
                 return advisory
         # No label: the text itself may quote an embargoed advisory.
-        matches = self.watch.match(session, f"{subject}\n{_content(payload)}")
+        matches = self.watch.match(session, f"{subject}\n{text_of(payload)}")
         if matches:
             return advisories.get(session, matches[0].advisory_id)
         raise Rejection(
@@ -509,19 +515,6 @@ def _references(message: EmailMessage) -> list[str]:
             continue
         ids += _MESSAGE_ID.findall(str(value or ""))
     return list(dict.fromkeys(reversed(ids)))  # the nearest reference first
-
-
-def _content(payload: bytes) -> str:
-    """Every text part of the post (body and attached patches), for the content matcher."""
-    entity = email.message_from_bytes(payload, policy=email.policy.default)
-    texts = []
-    for part in entity.walk():
-        if part.get_content_maintype() == "text" and not part.is_multipart():
-            try:
-                texts.append(str(part.get_content()))
-            except (LookupError, ValueError):
-                continue
-    return "\n".join(texts)
 
 
 def _text(payload: bytes) -> str:

@@ -721,20 +721,43 @@ def _queue_text(
     return message_id
 
 
+def hold_for_lift(session: Session, delivery: Delivery, advisory_id: str, reason: str) -> None:
+    """Hold a copy until `advisory_id` is lifted (its own advisory, or one its text quotes),
+    in the caller's transaction; the lift's `release_embargo_holds` queues it again."""
+    delivery.status = DeliveryStatus.HELD
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = EMBARGO_HOLD, reason
+    delivery.held_for = None if advisory_id == delivery.advisory_id else advisory_id
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "delivery.held",
+        str(delivery.id),
+        recipient=delivery.recipient,
+        reason=reason,
+        message=delivery.message_id,
+        until_lift_of=advisory_id,
+    )
+
+
 def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> int:
-    """At the lift: deliveries held only because of the embargo go back to the queue."""
+    """At the lift: deliveries held only until this advisory's lift go back to the queue
+    (the dispatcher asks the forwarding rules again before it sends them)."""
     result = session.execute(
         update(Delivery)
         .where(
-            Delivery.advisory_id == advisory_id,
             Delivery.status == DeliveryStatus.HELD,
             Delivery.last_code == EMBARGO_HOLD,
+            (Delivery.held_for == advisory_id)
+            | (Delivery.held_for.is_(None) & (Delivery.advisory_id == advisory_id)),
         )
         .values(
             status=DeliveryStatus.QUEUED,
             next_attempt_at=now,
+            held_for=None,
             last_reason="released at the lift of the embargo",
         )
+        .execution_options(synchronize_session=False)
     )
     count = result.rowcount or 0
     if count:

@@ -27,6 +27,7 @@ from relay.scheduler import EmbargoScheduler
 from relay.smtp import ListHandler, make_server_factory
 from relay.spool import Spool
 from relay.transport import Transport
+from relay.watch import EmbargoedText
 
 log = logging.getLogger("relay.service")
 
@@ -45,6 +46,8 @@ class Relay:
             raise RelayError("the database schema is not current; run 'relay init'")
         self.crypto = GnuPG(settings.gnupg.home, settings.gnupg.binary)
         self.spool = Spool(settings.storage.spool_dir)
+        # One index of embargoed text for the edge (posts) and the dispatcher (copies).
+        self.watch = EmbargoedText(self.spool)
         self.dispatcher = Dispatcher(
             settings,
             self.db,
@@ -52,6 +55,7 @@ class Relay:
             self.crypto,
             transport_factory=transport_factory,
             clock=clock,
+            watch=self.watch,
         )
         self.scheduler = EmbargoScheduler(
             self.db,
@@ -68,6 +72,7 @@ class Relay:
             self.crypto,
             on_accept=self.dispatcher.wake,
             on_schedule=self.scheduler.reschedule,
+            watch=self.watch,
         )
         self._server: asyncio.Server | None = None
         self._stop = asyncio.Event()

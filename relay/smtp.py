@@ -27,6 +27,7 @@ from relay.inbound import Rejection, check_structure, check_wire, verify_post
 from relay.logs import clean, event
 from relay.models import utcnow
 from relay.spool import Spool
+from relay.watch import EmbargoedText
 
 log = logging.getLogger("relay.smtp")
 
@@ -67,6 +68,7 @@ class ListHandler:
         crypto: Crypto,
         on_accept: Callable[[], None] = lambda: None,
         on_schedule: Callable[[str, datetime | None], None] = lambda advisory, lift_at: None,
+        watch: EmbargoedText | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -74,7 +76,7 @@ class ListHandler:
         self.crypto = crypto
         self.on_accept = on_accept
         self.on_schedule = on_schedule
-        self.router = posts.PostRouter(settings, spool, crypto)
+        self.router = posts.PostRouter(settings, spool, crypto, watch)
 
     async def handle_MAIL(
         self,

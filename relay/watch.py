@@ -63,6 +63,12 @@ class EmbargoedText:
                 self._matcher.add_attachment(advisory_id, name, text)
 
 
+def text_of(payload: bytes) -> str:
+    """Every text part of a message's payload (body and attached patches), for matching."""
+    body, attachments = _texts(payload)
+    return "\n".join([body, *(text for _, text in attachments)])
+
+
 def _texts(payload: bytes) -> tuple[str, list[tuple[str, str]]]:
     """The post's body text and its text attachments (patches), decoded."""
     entity = email.message_from_bytes(payload, policy=email.policy.default)
