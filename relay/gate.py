@@ -115,10 +115,11 @@ def hold(
     """Hold the copy until the lift, report the leak (once), and tell the poster (block)."""
     delivery = session.get_one(Delivery, delivery_id)
     message = session.get_one(Message, delivery.message_id)
-    queue.hold_for_lift(session, delivery, stopped.advisory_id, stopped.decision.reason)
+    decision = stopped.decision
+    queue.hold_for_lift(session, delivery, stopped.advisory_id, decision.reason, decision.rule)
     if _reported(session, delivery, stopped.advisory_id):
         return delivery
-    verdict = stopped.decision.verdict
+    verdict = decision.verdict
     poster = _poster(session, message)
     incidents.record_leak(
         session,
@@ -136,6 +137,7 @@ def hold(
         now=now,
         note=f"{stopped.decision.reason}. The copy for {delivery.recipient} (delivery "
         f"{delivery.id}) is held until the lift of {stopped.advisory_id} and sent then.",
+        rule=decision.rule,
     )
     if verdict == Verdict.BLOCK and poster is not None:
         _tell_poster(session, spool, settings, poster, message, delivery, stopped)

@@ -114,6 +114,7 @@ class LeakAttempt:
     kind: str
     match: Match | None = None
     note: str | None = None
+    rule: str | None = None  # the forwarding rule that decided
 
 
 # Recording
@@ -157,6 +158,7 @@ def record_refusal(
                 match=leak.match,
                 now=now,
                 note=leak.note,
+                rule=leak.rule,
             )
             recorded.append(incident.id)
 
@@ -190,11 +192,13 @@ def record_leak(
     now: datetime,
     note: str | None = None,
     actor: str = queue.RELAY_ACTOR,
+    rule: str | None = None,
 ) -> Incident:
     """Record a leak and queue its report to the security contact, in the caller's transaction.
 
     `member` is who leaked, when known; `sender` the address that sent it; `recipients` to
-    whom; `match` the matcher's evidence, if the content gave it away.
+    whom; `match` the matcher's evidence, if the content gave it away; `rule` the
+    forwarding rule that decided, when one did.
     """
     try:
         kind = IncidentKind(kind)
@@ -230,7 +234,7 @@ def record_leak(
         spool,
         recipients=[lst.security_contact],
         subject=f"[{lst.name}] Leak report: {named} ({kind}), incident {incident.id}",
-        text=_report(incident, advisory, member, count, message),
+        text=_report(incident, advisory, member, count, message, rule),
         list_domain=lst.domain,
         reason=f"incident {incident.id}",
         advisory_id=advisory.id if advisory is not None else None,
@@ -251,6 +255,7 @@ def record_leak(
         score=incident.matched["score"] if incident.matched else None,
         excerpts=len(match.excerpts) if match is not None else 0,  # how many, never the text
         report=incident.report_message_id,
+        rule=rule,
     )
     event(
         log,
@@ -428,11 +433,13 @@ def _report(
     member: Member | None,
     count: int,
     message: Message | None,
+    rule: str | None = None,
 ) -> str:
     """What leaked, to whom, who sent it, against whom it is recorded, and the policy."""
     lines = [
         f"Leak report: incident {incident.id}, recorded {format_when(incident.at)}",
         *textwrap.wrap(f"Kind: {incident.kind}. {_WHAT_HAPPENED[IncidentKind(incident.kind)]}", 76),
+        *([f"Decided by the list's forwarding rule '{rule}'."] if rule else []),
         "",
         "WHAT LEAKED",
         *_advisory_lines(incident.advisory_id, advisory),

@@ -208,6 +208,7 @@ class PostRouter:
                     recipients=tuple(d.context.recipient.address for d in outside),
                     kind=IncidentKind.EXTERNAL_CC,
                     match=match,
+                    rule=outside[0].rule,
                 )
             )
         if first is None:
@@ -231,6 +232,7 @@ class PostRouter:
                 message_id=message_id,
                 match=leak.match,
                 now=now,
+                rule=leak.rule,
             )
         outcome.notes.append(f"reported external copies of {len(leaks)} advisories")
 
@@ -396,6 +398,7 @@ class PostRouter:
                     sender=member.address,
                     recipients=(address,),
                     kind=IncidentKind.FORWARD_BLOCKED,
+                    rule=decision.rule,
                     note=f"{member.address} asked the list to share {advisory.id} with "
                     f"{address}, outside its team; refused. {decision.reason}.",
                 )

@@ -246,7 +246,7 @@ def test_a_copy_to_someone_who_is_no_party_is_held_and_reported(
     assert incident.kind == f"forward-{kind}" and incident.recipients == [stale]
     assert actions == ["delivery.held", "delivery.retried", "delivery.held"]
     text = OpenedCopy(home.client(contact), report.data).text
-    assert stale in text and SHARED in text
+    assert stale in text and SHARED in text and "forwarding rule 'outsider'" in text
 
 
 def _wait_until(condition, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
