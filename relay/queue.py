@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -265,6 +266,21 @@ def recover(db: Database) -> int:
             .values(status=DeliveryStatus.QUEUED, lease_until=None)
         )
         return result.rowcount or 0
+
+
+def sweep_orphans(db: Database, spool: Spool, older_than: timedelta) -> int:
+    """At start-up: remove spool files no message row refers to (a crash came between
+    the spool write and the commit, so no one was ever told `250`). Only files older
+    than `older_than`: a command running now may be about to commit its own."""
+    candidates = spool.stored_before(time.time() - older_than.total_seconds())
+    if not candidates:
+        return 0
+    with db.transaction() as session:
+        known = set(session.execute(select(Message.id).where(Message.id.in_(candidates))).scalars())
+    orphans = [message_id for message_id in candidates if message_id not in known]
+    for message_id in orphans:
+        spool.remove(message_id)
+    return len(orphans)
 
 
 def claim_due(db: Database, now: datetime, limit: int, lease_for: timedelta) -> list[int]:
@@ -721,7 +737,9 @@ def _queue_text(
     return message_id
 
 
-def hold_for_lift(session: Session, delivery: Delivery, advisory_id: str, reason: str) -> None:
+def hold_for_lift(
+    session: Session, delivery: Delivery, advisory_id: str, reason: str, rule: str
+) -> None:
     """Hold a copy until `advisory_id` is lifted (its own advisory, or one its text quotes),
     in the caller's transaction; the lift's `release_embargo_holds` queues it again."""
     delivery.status = DeliveryStatus.HELD
@@ -737,6 +755,7 @@ def hold_for_lift(session: Session, delivery: Delivery, advisory_id: str, reason
         reason=reason,
         message=delivery.message_id,
         until_lift_of=advisory_id,
+        rule=rule,
     )
 
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from relay import queue
 from relay.config import Settings
@@ -30,6 +30,9 @@ from relay.transport import Transport
 from relay.watch import EmbargoedText
 
 log = logging.getLogger("relay.service")
+
+# Spool files this old with no message row are a crash's leftovers (see queue.sweep_orphans).
+ORPHAN_AGE = timedelta(hours=1)
 
 
 class Relay:
@@ -77,6 +80,7 @@ class Relay:
         self._server: asyncio.Server | None = None
         self._stop = asyncio.Event()
         self._dispatch_task: asyncio.Task[None] | None = None
+        self._warm_up: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -87,6 +91,11 @@ class Relay:
         recovered = await asyncio.to_thread(queue.recover, self.db)
         if recovered:
             event(log, "recovered", deliveries=recovered)
+        swept = await asyncio.to_thread(queue.sweep_orphans, self.db, self.spool, ORPHAN_AGE)
+        if swept:
+            event(log, "swept", orphan_spool_files=swept)
+        # Build the index of embargoed text now, not inside the first accept that needs it.
+        self._warm_up = asyncio.create_task(asyncio.to_thread(self._index_embargoed_text))
         self.scheduler.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -98,8 +107,14 @@ class Relay:
         if dispatch:
             self._dispatch_task = asyncio.create_task(self.dispatcher.run(self._stop))
 
+    def _index_embargoed_text(self) -> None:
+        with self.db.transaction() as session:
+            self.watch.refresh(session)
+
     async def stop(self) -> None:
         self._stop.set()
+        if self._warm_up is not None:
+            await asyncio.gather(self._warm_up, return_exceptions=True)
         self.scheduler.shutdown()
         if self._server is not None:
             self._server.close()

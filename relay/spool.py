@@ -56,6 +56,16 @@ class Spool:
     def remove(self, message_id: str) -> None:
         shutil.rmtree(self._dir(message_id), ignore_errors=True)
 
+    def stored_before(self, moment: float) -> list[str]:
+        """Ids of the messages whose folder was last written before `moment` (epoch)."""
+        return [
+            folder.name
+            for shard in self.root.iterdir()
+            if shard.is_dir() and len(shard.name) == 2
+            for folder in shard.iterdir()
+            if folder.is_dir() and folder.name.isalnum() and folder.stat().st_mtime < moment
+        ]
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

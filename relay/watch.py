@@ -2,9 +2,10 @@
 under embargo, kept in a `relay.matcher.Matcher` so a message that names no advisory
 but quotes one is still recognised.
 
-Built from the database and the spool on first use, then brought up to date on each
-use: new posts are added, advisories no longer embargoed are dropped. Thread-safe
-(the SMTP edge accepts posts in worker threads).
+Built from the database and the spool when the relay starts (or on first use), then
+brought up to date on each use: new posts are added, advisories no longer embargoed are
+dropped. Thread-safe (the SMTP edge accepts posts in worker threads, the dispatcher
+asks from its own).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class EmbargoedText:
         with self._lock:
             self._refresh(session)
             return self._matcher.match(text)
+
+    def refresh(self, session: Session) -> None:
+        """Bring the index up to date now (at start-up, so no accept waits for it)."""
+        with self._lock:
+            self._refresh(session)
 
     def _refresh(self, session: Session) -> None:
         embargoed = set(

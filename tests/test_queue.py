@@ -167,3 +167,21 @@ def test_outcome_for_a_cancelled_delivery_does_not_undo_the_cancel(db, spool):
     with db.transaction() as s:
         statuses = {d.recipient: d.status for d in s.execute(select(Delivery)).scalars()}
     assert statuses["m0@example.net"] == DeliveryStatus.FAILED
+
+
+def test_sweep_removes_old_spool_files_no_message_refers_to(db, spool):
+    import os
+    import time
+
+    kept = _accept(db, spool).message_id
+    for message_id in ("0ldorphan", "fr3shorphan"):
+        spool.write(message_id, RAW, b"bytes of a post whose commit never happened\r\n")
+    hour_ago = time.time() - 2 * 3600
+    for message_id in (kept, "0ldorphan"):
+        os.utime(spool.path(message_id, RAW).parent, (hour_ago, hour_ago))
+
+    assert queue.sweep_orphans(db, spool, timedelta(hours=1)) == 1
+    assert not spool.path("0ldorphan", RAW).exists()
+    assert spool.read(kept, RAW) == b"raw bytes\r\n"  # old, but a message refers to it
+    assert spool.path("fr3shorphan", RAW).exists()  # a command may be about to commit it
+    assert queue.sweep_orphans(db, spool, timedelta(hours=1)) == 0
