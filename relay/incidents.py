@@ -124,13 +124,8 @@ def record_refusal(
     db: Database,
     spool: Spool,
     settings: Settings,
+    post: queue.Post,
     *,
-    raw: bytes,
-    payload: bytes,
-    subject: str,
-    mail_from: str,
-    signer: str,
-    original_message_id: str | None,
     leaks: Iterable[LeakAttempt],
     now: datetime,
 ) -> list[int]:
@@ -144,37 +139,38 @@ def record_refusal(
 
     def record(session: Session, spool: Spool, message_id: str) -> None:
         for leak in leaks:
-            member = session.get(Member, leak.member_id) if leak.member_id is not None else None
-            incident = record_leak(
-                session,
-                spool,
-                settings,
-                advisory_id=leak.advisory_id,
-                member=member,
-                sender=leak.sender,
-                recipients=leak.recipients,
-                kind=leak.kind,
-                message_id=message_id,
-                match=leak.match,
-                now=now,
-                note=leak.note,
-                rule=leak.rule,
-            )
+            incident = record_attempt(session, spool, settings, leak, message_id, now)
             recorded.append(incident.id)
 
-    queue.keep_refused(
-        db,
-        spool,
-        raw=raw,
-        payload=payload,
-        subject=subject,
-        mail_from=mail_from,
-        signer=signer,
-        original_message_id=original_message_id,
-        advisory_id=leaks[0].advisory_id,
-        record=record,
-    )
+    queue.keep_refused(db, spool, post, advisory_id=leaks[0].advisory_id, record=record)
     return recorded
+
+
+def record_attempt(
+    session: Session,
+    spool: Spool,
+    settings: Settings,
+    leak: LeakAttempt,
+    message_id: str | None,
+    now: datetime,
+) -> Incident:
+    """`record_leak` for a leak the post router found, in the caller's transaction."""
+    member = session.get(Member, leak.member_id) if leak.member_id is not None else None
+    return record_leak(
+        session,
+        spool,
+        settings,
+        advisory_id=leak.advisory_id,
+        member=member,
+        sender=leak.sender,
+        recipients=leak.recipients,
+        kind=leak.kind,
+        message_id=message_id,
+        match=leak.match,
+        now=now,
+        note=leak.note,
+        rule=leak.rule,
+    )
 
 
 def record_leak(

@@ -220,20 +220,7 @@ class PostRouter:
                 [replace(leak, note=refused) for leak in leaks],
             )
         for leak in leaks:
-            incidents.record_leak(
-                session,
-                spool,
-                self.settings,
-                advisory_id=leak.advisory_id,
-                member=member,
-                sender=leak.sender,
-                recipients=leak.recipients,
-                kind=leak.kind,
-                message_id=message_id,
-                match=leak.match,
-                now=now,
-                rule=leak.rule,
-            )
+            incidents.record_attempt(session, spool, self.settings, leak, message_id, now)
         outcome.notes.append(f"reported external copies of {len(leaks)} advisories")
 
     def _carried(

@@ -73,16 +73,43 @@ MODERATION_HOLD = "moderation"
 REJECTED = "rejected"  # `last_code` of a post's copies a moderator refused
 
 
+@dataclass(frozen=True)
+class Post:
+    """A verified post: its exact bytes, what it redistributes, and who sent it."""
+
+    raw: bytes  # as received
+    payload: bytes  # the verified content, keyword lines stripped
+    subject: str
+    mail_from: str
+    signer: str  # the signing key's primary fingerprint
+    original_message_id: str | None = None
+
+    def store(self, spool: Spool) -> str:
+        """Write the exact bytes (fsynced) under a new message id, before any commit."""
+        message_id = new_id()
+        spool.write(message_id, RAW, self.raw)
+        spool.write(message_id, PAYLOAD, self.payload)
+        return message_id
+
+    def row(self, message_id: str, kind: str, advisory_id: str | None) -> Message:
+        return Message(
+            advisory_id=advisory_id,
+            id=message_id,
+            kind=kind,
+            mail_from=self.mail_from,
+            signer_fingerprint=self.signer,
+            original_message_id=self.original_message_id,
+            subject=self.subject,
+            size=len(self.raw),
+            sha256=hashlib.sha256(self.raw).hexdigest(),
+        )
+
+
 def accept_post(
     db: Database,
     spool: Spool,
+    post: Post,
     *,
-    raw: bytes,
-    payload: bytes,
-    subject: str,
-    mail_from: str,
-    signer: str,
-    original_message_id: str | None,
     list_domain: str,
     route: Callable[[Session, Spool, str], Routing] = lambda session, spool, message_id: Routing(
         None
@@ -93,7 +120,6 @@ def accept_post(
     `route` runs inside that transaction with the new message id: it names the post's
     advisory (creating or rescheduling it) and its audience; if it raises, nothing is kept.
     """
-    post = _Post(raw, payload, subject, mail_from, signer, original_message_id)
     message_id = post.store(spool)
     try:
         with db.transaction() as session:
@@ -115,11 +141,11 @@ def accept_post(
                 count += 1
             audit.record(
                 session,
-                signer,
+                post.signer,
                 "message.accepted",
                 message_id,
                 deliveries=count,
-                size=len(raw),
+                size=len(post.raw),
                 audience=routing.audience,
                 held=routing.hold,
             )
@@ -132,20 +158,14 @@ def accept_post(
 def keep_refused(
     db: Database,
     spool: Spool,
+    post: Post,
     *,
-    raw: bytes,
-    payload: bytes,
-    subject: str,
-    mail_from: str,
-    signer: str,
-    original_message_id: str | None,
     advisory_id: str,
     record: Callable[[Session, Spool, str], None],
 ) -> str:
     """Keep a post refused for a leak as the evidence of its incidents: spool files and a
     message row with no delivery, and `record` (the incidents) in the same transaction.
     The post's advisory may not exist: the refusal kept the post from creating it."""
-    post = _Post(raw, payload, subject, mail_from, signer, original_message_id)
     message_id = post.store(spool)
     try:
         with db.transaction() as session:
@@ -153,43 +173,11 @@ def keep_refused(
             session.add(post.row(message_id, MessageKind.REFUSED, advisory_id if known else None))
             session.flush()
             record(session, spool, message_id)
-            audit.record(session, signer, "message.refused", message_id, size=len(raw))
+            audit.record(session, post.signer, "message.refused", message_id, size=len(post.raw))
     except BaseException:
         spool.remove(message_id)
         raise
     return message_id
-
-
-@dataclass(frozen=True)
-class _Post:
-    """A verified post, as its message row records it."""
-
-    raw: bytes
-    payload: bytes
-    subject: str
-    mail_from: str
-    signer: str
-    original_message_id: str | None
-
-    def store(self, spool: Spool) -> str:
-        """Write the exact bytes (fsynced) under a new message id, before any commit."""
-        message_id = new_id()
-        spool.write(message_id, RAW, self.raw)
-        spool.write(message_id, PAYLOAD, self.payload)
-        return message_id
-
-    def row(self, message_id: str, kind: str, advisory_id: str | None) -> Message:
-        return Message(
-            advisory_id=advisory_id,
-            id=message_id,
-            kind=kind,
-            mail_from=self.mail_from,
-            signer_fingerprint=self.signer,
-            original_message_id=self.original_message_id,
-            subject=self.subject,
-            size=len(self.raw),
-            sha256=hashlib.sha256(self.raw).hexdigest(),
-        )
 
 
 def _audience(
@@ -454,11 +442,13 @@ def fail(session: Session, delivery: Delivery, code: str, reason: str) -> None:
     )
 
 
-def hold(session: Session, delivery: Delivery, reason: str) -> None:
+def hold(
+    session: Session, delivery: Delivery, reason: str, *, code: str = "held", **detail: object
+) -> None:
     """Hold a delivery in the caller's transaction; it is never sent in plaintext instead."""
     delivery.status = DeliveryStatus.HELD
     delivery.lease_until = None
-    delivery.last_code, delivery.last_reason = "held", reason
+    delivery.last_code, delivery.last_reason = code, reason
     audit.record(
         session,
         RELAY_ACTOR,
@@ -467,6 +457,7 @@ def hold(session: Session, delivery: Delivery, reason: str) -> None:
         recipient=delivery.recipient,
         reason=reason,
         message=delivery.message_id,
+        **detail,
     )
 
 
@@ -742,21 +733,8 @@ def hold_for_lift(
 ) -> None:
     """Hold a copy until `advisory_id` is lifted (its own advisory, or one its text quotes),
     in the caller's transaction; the lift's `release_embargo_holds` queues it again."""
-    delivery.status = DeliveryStatus.HELD
-    delivery.lease_until = None
-    delivery.last_code, delivery.last_reason = EMBARGO_HOLD, reason
     delivery.held_for = None if advisory_id == delivery.advisory_id else advisory_id
-    audit.record(
-        session,
-        RELAY_ACTOR,
-        "delivery.held",
-        str(delivery.id),
-        recipient=delivery.recipient,
-        reason=reason,
-        message=delivery.message_id,
-        until_lift_of=advisory_id,
-        rule=rule,
-    )
+    hold(session, delivery, reason, code=EMBARGO_HOLD, until_lift_of=advisory_id, rule=rule)
 
 
 def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> int:

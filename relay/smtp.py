@@ -153,16 +153,19 @@ class ListHandler:
         except keywords.KeywordError as exc:
             raise Rejection(550, "5.6.0", f"keyword lines: {exc}") from None
         outcome = posts.Outcome()
+        verified = queue.Post(
+            raw=raw,
+            payload=payload,
+            subject=post.subject,
+            mail_from=mail_from,
+            signer=post.signer,
+            original_message_id=_header(message, "Message-ID"),
+        )
         try:
             accepted = queue.accept_post(
                 self.db,
                 self.spool,
-                raw=raw,
-                payload=payload,
-                subject=post.subject,
-                mail_from=mail_from,
-                signer=post.signer,
-                original_message_id=_header(message, "Message-ID"),
+                verified,
                 list_domain=self.settings.list.domain,
                 route=lambda session, spool, message_id: self.router.route(
                     session, spool, message_id, post, found, payload, message, mail_from, outcome
@@ -171,17 +174,7 @@ class ListHandler:
         except posts.ReportedRefusal as refusal:
             # Refused, and reported all the same: the leak happened (or was attempted).
             incidents.record_refusal(
-                self.db,
-                self.spool,
-                self.settings,
-                raw=raw,
-                payload=payload,
-                subject=post.subject,
-                mail_from=mail_from,
-                signer=post.signer,
-                original_message_id=_header(message, "Message-ID"),
-                leaks=refusal.leaks,
-                now=utcnow(),
+                self.db, self.spool, self.settings, verified, leaks=refusal.leaks, now=utcnow()
             )
             raise
         except advisories.EmbargoTimeUnreadable as exc:

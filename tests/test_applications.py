@@ -209,12 +209,14 @@ def _advisory_with_post(relay: Relay, advisory_id: str, audience: str = queue.ME
     return queue.accept_post(
         relay.db,
         Spool(relay.settings.storage.spool_dir),
-        raw=b"raw\r\n",
-        payload=b"payload\r\n",
-        subject=f"[EMBARGOED] {advisory_id}: proxy bypass",
-        mail_from="src@example.org",
-        signer="F" * 40,
-        original_message_id=None,
+        queue.Post(
+            b"raw\r\n",
+            b"payload\r\n",
+            f"[EMBARGOED] {advisory_id}: proxy bypass",
+            "src@example.org",
+            "F" * 40,
+            None,
+        ),
         list_domain="example.org",
         route=lambda session, spool, message_id: queue.Routing(advisory_id, audience),
     ).message_id

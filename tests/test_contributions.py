@@ -40,12 +40,7 @@ def post(home: RelayHome, advisory_id: str) -> None:
     queue.accept_post(
         home.db,
         Spool(home.settings.storage.spool_dir),
-        raw=b"raw\r\n",
-        payload=b"payload\r\n",
-        subject="S",
-        mail_from="src@example.org",
-        signer="F" * 40,
-        original_message_id=None,
+        queue.Post(b"raw\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, None),
         list_domain="example.org",
         route=lambda session, spool, message_id: queue.Routing(advisory_id),
     )

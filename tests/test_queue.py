@@ -35,12 +35,7 @@ def _accept(db: Database, spool: Spool) -> queue.Accepted:
     return queue.accept_post(
         db,
         spool,
-        raw=b"raw bytes\r\n",
-        payload=b"payload\r\n",
-        subject="S",
-        mail_from="src@example.org",
-        signer="F" * 40,
-        original_message_id="<x@y>",
+        queue.Post(b"raw bytes\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, "<x@y>"),
         list_domain="example.org",
     )
 
