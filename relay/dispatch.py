@@ -81,7 +81,8 @@ class Job:
     fingerprints: tuple[str, ...]
     to_member: bool  # a copy of a list-wide message (To: the list), not a one-off notice
     advisory: Advisory | None = None  # as loaded with the claim (detached snapshot)
-    stopped: gate.Stopped | None = None  # the gate's reason to hold it, if any
+    # The gate's reason to hold it until a lift, or why the gate could not answer.
+    stopped: gate.Stopped | str | None = None
 
 
 @dataclass(frozen=True)
@@ -334,13 +335,8 @@ class Dispatcher:
                 else:
                     fingerprints, active = _other_keys(session, r.recipient, r.advisory_id, r.kind)
                     # A member's copy of a list post needs no question: members read it all.
-                    stopped = self._gate.check(
-                        session,
-                        recipient=r.recipient,
-                        message_id=r.message_id,
-                        advisory=by_id.get(r.advisory_id),
-                        text=lambda message_id=r.message_id: text_of(self._payload(message_id)),
-                        now=now,
+                    stopped = self._ask_gate(
+                        session, r.id, r.recipient, r.message_id, by_id.get(r.advisory_id), now
                     )
                 jobs.append(
                     Job(
@@ -364,6 +360,30 @@ class Dispatcher:
                 )
         return jobs
 
+    def _ask_gate(
+        self,
+        session: Session,
+        delivery_id: int,
+        recipient: str,
+        message_id: str,
+        advisory: Advisory | None,
+        now: datetime,
+    ) -> gate.Stopped | str | None:
+        """The gate's answer for one copy; a failure to answer is a reason to hold it (the
+        rest of the batch goes on)."""
+        try:
+            return self._gate.check(
+                session,
+                recipient=recipient,
+                message_id=message_id,
+                advisory=advisory,
+                text=lambda: text_of(self._payload(message_id)),
+                now=now,
+            )
+        except Exception as exc:
+            log.exception("forwarding check of delivery %s failed; it is held", delivery_id)
+            return f"the forwarding check failed ({type(exc).__name__}); held to fail closed"
+
     # One delivery
 
     async def _prepare(self, job: Job) -> Ready | queue.Outcome | None:
@@ -372,6 +392,10 @@ class Dispatcher:
         if not job.member_active:
             why = "member is not active" if job.to_member else "recipient holds no accepted grant"
             return queue.Outcome(job.delivery_id, "permanent", "cancelled", why)
+        if isinstance(job.stopped, str):
+            remedy = "Look for the error in the relay's log"
+            await asyncio.to_thread(self._hold_unreachable, job, job.stopped, remedy)
+            return None
         if job.stopped is not None:
             await asyncio.to_thread(self._hold_for_lift, job, job.stopped)
             return None
@@ -501,7 +525,9 @@ class Dispatcher:
         if self._loop is not None:  # the leak report and the poster's notice are queued
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _hold_unreachable(self, job: Job, reason: str) -> None:
+    def _hold_unreachable(
+        self, job: Job, reason: str, remedy: str = "Import a usable key for the member"
+    ) -> None:
         with self.db.transaction() as session:
             delivery = session.get_one(Delivery, job.delivery_id)
             queue.hold(session, delivery, reason)
@@ -519,8 +545,7 @@ class Dispatcher:
                 "Member unreachable",
                 f"Member {job.recipient} could not be sent message {job.message_id}: {reason}.\n"
                 f"Nothing was sent to it. The delivery is held (id {job.delivery_id}).\n\n"
-                f"Import a usable key for the member, then run: "
-                f"relay queue retry {job.delivery_id}\n",
+                f"{remedy}, then run: relay queue retry {job.delivery_id}\n",
                 reason=f"delivery {job.delivery_id} held",
             )
 

@@ -255,3 +255,36 @@ def _wait_until(condition, timeout: float = 30) -> None:  # type: ignore[no-unty
         if time.monotonic() > deadline:
             raise TimeoutError("the condition did not come true")
         time.sleep(0.05)
+
+
+def test_a_gate_that_cannot_answer_holds_that_copy_and_the_others_go(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+):
+    from relay import gate
+
+    stale = "old-sender@corp.example"
+    home = distributors(tmp_path, keys, sink.port)
+    contact = keys.make("contact", CONTACT)
+    home.add_sender(contact)
+    answer = gate.Gate.check
+
+    def broken_for_stale(self, session, *, recipient, **kwargs):  # type: ignore[no-untyped-def]
+        if recipient == stale:
+            raise OSError("spool unreadable")
+        return answer(self, session, recipient=recipient, **kwargs)
+
+    monkeypatch.setattr(gate.Gate, "check", broken_for_stale)
+    with RelayThread(home.settings) as relay:
+        _src(home, keys, relay, SHARED, "The flaw.")
+        sink.wait_for(2, timeout=60)
+        held_id = _notice_to(home, relay, stale)
+        sent_id = _notice_to(home, relay, CONTACT)
+        (notice,) = _to(sink.wait_for(3, timeout=60), CONTACT)
+        _wait_until(lambda: _delivery(home, stale, held_id).status == "held")
+    assert "lift time moved" in str(OpenedCopy(home.client(contact), notice.data).root["Subject"])
+    assert _delivery(home, CONTACT, sent_id).status == "sent"
+    held = _delivery(home, stale, held_id)
+    assert (held.last_code, held.last_reason) == (
+        "held",
+        "the forwarding check failed (OSError); held to fail closed",
+    )
