@@ -7,8 +7,11 @@ synthetic ones written from their words at their natural frequencies (function w
 included) mixed with technical terms, versions, paths and function names of the advisory's
 own, so that no two advisories share more than their vocabulary. The mail scanned is mostly
 unrelated text on the same topic (the same words, with headers, quoting and signatures), and
-one message in PLANT_EVERY quotes five sentences of an indexed advisory in a reply. Every
-number comes from one run on one core; the text is the same for every advisory count.
+one message in PLANT_EVERY quotes five sentences of an indexed advisory in a reply. Sentences
+end at . ? ! and :, so in a real advisory a list number or a heading counts as one, and some
+excerpts are two or three sentences of prose (about 35 words) quoted in a reply of up to 30 KB:
+the hardest case for the matcher, kept on purpose. Every number comes from one run on one
+core; the text is the same for every advisory count.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.matcher import MIN_MATCHED, MIN_SCORE, Matcher
+from relay.matcher import MIN_MATCHED, MIN_SCORE, QUOTED_RUN, STRONG_MATCHED, Matcher
 
 DATA = Path(__file__).parent / "data" / "matcher"
 EMBARGOED = "ADV-2026-0042"
@@ -125,6 +125,49 @@ def test_excerpt_with_changed_whitespace_reflowed_to_40_columns_is_caught(
     assert match.matched_fingerprints >= MIN_MATCHED
 
 
+@pytest.mark.parametrize(
+    ("first", "last", "wording"),
+    [
+        (
+            "This CVE affects",
+            "vulnerable\nto this issue.",
+            "pods use the in-tree gitRepo volume to clone a repository to a subdirectory",
+        ),
+        (
+            "Additionally, since the gitRepo",
+            "into the Pod's container.",
+            "perform the Git clone operation using an init container",
+        ),
+    ],
+)
+def test_a_sentence_or_two_quoted_in_a_longer_reply_is_caught(
+    matcher: Matcher, first: str, last: str, wording: str
+) -> None:
+    sentences = between(GITREPO, first, last)
+    message = f"{NEW_TEXT}\nOn Monday Sam wrote:\n{quoted(sentences, 50)}\n\n{UNRELATED_NOTE}"
+
+    match = only(matcher.match(message))
+
+    # A small share of the reply and short of STRONG_MATCHED: the quoted passage alone tells.
+    assert match.score < MIN_SCORE
+    assert QUOTED_RUN <= match.matched_fingerprints < STRONG_MATCHED
+    joined = " ".join(match.excerpts)
+    assert wording in joined
+    assert "rollout order" not in joined and "admission webhook" not in joined
+
+
+def test_digest_of_other_advisories_sharing_the_template_is_not_caught(matcher: Matcher) -> None:
+    others = [advisory(p.name) for p in sorted(DATA.glob("k8s-CVE-*.txt")) if CVE not in p.name]
+    digest = "\n\n".join(others)
+
+    loose = only(matcher.match(digest, min_score=0.0))
+
+    # Enough shared fingerprints, but from template lines in short passages, none a quotation.
+    assert loose.matched_fingerprints >= MIN_MATCHED
+    assert "find evidence that this vulnerability has been exploited" in " ".join(loose.excerpts)
+    assert matcher.match(digest) == []
+
+
 def test_bare_excerpt_scores_nearly_one(matcher: Matcher) -> None:
     match = only(matcher.match(quoted(EXCERPT, 72)))
 
@@ -198,6 +241,20 @@ def test_removed_advisory_no_longer_matches(matcher: Matcher) -> None:
     assert [m.advisory_id for m in other.match(advisory("k8s-CVE-2023-2431-issue-118690.txt"))] == [
         "ADV-1"
     ]
+
+
+def test_removing_one_of_two_advisories_that_share_text_keeps_the_other() -> None:
+    matcher = Matcher()
+    matcher.add("ADV-1", f"{EXCERPT}\n\n{advisory('k8s-CVE-2023-2431-issue-118690.txt')}")
+    matcher.add("ADV-2", GITREPO)
+    message = f"{NEW_TEXT}\n{quoted(EXCERPT, 60)}\n"
+    assert sorted(m.advisory_id for m in matcher.match(message)) == ["ADV-1", "ADV-2"]
+
+    matcher.remove("ADV-2")
+
+    assert only(matcher.match(message), "ADV-1").matched_fingerprints >= MIN_MATCHED
+    matcher.remove("ADV-1")
+    assert matcher.match(message) == []
 
 
 TEMPLATE = """\
