@@ -24,7 +24,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from relay import advisories, audit, queue
+from relay import advisories, audit, notices
 from relay.config import Settings
 from relay.db import Database
 from relay.embargo import in_transaction
@@ -282,7 +282,7 @@ def _remind(
     if not members:
         return []
     lst = settings.list
-    message_id, _ = queue.enqueue_member_notice(
+    message_id, _ = notices.enqueue_member_notice(
         session,
         spool,
         members=members,

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay import advisories, compose, embargo, forwarding, gate, keystore, queue
+from relay import advisories, compose, embargo, forwarding, gate, keystore, notices, queue
 from relay.config import Settings
 from relay.crypto import Crypto, KeyInfo
 from relay.db import Database
@@ -552,7 +552,7 @@ class Dispatcher:
     def _notify(self, title: str, text: str, *, reason: str) -> None:
         lst = self.settings.list
         with self.db.transaction() as session:
-            queue.enqueue_notice(
+            notices.enqueue_notice(
                 session,
                 self.spool,
                 recipients=[lst.security_contact],

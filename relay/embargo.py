@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from relay import advisories, audit, queue
+from relay import advisories, audit, notices, queue
 from relay.config import Settings
 from relay.db import Database
 from relay.logs import event
@@ -82,8 +82,8 @@ def lift(
     advisory = session.get_one(Advisory, advisory_id, populate_existing=True)
     lst = settings.list
     public = settings.embargo.public_addresses if advisory.public_release else ()
-    notices = [
-        queue.enqueue_list_notice(
+    queued = [
+        notices.enqueue_list_notice(
             session,
             spool,
             subject=f"[{lst.name}] {advisory.id}: embargo lifted",
@@ -94,8 +94,8 @@ def lift(
         )[0]
     ]
     if public and advisory.public_text:
-        notices.append(
-            queue.enqueue_advisory_notice(
+        queued.append(
+            notices.enqueue_advisory_notice(
                 session,
                 spool,
                 recipients=public,
@@ -120,7 +120,7 @@ def lift(
         public_to=[*public] or None,
         released=released,
     )
-    return Lifted(advisory.id, tuple(notices), released)
+    return Lifted(advisory.id, tuple(queued), released)
 
 
 def lift_due(db: Database, spool: Spool, settings: Settings, now: datetime) -> list[str]:
@@ -208,7 +208,7 @@ def notify_schedule_change(
         "Until then, everything about this advisory stays under embargo: share it only",
         "within your team, on a need-to-know basis.",
     ]
-    message_id, _ = queue.enqueue_list_notice(
+    message_id, _ = notices.enqueue_list_notice(
         session,
         spool,
         subject=f"[{lst.name}] {advisory.id}: lift time {verb} to {_when(new)}",
@@ -383,7 +383,7 @@ def _remind(
             title, text = _missing_lift_text(advisory, settings, nearest[2])
         else:
             title, text = _reminder_text(advisory, settings, policy, nearest[2], pending, now)
-        message_id = queue.enqueue_advisory_notice(
+        message_id = notices.enqueue_advisory_notice(
             session,
             spool,
             recipients=recipients,

@@ -27,7 +27,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay import incidents, parties, queue
+from relay import incidents, notices, parties, queue
 from relay.config import Settings
 from relay.forwarding import Context, Decision, ForwardingPolicy, Kind, Recipient, Verdict, decide
 from relay.keystore import grant_for, member_by_address, sender_by_address
@@ -214,6 +214,6 @@ def _tell_poster(
         advisory_id=stopped.advisory_id,
     )
     if isinstance(poster, Member):
-        queue.enqueue_member_notice(session, spool, members=[poster], **common)
+        notices.enqueue_member_notice(session, spool, members=[poster], **common)
     else:
-        queue.enqueue_advisory_notice(session, spool, recipients=[poster.address], **common)
+        notices.enqueue_advisory_notice(session, spool, recipients=[poster.address], **common)

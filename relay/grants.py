@@ -31,7 +31,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from relay import advisories, audit, keystore, parties, queue
+from relay import advisories, audit, keystore, notices, parties, queue
 from relay.admin import normalise_address
 from relay.config import Settings
 from relay.crypto import Crypto
@@ -145,7 +145,7 @@ def share(
     session.add(grant)
     session.flush()
     lst = settings.list
-    grant.terms_message_id = queue.enqueue_advisory_notice(
+    grant.terms_message_id = notices.enqueue_advisory_notice(
         session,
         spool,
         recipients=[address],

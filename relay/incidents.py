@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from relay import advisories, audit, keystore, queue
+from relay import advisories, audit, keystore, notices, queue
 from relay.admin import normalise_address
 from relay.config import Settings
 from relay.crypto import Crypto
@@ -225,7 +225,7 @@ def record_leak(
     count = _count(session, member) if member is not None else 0
     message = session.get(Message, message_id) if message_id else None
     lst = settings.list
-    incident.report_message_id = queue.enqueue_advisory_notice(
+    incident.report_message_id = notices.enqueue_advisory_notice(
         session,
         spool,
         recipients=[lst.security_contact],

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from relay import queue
+from relay import notices
 from relay.admin import key_status
 from relay.config import Settings
 from relay.crypto import Crypto
@@ -137,7 +137,7 @@ def _remind(
     for member_id, _, key in pending:
         assert key.expires_at is not None
         member = session.get_one(Member, member_id)
-        message_id, _ = queue.enqueue_member_notice(
+        message_id, _ = notices.enqueue_member_notice(
             session,
             spool,
             members=[member],
@@ -162,7 +162,7 @@ def _remind(
         assert key.expires_at is not None
         lines.append(f"  {address}  {key.fingerprint}  expires {format_when(key.expires_at)}")
     lines += ["", "When a member sends a new key: relay key import FILE --member ADDRESS"]
-    notice = queue.enqueue_notice(
+    notice = notices.enqueue_notice(
         session,
         spool,
         recipients=[lst.security_contact],

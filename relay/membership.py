@@ -21,7 +21,7 @@ import yaml
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from relay import audit, queue
+from relay import audit, notices, queue
 from relay.admin import (
     AuditView,
     MemberView,
@@ -404,7 +404,7 @@ def _tell_contact(
         "",
         "Import each member's key with: relay key import FILE --member ADDRESS",
     ]
-    return queue.enqueue_notice(
+    return notices.enqueue_notice(
         session,
         spool,
         recipients=[lst.security_contact],

@@ -51,6 +51,7 @@ from relay import (
     grants,
     incidents,
     keywords,
+    notices,
     parties,
     queue,
 )
@@ -465,7 +466,7 @@ class PostRouter:
         senders = session.execute(select(Sender.address)).scalars().all()
         if not senders:
             return
-        queue.enqueue_advisory_notice(
+        notices.enqueue_advisory_notice(
             session,
             spool,
             recipients=senders,

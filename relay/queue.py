@@ -12,11 +12,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.policy import SMTP
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
@@ -209,37 +207,6 @@ def grant_holders(session: Session, advisory_id: str) -> list[str]:
         .order_by(Grant.id)
     ).scalars()
     return list(dict.fromkeys(rows))
-
-
-def enqueue_notice(
-    session: Session,
-    spool: Spool,
-    *,
-    recipients: Iterable[str],
-    subject: str,
-    text: str,
-    list_domain: str,
-    reason: str,
-) -> str:
-    """Queue a relay notice (text only, quoting no advisory content) in the caller's transaction."""
-    return _queue_text(
-        session,
-        spool,
-        recipients=[(address, None) for address in dict.fromkeys(r.lower() for r in recipients)],
-        subject=subject,
-        text=text,
-        list_domain=list_domain,
-        advisory_id=None,
-        plaintext_allowed=True,
-        reason=reason,
-    )
-
-
-def _text_entity(text: str) -> bytes:
-    part = EmailMessage(policy=SMTP)
-    part.set_content(text, charset="utf-8", cte="quoted-printable")
-    del part["MIME-Version"]
-    return part.as_bytes()
 
 
 # Claiming and outcomes
@@ -612,120 +579,10 @@ def deliver_backlog(
     return count
 
 
-# Advisory notices and embargo holds
+# Holds until a lift, or until a key
 
 # `last_code` of a delivery held only because its advisory is under embargo.
 EMBARGO_HOLD = "embargo"
-
-
-def enqueue_list_notice(
-    session: Session,
-    spool: Spool,
-    *,
-    subject: str,
-    text: str,
-    list_domain: str,
-    reason: str,
-    advisory_id: str | None = None,
-) -> tuple[str, int]:
-    """Queue a relay notice to every active member, encrypted like a post, in the caller's
-    transaction; returns the message id and the number of deliveries."""
-    members = session.execute(
-        select(Member).where(Member.state == MemberState.ACTIVE).order_by(Member.id)
-    ).scalars()
-    return enqueue_member_notice(
-        session,
-        spool,
-        members=members,
-        # People a member shared the advisory with hear of its lift and moves too.
-        also=grant_holders(session, advisory_id) if advisory_id else (),
-        subject=subject,
-        text=text,
-        list_domain=list_domain,
-        reason=reason,
-        advisory_id=advisory_id,
-    )
-
-
-def enqueue_advisory_notice(
-    session: Session,
-    spool: Spool,
-    *,
-    recipients: Iterable[str],
-    subject: str,
-    text: str,
-    list_domain: str,
-    reason: str,
-    advisory_id: str,
-    plaintext_allowed: bool = False,
-) -> str:
-    """Queue a notice about an advisory to addresses that are not members (senders, the
-    security contact, public announcement lists), in the caller's transaction.
-
-    Unless `plaintext_allowed`, a recipient without a usable key is held, never sent
-    in the clear: only a lifted advisory's public text may travel unencrypted.
-    """
-    return _queue_text(
-        session,
-        spool,
-        recipients=[(a, None) for a in dict.fromkeys(r.lower() for r in recipients)],
-        subject=subject,
-        text=text,
-        list_domain=list_domain,
-        advisory_id=advisory_id,
-        plaintext_allowed=plaintext_allowed,
-        reason=reason,
-    )
-
-
-def _queue_text(
-    session: Session,
-    spool: Spool,
-    *,
-    recipients: list[tuple[str, int | None]],
-    subject: str,
-    text: str,
-    list_domain: str,
-    advisory_id: str | None,
-    plaintext_allowed: bool,
-    reason: str,
-) -> str:
-    """The one writer of relay notices: spool file, message, deliveries, audit row."""
-    message_id = new_id()
-    payload = _text_entity(text)
-    spool.write(message_id, PAYLOAD, payload)
-    session.add(
-        Message(
-            id=message_id,
-            kind=MessageKind.NOTICE,
-            subject=subject,
-            size=len(payload),
-            sha256=hashlib.sha256(payload).hexdigest(),
-            advisory_id=advisory_id,
-        )
-    )
-    for address, member_id in recipients:
-        session.add(
-            Delivery(
-                message_id=message_id,
-                member_id=member_id,
-                recipient=address,
-                plaintext_allowed=plaintext_allowed,
-                copy_message_id=copy_message_id(list_domain),
-                advisory_id=advisory_id,
-            )
-        )
-    audit.record(
-        session,
-        RELAY_ACTOR,
-        "notice.queued",
-        message_id,
-        reason=reason,
-        advisory=advisory_id,
-        deliveries=len(recipients),
-        plaintext_allowed=plaintext_allowed,
-    )
-    return message_id
 
 
 def hold_for_lift(
@@ -769,40 +626,8 @@ def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> 
     return count
 
 
-# Notices to chosen members, and deliveries that waited for a key
-
 # Start of `last_reason` of a delivery held because its recipient had no usable key.
 NO_KEY_HOLD = "no usable key"
-
-
-def enqueue_member_notice(
-    session: Session,
-    spool: Spool,
-    *,
-    members: Iterable[Member],
-    subject: str,
-    text: str,
-    list_domain: str,
-    reason: str,
-    advisory_id: str | None = None,
-    also: Iterable[str] = (),
-) -> tuple[str, int]:
-    """Queue a relay notice to some members (each copy encrypted to that member, held if it
-    has no usable key), and to the non-members in `also` (grant holders), in the caller's
-    transaction; returns the message id and count."""
-    recipients = [(m.address, m.id) for m in members] + [(a, None) for a in also]
-    message_id = _queue_text(
-        session,
-        spool,
-        recipients=recipients,
-        subject=subject,
-        text=text,
-        list_domain=list_domain,
-        advisory_id=advisory_id,
-        plaintext_allowed=False,
-        reason=reason,
-    )
-    return message_id, len(recipients)
 
 
 def release_key_holds(session: Session, member_id: int, actor: str, now: datetime) -> int:

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from relay import advisories, embargo, queue
+from relay import advisories, embargo, notices, queue
 from relay import config as relay_config
 from relay.config import EmbargoSettings
 from relay.crypto import GnuPG
@@ -77,7 +77,7 @@ def create(db: Database, advisory_id: str, lift_at: datetime | None, **changes: 
             setattr(advisory, name, value)
 
 
-def notices(db: Database, advisory_id: str) -> list[Message]:
+def notices_about(db: Database, advisory_id: str) -> list[Message]:
     with db.transaction() as s:
         return [
             *s.execute(
@@ -120,7 +120,7 @@ def test_lift_happens_once_and_tells_every_active_member_encrypted(db, spool, se
     with db.transaction() as s:
         advisory = advisories.get(s, "CVE-2026-1")
         assert (advisory.state, advisory.lifted_at) == (AdvisoryState.LIFTED, LIFT)
-    [notice] = notices(db, "CVE-2026-1")
+    [notice] = notices_about(db, "CVE-2026-1")
     rows = deliveries(db, notice.id)
     assert [d.recipient for d in rows] == [f"m{n}@distro.example" for n in range(3)]
     assert all(d.member_id is not None and not d.plaintext_allowed for d in rows)
@@ -152,7 +152,7 @@ def test_concurrent_lifts_from_two_threads_lift_each_advisory_once(db, spool, se
     assert len(results) == 2
     assert sorted(results[0] + results[1]) == ids  # every advisory lifted, none twice
     for advisory_id in ids:
-        assert len(notices(db, advisory_id)) == 1
+        assert len(notices_about(db, advisory_id)) == 1
     assert audit_count(db, "advisory.lifted") == len(ids)
     second.dispose()
 
@@ -183,7 +183,7 @@ def test_public_text_goes_out_only_when_marked_and_only_at_the_lift(db, spool, s
     with db.transaction() as s:
         assert s.execute(select(Delivery).where(Delivery.recipient == PUBLIC)).first() is None
     embargo.lift_due(db, spool, settings, LIFT)
-    lift_notice, public = notices(db, "CVE-2026-5")
+    lift_notice, public = notices_about(db, "CVE-2026-5")
     [delivery] = deliveries(db, public.id)
     assert (delivery.recipient, delivery.plaintext_allowed, delivery.member_id) == (
         PUBLIC,
@@ -193,7 +193,7 @@ def test_public_text_goes_out_only_when_marked_and_only_at_the_lift(db, spool, s
     assert public.subject == "[Security Advisory] CVE-2026-5: kubelet escape"
     assert text_of(spool, public.id) == "Public advisory text.\n"
     assert f"The public text was sent to: {PUBLIC}" in text_of(spool, lift_notice.id)
-    assert len(notices(db, "CVE-2026-6")) == 1  # not marked: members only
+    assert len(notices_about(db, "CVE-2026-6")) == 1  # not marked: members only
     with db.transaction() as s:
         plaintext = s.execute(
             select(Delivery).where(Delivery.plaintext_allowed.is_(True))
@@ -204,7 +204,7 @@ def test_public_text_goes_out_only_when_marked_and_only_at_the_lift(db, spool, s
 def test_deliveries_held_only_for_the_embargo_are_released_at_the_lift(db, spool, settings):
     create(db, "CVE-2026-7", LIFT)
     with db.transaction() as s:
-        message_id, _ = queue.enqueue_list_notice(
+        message_id, _ = notices.enqueue_list_notice(
             s,
             spool,
             subject="s",
@@ -261,7 +261,7 @@ def test_schedule_change_notice_to_every_active_member(db, spool, settings):
         )
     rows = deliveries(db, message_id)
     assert len(rows) == 3 and all(not d.plaintext_allowed and d.member_id for d in rows)
-    [message] = notices(db, "CVE-2026-9")
+    [message] = notices_about(db, "CVE-2026-9")
     assert (
         message.subject == "[Test distributors] CVE-2026-9: lift time moved to 2026-12-02 16:00 UTC"
     )
@@ -354,7 +354,7 @@ def test_missing_lift_time_warning_once_after_the_configured_age(db, spool, sett
         "CVE-2026-15:missing-lift"
     ]
     assert embargo.send_due_reminders(db, spool, settings, later + timedelta(days=1), K8S) == []
-    [warning] = notices(db, "CVE-2026-15")
+    [warning] = notices_about(db, "CVE-2026-15")
     assert warning.subject == "[Test distributors] CVE-2026-15 has no lift time yet"
     text = text_of(spool, warning.id)
     assert "under embargo since 2026-11-24 10:00 UTC and still has no lift time (after 3d)" in text

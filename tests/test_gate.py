@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from relay import embargo, queue
+from relay import embargo, notices, queue
 from relay.cli import cli
 from relay.models import AuditEvent, Delivery, DeliveryStatus, Grant, Incident
 from tests.support.keys import KeyFactory
@@ -196,7 +196,7 @@ def _policy(tmp_path: Path, outsiders: str) -> str:
 def _notice_to(home: RelayHome, relay: RelayThread, recipient: str) -> str:
     """A notice about SHARED queued for someone the list does not know (a stale address)."""
     with home.db.transaction() as s:
-        message_id = queue.enqueue_advisory_notice(
+        message_id = notices.enqueue_advisory_notice(
             s,
             relay.relay.spool,
             recipients=[recipient],

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select
 
-from relay import admin, advisories, incidents, queue
+from relay import admin, advisories, incidents, notices, queue
 from relay.db import MIGRATIONS_DIR, Database
 from relay.dispatch import Dispatcher
 from relay.errors import RelayError
@@ -198,7 +198,7 @@ def test_the_report_names_the_relay_message_and_counts_repeated_offenses(
     home.add_sender(contact)
     spool = Spool(home.settings.storage.spool_dir)
     with home.db.transaction() as s:
-        message_id = queue.enqueue_advisory_notice(
+        message_id = notices.enqueue_advisory_notice(
             s,
             spool,
             recipients=[OUTSIDER],

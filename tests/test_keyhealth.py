@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay import admin, keyhealth, queue
+from relay import admin, keyhealth, notices, queue
 from relay.dispatch import Dispatcher
 from relay.errors import KeyProblem, RelayError
 from relay.models import Delivery, DeliveryStatus, KeyReminder, Message
@@ -85,10 +85,10 @@ def test_a_new_key_releases_deliveries_held_for_want_of_one_and_only_those(
     home.add_member(expired)
     spool = Spool(home.settings.storage.spool_dir)
     with home.db.transaction() as s:
-        message_id, _ = queue.enqueue_list_notice(
+        message_id, _ = notices.enqueue_list_notice(
             s, spool, subject="s", text="t", list_domain="example.org", reason="test"
         )
-        embargoed, _ = queue.enqueue_list_notice(
+        embargoed, _ = notices.enqueue_list_notice(
             s, spool, subject="s", text="t", list_domain="example.org", reason="test"
         )
         d = s.execute(select(Delivery).where(Delivery.message_id == embargoed)).scalar_one()

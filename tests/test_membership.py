@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from relay import admin, membership, queue
+from relay import admin, membership, notices
 from relay.dispatch import Dispatcher
 from relay.errors import RelayError
 from relay.models import AuditEvent, Delivery, DeliveryStatus, Member, Message
@@ -35,7 +35,7 @@ def add(home: RelayHome, keys: KeyFactory, address: str) -> None:
 def notice_to_members(home: RelayHome) -> str:
     """A list notice queued to every active member, as the embargo notices are."""
     with home.db.transaction() as s:
-        message_id, _ = queue.enqueue_list_notice(
+        message_id, _ = notices.enqueue_list_notice(
             s,
             Spool(home.settings.storage.spool_dir),
             subject="s",
