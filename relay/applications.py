@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relay import admin, advisories, audit, queue
-from relay.admin import AuditView, MemberView, _audit_view, _member_view
+from relay.admin import MemberView, _member_view
 from relay.config import Settings
 from relay.crypto import Crypto
 from relay.db import Database
@@ -244,7 +244,7 @@ class ApplicationView:
 @dataclass(frozen=True)
 class ApplicationDetail:
     application: ApplicationView
-    history: list[AuditView]
+    history: list[audit.AuditView]
 
 
 @dataclass(frozen=True)
@@ -637,4 +637,4 @@ def application_detail(db: Database, application_id: int | str) -> ApplicationDe
             .where(AuditEvent.subject == subject(application.id))
             .order_by(AuditEvent.at, AuditEvent.id)
         ).scalars()
-        return ApplicationDetail(_view(application), [_audit_view(e) for e in rows])
+        return ApplicationDetail(_view(application), [audit.audit_view(e) for e in rows])

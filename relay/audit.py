@@ -7,6 +7,8 @@ content or key material.
 from __future__ import annotations
 
 import getpass
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -27,3 +29,33 @@ def record(session: Session, actor: str, action: str, subject: str, **detail: An
     event = AuditEvent(actor=actor, action=action, subject=subject, detail=detail or None)
     session.add(event)
     return event
+
+
+@dataclass(frozen=True)
+class AuditView:
+    """An audit row as the listings show it: `old`, `new` and `reason` lifted out."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    old: Any
+    new: Any
+    reason: str | None
+    detail: dict[str, Any]  # whatever else the row records
+
+
+def audit_view(e: AuditEvent) -> AuditView:
+    detail = dict(e.detail or {})
+    return AuditView(
+        id=e.id,
+        at=e.at,
+        actor=e.actor,
+        action=e.action,
+        subject=e.subject,
+        old=detail.pop("old", None),
+        new=detail.pop("new", None),
+        reason=detail.pop("reason", None),
+        detail=detail,
+    )

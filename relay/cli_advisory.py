@@ -20,8 +20,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
-from relay import admin, audit
-from relay.admin import AdvisoryChange, AdvisoryView, AuditView
+from relay import admin_advisories, audit
+from relay.admin_advisories import AdvisoryChange, AdvisoryView
+from relay.audit import AuditView
 from relay.cli import _app, _print_json, _table, cli
 from relay.logs import clean
 from relay.models import AdvisoryState, utcnow
@@ -161,8 +162,8 @@ def advisory_create(
     """
     app = _app(ctx)
     now = utcnow()
-    lift_at = None if lift is None else admin.read_lift_time(lift, tz, now)
-    change = admin.create_advisory(
+    lift_at = None if lift is None else admin_advisories.read_lift_time(lift, tz, now)
+    change = admin_advisories.create_advisory(
         app.db, app.spool, app.settings, advisory_id, title, lift_at, audit.cli_actor(), now
     )
     _warn(change.warnings)
@@ -178,7 +179,7 @@ def advisory_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """Embargoed advisories by lift time, with a countdown to each."""
     app = _app(ctx)
     now = utcnow()
-    views = admin.list_advisories(app.db, include_closed=show_all)
+    views = admin_advisories.list_advisories(app.db, include_closed=show_all)
     if as_json:
         _print_json([{**asdict(v), "countdown": _countdown(v, now)} for v in views])
         return
@@ -196,7 +197,7 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
     app = _app(ctx)
     zone = tz or local_zone()
     now = utcnow()
-    report = admin.advisory_report(app.db, advisory_id)
+    report = admin_advisories.advisory_report(app.db, advisory_id)
     a = report.advisory
     if as_json:
         local = a.lift_at.astimezone(ZoneInfo(zone)) if a.lift_at else None
@@ -285,8 +286,8 @@ def advisory_schedule(
     """
     app = _app(ctx)
     now = utcnow()
-    lift_at = admin.read_lift_time(lift, tz, now)
-    change = admin.schedule_advisory(
+    lift_at = admin_advisories.read_lift_time(lift, tz, now)
+    change = admin_advisories.schedule_advisory(
         app.db, app.spool, app.settings, advisory_id, lift_at, audit.cli_actor(), reason, now
     )
     _warn(change.warnings)
@@ -305,7 +306,7 @@ def advisory_schedule(
 def advisory_lift(ctx: click.Context, advisory_id: str, reason: str | None) -> None:
     """Lift now: members are told, the public text (if any) is sent."""
     app = _app(ctx)
-    done = admin.lift_advisory(
+    done = admin_advisories.lift_advisory(
         app.db, app.spool, app.settings, advisory_id, audit.cli_actor(), reason
     )
     click.echo(f"advisory {done.advisory_id} lifted; {len(done.notices)} notice(s) queued")
@@ -320,7 +321,7 @@ def advisory_lift(ctx: click.Context, advisory_id: str, reason: str | None) -> N
 def advisory_cancel(ctx: click.Context, advisory_id: str, reason: str | None) -> None:
     """Withdraw an advisory: no lift, no public release."""
     app = _app(ctx)
-    view = admin.cancel_advisory(app.db, advisory_id, audit.cli_actor(), reason)
+    view = admin_advisories.cancel_advisory(app.db, advisory_id, audit.cli_actor(), reason)
     click.echo(f"advisory {view.id} cancelled")
 
 
@@ -336,7 +337,9 @@ def advisory_public_text(ctx: click.Context, advisory_id: str, text_file: IO[byt
     public release.
     """
     app = _app(ctx)
-    view = admin.set_public_text(app.db, advisory_id, text_file.read(), audit.cli_actor())
+    view = admin_advisories.set_public_text(
+        app.db, advisory_id, text_file.read(), audit.cli_actor()
+    )
     targets = ", ".join(app.settings.embargo.public_addresses) or "no address configured yet"
     click.echo(
         f"public text of {view.id} set ({view.public_text_chars} characters); "
@@ -354,7 +357,7 @@ def advisory_public_text(ctx: click.Context, advisory_id: str, text_file: IO[byt
 def audit_trail(ctx: click.Context, advisory_id: str | None, limit: int, as_json: bool) -> None:
     """The audit trail, newest last: when, who, what, old and new value, and why."""
     app = _app(ctx)
-    rows = admin.audit_trail(app.db, advisory_id, limit)
+    rows = admin_advisories.audit_trail(app.db, advisory_id, limit)
     if as_json:
         _print_json(rows)
         return

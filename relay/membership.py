@@ -23,9 +23,7 @@ from sqlalchemy.orm import Session
 
 from relay import audit, notices, queue
 from relay.admin import (
-    AuditView,
     MemberView,
-    _audit_view,
     _member_view,
     key_status,
     normalise_address,
@@ -73,7 +71,7 @@ class MemberKeyView:
 class MemberDetail:
     member: MemberView
     keys: list[MemberKeyView]
-    history: list[AuditView]
+    history: list[audit.AuditView]
 
 
 def _find(session: Session, address: str) -> Member:
@@ -188,7 +186,7 @@ def member_detail(db: Database, crypto: Crypto, address: str) -> MemberDetail:
             .where(or_(AuditEvent.subject.in_(subjects), _mentions(address)))
             .order_by(AuditEvent.at, AuditEvent.id)
         ).scalars()
-        history = [_audit_view(e) for e in rows]
+        history = [audit.audit_view(e) for e in rows]
         return MemberDetail(_member_view(crypto, member), keys, history)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay import admin, advisories, contributions, membership, queue
+from relay import admin_advisories, advisories, contributions, membership, queue
 from relay.errors import RelayError
 from relay.models import AuditEvent, Delivery, StatusReminder
 from relay.spool import PAYLOAD, Spool
@@ -80,7 +80,7 @@ def test_statuses_are_recorded_audited_without_their_text_and_shown_as_a_matrix(
         (B, "none", None),
     ]
     assert report.counts["issue-found"] == 1 and report.counts["none"] == 1
-    assert admin.advisory_report(home.db, "CVE-2026-1").statuses == report.rows
+    assert admin_advisories.advisory_report(home.db, "CVE-2026-1").statuses == report.rows
 
     # A member's answer is part of its history too.
     detail = membership.member_detail(home.db, home.crypto, A)
