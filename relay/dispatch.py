@@ -22,6 +22,7 @@ import contextlib
 import email
 import email.policy
 import logging
+import textwrap
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -567,10 +568,9 @@ class Dispatcher:
 
 def copy_note(recipient: str, reference: str) -> str:
     """The last lines of every copy's notice: whose copy this is, and its reference."""
-    return (
-        f"Copy reference {reference}: this copy was made for {recipient} alone.\n"
-        "Each copy the list sends is individual, so a leaked copy can be traced.\n"
-    )
+    line = f"Copy reference {reference}: this copy was made for {recipient} alone."
+    wrapped = textwrap.fill(line, 72, break_long_words=False, break_on_hyphens=False)
+    return f"{wrapped}\nEach copy the list sends is individual, so a leaked copy can be traced.\n"
 
 
 def _other_keys(
