@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from email.message import EmailMessage
-from email.policy import SMTP
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relay import audit
+from relay.compose import text_part
 from relay.models import Delivery, Member, MemberState, Message, MessageKind
 from relay.queue import RELAY_ACTOR, copy_message_id, grant_holders, new_id
 from relay.spool import PAYLOAD, Spool
@@ -34,25 +33,19 @@ def enqueue_notice(
     list_domain: str,
     reason: str,
 ) -> str:
-    """Queue a relay notice (text only, quoting no advisory content) in the caller's transaction."""
-    return _write(
+    """Queue a relay notice that quotes nothing of an advisory (a failure, an unreachable
+    member), in the caller's transaction; it may go out in plaintext to a keyless recipient."""
+    return enqueue_advisory_notice(
         session,
         spool,
-        recipients=[(address, None) for address in dict.fromkeys(r.lower() for r in recipients)],
+        recipients=recipients,
         subject=subject,
         text=text,
         list_domain=list_domain,
+        reason=reason,
         advisory_id=None,
         plaintext_allowed=True,
-        reason=reason,
     )
-
-
-def _text_entity(text: str) -> bytes:
-    part = EmailMessage(policy=SMTP)
-    part.set_content(text, charset="utf-8", cte="quoted-printable")
-    del part["MIME-Version"]
-    return part.as_bytes()
 
 
 def enqueue_list_notice(
@@ -93,7 +86,7 @@ def enqueue_advisory_notice(
     text: str,
     list_domain: str,
     reason: str,
-    advisory_id: str,
+    advisory_id: str | None,
     plaintext_allowed: bool = False,
 ) -> str:
     """Queue a notice about an advisory to addresses that are not members (senders, the
@@ -129,7 +122,7 @@ def _write(
 ) -> str:
     """The one writer of relay notices: spool file, message, deliveries, audit row."""
     message_id = new_id()
-    payload = _text_entity(text)
+    payload = text_part(text)
     spool.write(message_id, PAYLOAD, payload)
     session.add(
         Message(
