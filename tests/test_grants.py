@@ -297,7 +297,6 @@ def test_x_share_without_a_key_or_outside_the_team_is_refused(
 
 
 def test_grant_holders_hear_of_the_lift(tmp_path: Path, keys: KeyFactory, sink: SmtpSink):
-    from relay import embargo
 
     home = _home(tmp_path, keys, sink)
     distro0 = _member(keys, 0)
@@ -318,16 +317,7 @@ def test_grant_holders_hear_of_the_lift(tmp_path: Path, keys: KeyFactory, sink: 
         token = _grant(home, dev.address).token
         assert _send(relay, home, dev, f"X-Accept: {token}\n\nI agree.\n")[0] == 250
         sink.wait_for(4, timeout=60)  # the post so far
-        embargo.lift_now(
-            home.db,
-            relay.relay.spool,
-            home.settings,
-            ADVISORY,
-            actor="cli:t",
-            reason="published",
-            now=datetime.now(UTC),
-        )
-        relay.relay.dispatcher.wake()
+        relay.lift(ADVISORY)
         received = sink.wait_for(7, timeout=60)  # the lift notice: two members and dev
     notice = _to(received, dev.address)[-1]
     opened = OpenedCopy(home.client(dev), notice.data)

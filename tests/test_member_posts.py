@@ -287,6 +287,9 @@ def test_post_copied_to_an_outsider_is_distributed_and_the_leak_reported_by_defa
 ADVISORY_TEXT = ROOT / "tests" / "data" / "matcher" / "k8s-CVE-2024-10220-oss-security-email.txt"
 
 
+GITREPO_BODY = ADVISORY_TEXT.read_text().split("\n\n", 1)[1]
+
+
 def _quoted_rewrapped(text: str, width: int = 38) -> str:
     import textwrap
 
@@ -294,20 +297,27 @@ def _quoted_rewrapped(text: str, width: int = 38) -> str:
     return "\n".join("> " + line for line in textwrap.wrap(words, width))
 
 
+def _gitrepo_advisory(home: RelayHome, src) -> bytes:  # type: ignore[no-untyped-def]
+    """The SRC's embargoed CVE-2026-9999 post, with a real advisory's text (GITREPO_QUOTE is
+    part of it as a reply quotes it: re-wrapped, '> '-prefixed)."""
+    return _signed(
+        home,
+        src,
+        f"X-Advisory: CVE-2026-9999\nX-Embargo-Until: {LIFT.isoformat()}\n\n{GITREPO_BODY}",
+        "[EMBARGOED] CVE-2026-9999: command execution through gitRepo volume",
+    )
+
+
+GITREPO_QUOTE = _quoted_rewrapped(GITREPO_BODY.split("Am I vulnerable?")[0].split("\n\n", 1)[1])
+
+
 def test_unlabelled_member_post_quoting_embargoed_text_is_attributed_to_its_advisory(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
     home = _home(tmp_path, keys, sink)
-    body = ADVISORY_TEXT.read_text().split("\n\n", 1)[1]
     src, distro0 = keys.make("src"), keys.make("distro0", "security@distro0.example")
-    advisory_post = _signed(
-        home,
-        src,
-        f"X-Advisory: CVE-2026-9999\nX-Embargo-Until: {LIFT.isoformat()}\n\n{body}",
-        "[EMBARGOED] CVE-2026-9999: command execution through gitRepo volume",
-    )
-    excerpt = body.split("Am I vulnerable?")[0].split("\n\n", 1)[1]
-    quoting = f"Our team looked at this part:\n\n{_quoted_rewrapped(excerpt)}\n\nAll good here.\n"
+    advisory_post = _gitrepo_advisory(home, src)
+    quoting = f"Our team looked at this part:\n\n{GITREPO_QUOTE}\n\nAll good here.\n"
     unrelated = (
         "We keep seeing questions about kube-apiserver vulnerabilities in Services and how\n"
         "distributions should schedule their releases. Any guidance for next quarter?\n"
@@ -334,7 +344,6 @@ def test_unlabelled_member_post_quoting_embargoed_text_is_attributed_to_its_advi
 def test_the_same_copied_post_after_the_lift_is_no_leak(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
-    from relay import embargo
     from relay.models import Incident
 
     home = _home(tmp_path, keys, sink, policy="kubernetes-distributors.toml")
@@ -343,15 +352,7 @@ def test_the_same_copied_post_after_the_lift_is_no_leak(
         sink.wait_for(2, timeout=60)
         before = relay.run(_post(relay.port, _cc_post(home, keys, "boss@corp.example")))
         assert before[0] == 550
-        embargo.lift_now(
-            home.db,
-            relay.relay.spool,
-            home.settings,
-            "CVE-2026-8888",
-            actor="cli:test",
-            reason="published",
-            now=datetime.now(UTC),
-        )
+        relay.lift("CVE-2026-8888")
         public = _signed(
             home,
             keys.make("src"),
@@ -369,43 +370,27 @@ def test_the_same_copied_post_after_the_lift_is_no_leak(
 def test_a_post_about_a_lifted_advisory_that_quotes_an_embargoed_one_is_a_leak_of_that_one(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
-    from relay import embargo
     from relay.models import Incident
 
     home = _home(tmp_path, keys, sink)  # the built-in default: distribute and report
     contact = keys.make("contact", "security@example.org")
     home.add_sender(contact)
     src, distro0 = keys.make("src"), keys.make("distro0", "security@distro0.example")
-    body = ADVISORY_TEXT.read_text().split("\n\n", 1)[1]
-    embargoed = _signed(
-        home,
-        src,
-        f"X-Advisory: CVE-2026-9999\nX-Embargo-Until: {LIFT.isoformat()}\n\n{body}",
-        "[EMBARGOED] CVE-2026-9999: command execution through gitRepo volume",
-    )
+    embargoed = _gitrepo_advisory(home, src)
     public = _signed(
         home,
         src,
         f"X-Advisory: CVE-2026-1111\nX-Embargo-Until: {LIFT.isoformat()}\n\nA minor issue.\n",
         "[EMBARGOED] CVE-2026-1111: a minor issue",
     )
-    excerpt = body.split("Am I vulnerable?")[0].split("\n\n", 1)[1]
     reply = (
         "X-Advisory: CVE-2026-1111\n\nNow that 1111 is public, compare it with this one:\n\n"
-        f"{_quoted_rewrapped(excerpt)}\n"
+        f"{GITREPO_QUOTE}\n"
     )
     with RelayThread(home.settings) as relay:
         assert relay.run(_post(relay.port, embargoed))[0] == 250
         assert relay.run(_post(relay.port, public))[0] == 250
-        embargo.lift_now(
-            home.db,
-            relay.relay.spool,
-            home.settings,
-            "CVE-2026-1111",
-            actor="cli:test",
-            reason="published",
-            now=datetime.now(UTC),
-        )
+        relay.lift("CVE-2026-1111")
         code, why = relay.run(
             _post(
                 relay.port,

@@ -124,6 +124,22 @@ class RelayThread:
         assert self.relay is not None
         return self.relay.port
 
+    def lift(self, advisory_id: str, reason: str = "published") -> None:
+        """Lift an advisory now, as `relay advisory lift` does, and wake the dispatcher."""
+        from relay import embargo
+
+        assert self.relay is not None
+        embargo.lift_now(
+            self.relay.db,
+            self.relay.spool,
+            self.settings,
+            advisory_id,
+            actor="cli:test",
+            reason=reason,
+            now=datetime.now(UTC),
+        )
+        self.relay.dispatcher.wake()
+
     def run(self, coro, timeout: float = 60):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
