@@ -73,6 +73,14 @@ def test_the_migrations_build_the_schema_of_the_models(
     assert _differences(db) == []
 
 
+def _advisory_foreign_keys(db: Database) -> list[list[str]]:
+    return [
+        fk["constrained_columns"]
+        for fk in inspect(db.engine).get_foreign_keys("incidents")
+        if fk["referred_table"] == "advisories"
+    ]
+
+
 def _delivery_rows(db: Database, count: int) -> None:
     with db.engine.begin() as conn:
         conn.execute(
@@ -115,8 +123,21 @@ def test_0007_gives_every_existing_delivery_its_own_reference(
     with pytest.raises(IntegrityError), db.engine.begin() as conn:  # not null
         conn.execute(text("UPDATE deliveries SET reference = NULL"))
 
+    assert "held_for" in {c["name"] for c in inspect(db.engine).get_columns("deliveries")}
+    # A refused post's incident may name an advisory that was never created.
+    assert _advisory_foreign_keys(db) == []
+    incident = (
+        "INSERT INTO incidents (at, advisory_id, sender, recipients, kind, recorded_by)"
+        " VALUES ('2026-11-24 10:00:00', 'CVE-NEVER-0001', 's@x', '[]', 'external-cc', 'relay')"
+    )
+    with db.engine.begin() as conn:
+        conn.execute(text(incident))
+        conn.execute(text("DELETE FROM incidents"))
+
     command.downgrade(config, "0006")
     columns = {c["name"] for c in inspect(db.engine).get_columns("deliveries")}
-    assert "reference" not in columns and "copy_message_id" in columns
+    assert "reference" not in columns and "held_for" not in columns
+    assert "copy_message_id" in columns
+    assert _advisory_foreign_keys(db) == [["advisory_id"]]
     command.upgrade(config, "head")
     assert db.is_current()
