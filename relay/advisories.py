@@ -17,14 +17,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from relay import audit
 from relay.config import Settings
 from relay.errors import RelayError
-from relay.keywords import ADVISORY, EMBARGO_UNTIL
-from relay.models import Advisory, AdvisoryState, AuditEvent
+from relay.keywords import EMBARGO_UNTIL
+from relay.models import Advisory, AdvisoryState, AuditEvent, PendingChange, PendingChangeState
 from relay.timing import NO_RULES, TimingPolicy, Violation, load_policy
 from relay.when import ACCEPTED_FORMS, WhenError, format_when, parse_when
 
@@ -74,6 +74,7 @@ class Change:
     new: datetime | None
     created: bool = False
     warnings: tuple[Violation, ...] = field(default=())
+    pending: PendingChange | None = None  # an earlier lift that waits for confirmation
 
     @property
     def moved(self) -> bool:
@@ -153,7 +154,7 @@ def create(
         warnings = _checked(policy.check(lift_at, announced_at=now, now=now), advisory_id, lift_at)
     advisory = Advisory(
         id=advisory_id,
-        title=" ".join(title.split()),
+        title=" ".join(title.split()) or advisory_id,
         state=AdvisoryState.EMBARGOED,
         lift_at=lift_at,
         created_by=actor,
@@ -190,11 +191,10 @@ def schedule(
     old = advisory.lift_at
     if old == lift_at:
         return Change(advisory, old, old)
-    _not_past(lift_at, now)
-    found = policy.check(lift_at, announced_at=advisory.created_at, now=now)
-    warnings = _checked(found, advisory.id, lift_at)
+    warnings = check_schedule(advisory, lift_at, policy, now)
     advisory.lift_at = lift_at
     advisory.updated_at = now
+    supersede_pending(session, advisory.id, actor, now)
     audit.record(
         session,
         actor,
@@ -240,6 +240,7 @@ def cancel(
     advisory.state = AdvisoryState.CANCELLED
     if now is not None:
         advisory.updated_at = now
+        supersede_pending(session, advisory.id, actor, now)
     audit.record(
         session,
         actor,
@@ -275,35 +276,49 @@ def set_public_text(session: Session, advisory_id: str, text: str, actor: str) -
     return advisory
 
 
-def from_post(
-    session: Session,
-    keywords: dict[str, str],
-    subject_line: str,
-    signer_fpr: str,
-    now: datetime,
-    policy: TimingPolicy,
-) -> Change:
-    """The advisory a signed post belongs to, created or rescheduled from its keywords.
+def lift_time_of(keywords: dict[str, str], signed_at: datetime) -> datetime | None:
+    """The lift time a signed post's X-Embargo-Until line asks for, if any.
 
-    No X-Advisory: a new advisory titled with the post's subject. An unknown ID:
-    created with that ID. A known one: its lift time moves if X-Embargo-Until
-    says so (same rules as `schedule`). Changes are attributed to the signing key.
-    """
-    actor = f"key:{signer_fpr}"
-    lift_at = None
-    if (text := keywords.get(EMBARGO_UNTIL)) is not None:
-        try:
-            lift_at = parse_when(text, now=now)
-        except WhenError as exc:
-            raise EmbargoTimeUnreadable(text, str(exc)) from None
-    title = subject_line.strip() or "(no subject)"
-    advisory_id = keywords.get(ADVISORY)
-    existing = None if advisory_id is None else find(session, advisory_id)
-    if existing is None:
-        return create(session, advisory_id, title, lift_at, actor, policy, now)
-    if lift_at is None or lift_at == existing.lift_at:  # senders repeat the keywords
-        return Change(existing, existing.lift_at, existing.lift_at)
-    return schedule(session, existing.id, lift_at, actor, "set by a signed post", policy, now)
+    A relative time ("+10d", "in 36h") counts from the signature's creation time, never
+    from the arrival: a post that waited two days in a sending queue means what its
+    author meant when signing, and a replayed one could not mean anything new."""
+    text = keywords.get(EMBARGO_UNTIL)
+    if text is None:
+        return None
+    try:
+        return parse_when(text, now=signed_at)
+    except WhenError as exc:
+        raise EmbargoTimeUnreadable(text, str(exc)) from None
+
+
+def check_schedule(
+    advisory: Advisory, lift_at: datetime, policy: TimingPolicy, now: datetime
+) -> tuple[Violation, ...]:
+    """The checks `schedule` makes, without changing anything: for a change that waits."""
+    _open(advisory)
+    _not_past(lift_at, now)
+    found = policy.check(lift_at, announced_at=advisory.created_at, now=now)
+    return _checked(found, advisory.id, lift_at)
+
+
+def check_open(advisory: Advisory) -> Advisory:
+    """Refuse a lifted or cancelled advisory: it no longer changes."""
+    return _open(advisory)
+
+
+def supersede_pending(session: Session, advisory_id: str, actor: str, now: datetime) -> int:
+    """Changes waiting for confirmation (relay/confirmations.py) no longer fit once the
+    lift time changed, or the advisory was lifted or cancelled, by another way."""
+    result = session.execute(
+        update(PendingChange)
+        .where(
+            PendingChange.advisory_id == advisory_id,
+            PendingChange.state == PendingChangeState.PENDING,
+        )
+        .values(state=PendingChangeState.SUPERSEDED, decided_by=actor, decided_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
 
 
 # Helpers
@@ -329,7 +344,9 @@ def _next_id(session: Session, now: datetime) -> str:
 def _open(advisory: Advisory) -> Advisory:
     if advisory.state == AdvisoryState.LIFTED:
         when = f" at {format_when(advisory.lifted_at)}" if advisory.lifted_at else ""
-        raise AdvisoryClosed(f"advisory {advisory.id} was lifted{when}; it can no longer change")
+        raise AdvisoryClosed(
+            f"advisory {advisory.id} is already lifted{when}; it can no longer change"
+        )
     if advisory.state == AdvisoryState.CANCELLED:
         raise AdvisoryClosed(f"advisory {advisory.id} was cancelled; it can no longer change")
     return advisory

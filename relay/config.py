@@ -12,7 +12,7 @@ import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -136,6 +136,31 @@ class GnupgSettings(_Section):
     binary: str = "gpg"
 
 
+class IntakeSettings(_Section):
+    # A signature older than this at arrival is refused: a post legitimately waits in a
+    # sending MTA's queue for at most its retry lifetime (Postfix: 5 days).
+    max_signature_age: Duration = timedelta(days=5)
+    # How far a signature may claim to come from the future (the sender's clock ahead).
+    max_clock_skew: Duration = timedelta(minutes=5)
+    # A From address outside the signer's registered identity: "refuse" (550 5.7.1) or
+    # "flag" (accepted, marked in the audit trail and in the copies' notice).
+    from_mismatch: Literal["refuse", "flag"] = "refuse"
+
+    @field_validator("max_signature_age")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+    @field_validator("max_clock_skew")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+
 class EmbargoSettings(_Section):
     # The list's timing rules (a policies/*.toml file); none: no timing rules.
     policy: Path | None = None
@@ -147,6 +172,9 @@ class EmbargoSettings(_Section):
     missing_lift_warning_after: Duration = timedelta(days=3)
     # How often the scheduler re-reads the database (changes made by another process).
     check_interval: Duration = timedelta(minutes=1)
+    # A signed post that brings a lift earlier (or asks for an early lift) waits for a
+    # second look: `relay advisory confirm`, or X-Confirm from another authorised sender.
+    confirm_earlier_by_mail: bool = True
 
     @field_validator("reminders")
     @classmethod
@@ -182,6 +210,7 @@ class MembersSettings(_Section):
 class Settings(_Section):
     list: ListSettings
     smtp: SmtpSettings = SmtpSettings()
+    intake: IntakeSettings = IntakeSettings()
     delivery: DeliverySettings
     storage: StorageSettings = StorageSettings()
     gnupg: GnupgSettings = GnupgSettings()

@@ -95,6 +95,7 @@ class Signature:
     fingerprint: str | None  # primary-key fingerprint of the signer, when known
     reason: str  # why it is not valid ("" when valid)
     code: str = ""  # the status keyword that decided (GOODSIG, BADSIG, EXPKEYSIG ...)
+    created_at: datetime | None = None  # the signature's own creation time (VALIDSIG)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,13 @@ def signature_from_status(status: list[list[str]]) -> Signature | None:
             return Signature(False, None, reason, "ERRSIG")
     valid = [s for s in status if s[0] == "VALIDSIG"]
     if "GOODSIG" in keywords and len(valid) == 1 and len(valid[0]) >= 11:
-        return Signature(True, valid[0][10].upper(), "", "GOODSIG")
+        try:
+            created = _epoch(valid[0][3])
+        except ValueError:
+            created = None
+        if created is None:
+            return Signature(False, None, "the signature has no creation time", "VALIDSIG")
+        return Signature(True, valid[0][10].upper(), "", "GOODSIG", created)
     return Signature(False, None, "the signature could not be verified", "NOSIG")
 
 

@@ -75,7 +75,8 @@ class Job:
     copy_message_id: str
     reference: str
     subject: str
-    mail_from: str
+    poster: str  # the signing key's registered owner
+    from_mismatch: str | None
     signer: str | None
     received_at: datetime
     plaintext_allowed: bool
@@ -303,7 +304,8 @@ class Dispatcher:
                     d.c.plaintext_allowed,
                     m.c.kind,
                     m.c.subject,
-                    m.c.mail_from,
+                    m.c.poster,
+                    m.c.from_mismatch,
                     m.c.signer_fingerprint,
                     m.c.received_at,
                     m.c.advisory_id,
@@ -349,7 +351,8 @@ class Dispatcher:
                         copy_message_id=r.copy_message_id,
                         reference=r.reference,
                         subject=r.subject,
-                        mail_from=r.mail_from,
+                        poster=r.poster,
+                        from_mismatch=r.from_mismatch,
                         signer=r.signer_fingerprint,
                         received_at=_utc(r.received_at),
                         plaintext_allowed=r.plaintext_allowed,
@@ -463,9 +466,14 @@ class Dispatcher:
             extra = embargo.protected_fields(job.advisory)
         if job.kind == MessageKind.POST:
             notes.append(
-                f"Posted to {lst.address} by {job.mail_from or 'an authorised sender'}; "
+                f"Posted to {lst.address} by {job.poster or 'an authorised sender'}; "
                 f"the relay verified the OpenPGP signature of key {job.signer}.\n"
             )
+            if job.from_mismatch:
+                notes.append(
+                    f"Note: the post's From header named {job.from_mismatch}, which is not an "
+                    "address of the signer.\n"
+                )
         notes.append(copy_note(job.recipient, job.reference))
         return compose.Copy(
             list_address=lst.address,

@@ -79,6 +79,7 @@ def lift(
     )
     if result.rowcount != 1:
         return None
+    advisories.supersede_pending(session, advisory_id, actor, now)
     advisory = session.get_one(Advisory, advisory_id, populate_existing=True)
     lst = settings.list
     public = settings.embargo.public_addresses if advisory.public_release else ()
@@ -159,23 +160,40 @@ def lift_now(
     now: datetime,
 ) -> Lifted:
     """An administrator's early lift: lift time set to now and the lift, in one transaction."""
+    return in_transaction(
+        db,
+        spool,
+        lambda session, spool: lift_now_in(
+            session, spool, settings, advisory_id, actor, reason, now
+        ),
+    )
 
-    def both(session: Session, spool: Spool) -> Lifted:
-        change = advisories.lift_now(session, advisory_id, actor, reason, now)
-        done = lift(
-            session,
-            spool,
-            settings,
-            change.advisory.id,
-            now=now,
-            actor=actor,
-            reason=reason,
-            scheduled=change.old,
-        )
-        assert done is not None  # lift_now refused anything not embargoed
-        return done
 
-    return in_transaction(db, spool, both)
+def lift_now_in(
+    session: Session,
+    spool: Spool,
+    settings: Settings,
+    advisory_id: str,
+    actor: str,
+    reason: str | None,
+    now: datetime,
+) -> Lifted:
+    """An early lift in the caller's transaction (an administrator's, or a confirmed request)."""
+    change = advisories.lift_now(session, advisory_id, actor, reason, now)
+    done = lift(
+        session,
+        spool,
+        settings,
+        change.advisory.id,
+        now=now,
+        actor=actor,
+        reason=reason,
+        scheduled=change.old,
+    )
+    if done is None:
+        # Another lift committed between our read and our write (two at once).
+        raise advisories.AdvisoryClosed(f"advisory {change.advisory.id} is already lifted")
+    return done
 
 
 # Notices to members

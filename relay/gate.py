@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from relay import incidents, notices, parties, queue
 from relay.config import Settings
 from relay.forwarding import Context, Decision, ForwardingPolicy, Kind, Recipient, Verdict, decide
-from relay.keystore import grant_for, member_by_address, sender_by_address
+from relay.keystore import grant_for, member_for, sender_for
 from relay.matcher import Match
 from relay.models import (
     Advisory,
@@ -127,7 +127,7 @@ def hold(
         settings,
         advisory_id=stopped.advisory_id,
         member=poster if isinstance(poster, Member) else None,
-        sender=message.mail_from or settings.list.address,
+        sender=message.poster or settings.list.address,
         recipients=[delivery.recipient],
         kind=IncidentKind.FORWARD_BLOCKED
         if verdict == Verdict.BLOCK
@@ -179,11 +179,13 @@ def _reported(session: Session, delivery: Delivery, advisory_id: str) -> bool:
 
 
 def _poster(session: Session, message: Message) -> Member | Sender | None:
-    """The member or sender who posted the message; None for the relay's own notices."""
-    if message.kind != MessageKind.POST:
+    """The member or sender whose key signed the message; None for the relay's own notices.
+
+    By the signing key alone: the envelope sender of a post is anyone's to choose."""
+    if message.kind != MessageKind.POST or not message.signer_fingerprint:
         return None
-    return member_by_address(session, message.mail_from) or sender_by_address(
-        session, message.mail_from
+    return member_for(session, message.signer_fingerprint) or sender_for(
+        session, message.signer_fingerprint
     )
 
 

@@ -499,8 +499,10 @@ def _message(message_id: str | None, message: Message | None) -> str:
         return f"relay message {message_id}"
     what = "refused post, kept as evidence" if message.kind == MessageKind.REFUSED else "message"
     return (
-        f'relay {what} {message.id}, "{_flat(message.subject)}", from '
-        f"{_flat(message.mail_from) or 'unknown'}, received {format_when(message.received_at)}"
+        f'relay {what} {message.id}, "{_flat(message.subject)}", signed by '
+        f"{_flat(message.poster) or 'unknown'} (key {message.signer_fingerprint or 'none'}), "
+        f"envelope sender {_flat(message.mail_from) or 'none'}, "
+        f"received {format_when(message.received_at)}"
     )
 
 

@@ -9,6 +9,7 @@ once and never leads to plaintext.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -106,3 +107,44 @@ def grant_for(session: Session, address: str, advisory_id: str) -> Grant | None:
         .order_by(Grant.id.desc())
         .limit(1)
     ).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who a signing key belongs to, as registered with the relay: the only identity a
+    signed post is attributed to (never the envelope sender or the From header)."""
+
+    kind: str  # "sender" | "member" | "grant"
+    address: str  # the sender's address, the member's security alias, the granted address
+    from_addresses: frozenset[str] = frozenset()  # exact From addresses that are its own
+    from_domains: frozenset[str] = frozenset()  # From domains that are its own (a team's)
+    member: Member | None = None
+    sender: Sender | None = None
+
+    def owns_from(self, address: str) -> bool:
+        """A From address belongs to this identity (compared case-insensitively)."""
+        address = address.strip().lower()
+        return address in self.from_addresses or address.rpartition("@")[2] in self.from_domains
+
+
+def team_domains(member: Member) -> set[str]:
+    """The domains a member's team mails from: its alias's and the ones it declared."""
+    return {d.lower() for d in member.domains or []} | {member.address.rpartition("@")[2]}
+
+
+def owner_of(session: Session, fingerprint: str) -> Owner | None:
+    """The registered owner of a signing key: a sender, else an active member, else the
+    person of a live grant; None when the key belongs to no one any more."""
+    if (sender := sender_for(session, fingerprint)) is not None:
+        return Owner("sender", sender.address, frozenset({sender.address}), sender=sender)
+    if (member := member_for(session, fingerprint)) is not None:
+        return Owner(
+            "member",
+            member.address,
+            frozenset({member.address}),
+            frozenset(team_domains(member)),
+            member,
+        )
+    for grant in grants_for_key(session, fingerprint):
+        return Owner("grant", grant.address, frozenset({grant.address.lower()}))
+    return None

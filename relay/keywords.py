@@ -30,11 +30,16 @@ from relay.errors import RelayError
 
 ACCEPT = "X-Accept"
 ADVISORY = "X-Advisory"
+CONFIRM = "X-Confirm"
 EMBARGO_UNTIL = "X-Embargo-Until"
+LIFT = "X-Lift"
 SHARE = "X-Share"
 STATUS = "X-Status"
+TITLE = "X-Title"
 VOUCH = "X-Vouch"
-KEYWORDS = (ACCEPT, ADVISORY, EMBARGO_UNTIL, SHARE, STATUS, VOUCH)
+KEYWORDS = (ACCEPT, ADVISORY, CONFIRM, EMBARGO_UNTIL, LIFT, SHARE, STATUS, TITLE, VOUCH)
+# Lines that contradict each other in one post: each asks for a different lift.
+_CONFLICTS = ((EMBARGO_UNTIL, LIFT),)
 _CANONICAL = {name.lower(): name for name in KEYWORDS}
 
 _CRLF = b"\r\n"
@@ -63,20 +68,30 @@ def extract(payload: bytes) -> tuple[dict[str, str], bytes]:
     if leaf is not None:
         start, end = leaf
         entity = entity[:start] + _strip_body_keywords(entity[start:end], found) + entity[end:]
+    for first, second in _CONFLICTS:
+        if first in found and second in found:
+            raise KeywordError(
+                f"'{first}: {found[first]}' and '{second}: {found[second]}' contradict each "
+                "other; send one of them"
+            )
     return found, entity
 
 
 def _add(found: dict[str, str], name: str, value: str) -> None:
+    """One keyword line into `found`; a keyword given twice is refused, even with the same
+    value: which of two lines counts would be a guess, and a guess is what an attacker
+    who splices lines into a signed post hopes for."""
     canonical = _CANONICAL[name.lower()]
     if not value:
         raise KeywordError(f"{canonical} has no value")
     if len(value) > _MAX_VALUE:
         raise KeywordError(f"{canonical} is longer than {_MAX_VALUE} characters")
-    previous = found.setdefault(canonical, value)
-    if previous != value:
+    if canonical in found:
         raise KeywordError(
-            f"{canonical} is given twice with different values: {previous!r} and {value!r}"
+            f"{canonical} is given more than once ('{canonical}: {found[canonical]}' and "
+            f"'{canonical}: {value}'); give each keyword once"
         )
+    found[canonical] = value
 
 
 # Header sections

@@ -148,6 +148,11 @@ class Message(Base):
     subject: Mapped[str] = mapped_column(Text, default="")
     size: Mapped[int] = mapped_column(Integer, default=0)
     sha256: Mapped[str] = mapped_column(String(64))
+    # Who posted it: the registered owner of the signing key (a sender's, member's or grant
+    # holder's address), never the envelope sender or the From header, which nothing signs.
+    poster: Mapped[str] = mapped_column(String(320), default="", server_default="")
+    # A From address outside the signer's identity, accepted under `from_mismatch = "flag"`.
+    from_mismatch: Mapped[str | None] = mapped_column(String(320))
     # The advisory the post (or the relay's notice about it) belongs to.
     advisory_id: Mapped[str | None] = mapped_column(ForeignKey("advisories.id"), index=True)
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="message")
@@ -190,6 +195,51 @@ class Delivery(Base):
     advisory_id: Mapped[str | None] = mapped_column(ForeignKey("advisories.id"), index=True)
     message: Mapped[Message] = relationship(back_populates="deliveries")
     member: Mapped[Member | None] = relationship()
+
+
+class UsedSignature(Base):
+    """A signature the relay accepted (or kept as a refused post's evidence): each is
+    believed once. `digest` identifies it by who signed what when (relay/inbound/freshness.py),
+    unique in the database, so a replay is refused across restarts and nodes. Kept for good:
+    a row is small, and a signature never becomes new again."""
+
+    __tablename__ = "used_signatures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    signer_fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    message_id: Mapped[str] = mapped_column(String(32))
+    # Replays refused so far, and the last one: the operator's evidence of an attack.
+    replays: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_replay_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class PendingChangeState(enum.StrEnum):
+    PENDING = "pending"  # waits for a second look
+    APPLIED = "applied"  # confirmed and made; terminal
+    SUPERSEDED = "superseded"  # another change to the lift came first; terminal
+    REJECTED = "rejected"  # an administrator turned it down; terminal
+
+
+class PendingChange(Base):
+    """A signed post's request to bring a lift earlier (or to lift now), waiting for a
+    confirmation by an administrator or by a different authorised sender."""
+
+    __tablename__ = "pending_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    advisory_id: Mapped[str] = mapped_column(ForeignKey("advisories.id"), index=True)
+    # The lift time asked for; None: lift at once (X-Lift: now).
+    lift_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    old_lift_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    requested_by: Mapped[str] = mapped_column(String(200))  # key:<fingerprint>
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    message_id: Mapped[str | None] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=PendingChangeState.PENDING, index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class AuditEvent(Base):

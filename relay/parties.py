@@ -19,13 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relay.forwarding import Kind
-from relay.keystore import grant_for
+from relay.keystore import grant_for, team_domains
 from relay.models import GrantState, Member, MemberState, Sender
 
-
-def team_domains(member: Member) -> set[str]:
-    """The domains a member's team mails from: its alias's and the ones it declared."""
-    return {d.lower() for d in member.domains or []} | {member.address.rpartition("@")[2]}
+__all__ = ["kind_of", "team_domains"]
 
 
 def kind_of(session: Session, address: str, advisory_id: str, security_contact: str) -> Kind:

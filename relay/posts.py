@@ -35,6 +35,7 @@ from __future__ import annotations
 import email.policy
 import re
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import getaddresses
 from functools import cached_property
@@ -45,6 +46,7 @@ from sqlalchemy.orm import Session
 from relay import (
     advisories,
     applications,
+    confirmations,
     contributions,
     embargo,
     forwarding,
@@ -133,14 +135,16 @@ class PostRouter:
         message_id: str,
         post: VerifiedPost,
         found: dict[str, str],
-        payload: bytes,
+        intake: queue.Post,
         message: EmailMessage,
-        mail_from: str,
         outcome: Outcome,
     ) -> queue.Routing:
+        """Route a verified post, attributed to its signing key's registered owner
+        (`intake.poster`) alone: the envelope sender and the From header are unsigned."""
         member = None
+        payload = intake.payload
         if sender_for(session, post.signer) is not None:
-            routing = self._sender_post(session, spool, post, found, outcome)
+            routing = self._sender_post(session, spool, post, found, message_id, outcome)
         elif (member := member_for(session, post.signer)) is not None:
             routing = self._member_post(
                 session, spool, post, found, payload, message, member, outcome
@@ -156,7 +160,7 @@ class PostRouter:
                 message,
                 routing.advisory_id,
                 member,
-                mail_from,
+                intake.poster,
                 message_id,
                 payload,
                 outcome,
@@ -170,7 +174,7 @@ class PostRouter:
         message: EmailMessage,
         advisory_id: str,
         member: Member | None,
-        mail_from: str,
+        poster: str,
         message_id: str,
         payload: bytes,
         outcome: Outcome,
@@ -205,7 +209,7 @@ class PostRouter:
                 incidents.LeakAttempt(
                     advisory_id=advisory.id,
                     member_id=member.id if member is not None else None,
-                    sender=mail_from,
+                    sender=poster,
                     recipients=tuple(d.context.recipient.address for d in outside),
                     kind=IncidentKind.EXTERNAL_CC,
                     match=match,
@@ -247,23 +251,148 @@ class PostRouter:
         spool: Spool,
         post: VerifiedPost,
         found: dict[str, str],
+        message_id: str,
         outcome: Outcome,
     ) -> queue.Routing:
-        change = advisories.from_post(
-            session, found, post.subject, post.signer, utcnow(), self.timing
+        """An authorised sender's post: its advisory is created or its lift changes, as
+        its signed keyword lines say (relative times count from the signature's time)."""
+        actor = f"key:{post.signer}"
+        now = utcnow()
+        if (confirmed := found.get(keywords.CONFIRM)) is not None:
+            return self._confirmation(session, spool, post, found, confirmed, outcome)
+        lift_at = advisories.lift_time_of(found, post.signed_at)
+        advisory_id = found.get(keywords.ADVISORY)
+        existing = None if advisory_id is None else advisories.find(session, advisory_id)
+        if existing is None:
+            if keywords.LIFT in found:
+                raise Rejection(550, "5.6.0", f"{keywords.LIFT}: no advisory to lift (name it)")
+            title = post.subject or found.get(keywords.TITLE) or ""
+            change = advisories.create(
+                session, advisory_id, title, lift_at, actor, self.timing, now
+            )
+        elif keywords.LIFT in found:
+            change = self._early_lift(session, spool, existing, found, actor, message_id, now)
+        else:
+            change = self._move(session, spool, existing, lift_at, actor, message_id, now)
+        outcome.change = change
+        outcome.routing = queue.Routing(
+            change.advisory.id, subject=_copy_subject(post, found, change.advisory)
         )
-        if change.moved and not change.created:
+        return outcome.routing
+
+    def _move(
+        self,
+        session: Session,
+        spool: Spool,
+        advisory: Advisory,
+        lift_at: datetime | None,
+        actor: str,
+        message_id: str,
+        now: datetime,
+    ) -> advisories.Change:
+        """A later lift applies at once; an earlier one waits for a second look."""
+        if lift_at is None or lift_at == advisory.lift_at:  # senders repeat the keywords
+            return advisories.Change(advisory, advisory.lift_at, advisory.lift_at)
+        if self.settings.embargo.confirm_earlier_by_mail and confirmations.is_earlier(
+            advisory, lift_at
+        ):
+            warnings = advisories.check_schedule(advisory, lift_at, self.timing, now)
+            pending = confirmations.request(
+                session,
+                spool,
+                self.settings,
+                advisory,
+                lift_at,
+                actor=actor,
+                message_id=message_id,
+                now=now,
+            )
+            return advisories.Change(
+                advisory, advisory.lift_at, advisory.lift_at, warnings=warnings, pending=pending
+            )
+        change = advisories.schedule(
+            session, advisory.id, lift_at, actor, "set by a signed post", self.timing, now
+        )
+        if change.moved:
             embargo.notify_schedule_change(
                 session,
                 spool,
                 self.settings,
-                change.advisory,
+                advisory,
                 change.old,
                 change.new,
                 "set by a signed post",
             )
-        outcome.change = change
-        outcome.routing = queue.Routing(change.advisory.id)
+        return change
+
+    def _early_lift(
+        self,
+        session: Session,
+        spool: Spool,
+        advisory: Advisory,
+        found: dict[str, str],
+        actor: str,
+        message_id: str,
+        now: datetime,
+    ) -> advisories.Change:
+        """`X-Lift: now`: end the embargo at once, after a second look if the list asks."""
+        if found[keywords.LIFT].strip().lower() != "now":
+            raise Rejection(550, "5.6.0", f"{keywords.LIFT}: the only value is 'now'")
+        advisories.check_open(advisory)
+        if self.settings.embargo.confirm_earlier_by_mail:
+            pending = confirmations.request(
+                session,
+                spool,
+                self.settings,
+                advisory,
+                None,
+                actor=actor,
+                message_id=message_id,
+                now=now,
+            )
+            return advisories.Change(advisory, advisory.lift_at, advisory.lift_at, pending=pending)
+        old = advisory.lift_at
+        embargo.lift_now_in(
+            session, spool, self.settings, advisory.id, actor, "asked for by a signed post", now
+        )
+        return advisories.Change(advisory, old, now)
+
+    def _confirmation(
+        self,
+        session: Session,
+        spool: Spool,
+        post: VerifiedPost,
+        found: dict[str, str],
+        advisory_id: str,
+        outcome: Outcome,
+    ) -> queue.Routing:
+        """`X-Confirm: ID` from a sender other than the one who asked: the pending change
+        is made. The post is an instruction to the relay; it goes to nobody."""
+        if keywords.EMBARGO_UNTIL in found or keywords.LIFT in found:
+            raise Rejection(550, "5.6.0", f"{keywords.CONFIRM} goes alone: no new lift with it")
+        named = found.get(keywords.ADVISORY)
+        if named is not None and named.strip().upper() != advisory_id.strip().upper():
+            raise Rejection(
+                550, "5.6.0", f"{keywords.CONFIRM}: {advisory_id} but {keywords.ADVISORY}: {named}"
+            )
+        try:
+            done = confirmations.confirm(
+                session,
+                spool,
+                self.settings,
+                advisory_id,
+                actor=f"key:{post.signer}",
+                policy=self.timing,
+                now=utcnow(),
+            )
+        except advisories.UnknownAdvisory:
+            raise Rejection(550, "5.6.0", f"no advisory {advisory_id} on this list") from None
+        except RelayError as exc:
+            raise Rejection(550, "5.7.1", f"{keywords.CONFIRM}: {exc}") from None
+        if done.change is not None:
+            outcome.change = done.change
+        outcome.notes.append(f"confirmed change {done.pending.id} of {done.pending.advisory_id}")
+        outcome.routing = queue.Routing(done.pending.advisory_id, audience=queue.NOBODY)
         return outcome.routing
 
     def _member_post(
@@ -481,6 +610,17 @@ class PostRouter:
             reason=f"member post on {advisory.id} held for moderation",
             advisory_id=advisory.id,
         )
+
+
+def _copy_subject(post: VerifiedPost, found: dict[str, str], advisory: Advisory) -> str:
+    """The copies' Subject, from signed data only: the protected Subject, an X-Title line,
+    else the advisory's ID and title (set from signed data or by an administrator)."""
+    signed = post.subject or found.get(keywords.TITLE)
+    if signed:
+        return signed
+    if advisory.title and advisory.title != advisory.id:
+        return f"{advisory.id}: {advisory.title}"
+    return advisory.id
 
 
 def _visible(message: EmailMessage) -> list[str]:

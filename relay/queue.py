@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from relay import audit
@@ -33,6 +34,7 @@ from relay.models import (
     Message,
     MessageKind,
     Sender,
+    UsedSignature,
     utcnow,
 )
 from relay.spool import PAYLOAD, RAW, Spool
@@ -64,6 +66,7 @@ class Routing:
     audience: str = "members"  # "members": every active member, and the advisory's accepted
     # grant holders; "senders": the SRC only; "nobody": a post that only tells the relay something
     hold: str | None = None  # held at once with this code (e.g. "moderation"), or sent
+    subject: str | None = None  # the copies' Subject, from signed data; None: the post's own
 
 
 MEMBERS, SENDERS, NOBODY = "members", "senders", "nobody"
@@ -71,16 +74,32 @@ MODERATION_HOLD = "moderation"
 REJECTED = "rejected"  # `last_code` of a post's copies a moderator refused
 
 
+class AlreadyReceived(RelayError):
+    """This signature was used before: a replay, refused whatever else the post says."""
+
+    def __init__(self, used: UsedSignature) -> None:
+        super().__init__(
+            f"this signed post was already received (as {used.message_id}, "
+            f"{used.received_at.strftime('%Y-%m-%d %H:%M:%S')} UTC); "
+            "a signature is accepted once"
+        )
+        self.digest = used.digest
+
+
 @dataclass(frozen=True)
 class Post:
-    """A verified post: its exact bytes, what it redistributes, and who sent it."""
+    """A verified post: its exact bytes, what it redistributes, and who signed it."""
 
     raw: bytes  # as received
     payload: bytes  # the verified content, keyword lines stripped
-    subject: str
-    mail_from: str
+    subject: str  # from signed data only ("" when nothing signed names one)
+    mail_from: str  # the envelope sender: kept as evidence, never used to attribute
     signer: str  # the signing key's primary fingerprint
     original_message_id: str | None = None
+    signed_at: datetime | None = None  # the signature's creation time
+    signature: str | None = None  # its identity (relay/inbound/freshness.py): used once
+    poster: str = ""  # the signing key's registered owner (address)
+    from_mismatch: str | None = None  # a From address outside that identity, when flagged
 
     def store(self, spool: Spool) -> str:
         """Write the exact bytes (fsynced) under a new message id, before any commit."""
@@ -89,7 +108,9 @@ class Post:
         spool.write(message_id, PAYLOAD, self.payload)
         return message_id
 
-    def row(self, message_id: str, kind: str, advisory_id: str | None) -> Message:
+    def row(
+        self, message_id: str, kind: str, advisory_id: str | None, subject: str | None = None
+    ) -> Message:
         return Message(
             advisory_id=advisory_id,
             id=message_id,
@@ -97,9 +118,43 @@ class Post:
             mail_from=self.mail_from,
             signer_fingerprint=self.signer,
             original_message_id=self.original_message_id,
-            subject=self.subject,
+            subject=self.subject if subject is None else subject,
             size=len(self.raw),
             sha256=hashlib.sha256(self.raw).hexdigest(),
+            poster=self.poster,
+            from_mismatch=self.from_mismatch,
+        )
+
+    def use_signature(self, session: Session, message_id: str) -> None:
+        """Record the signature as used, in the post's own transaction: the unique digest
+        makes a concurrent replay (another connection, another node) fail its commit."""
+        if self.signature is None or self.signed_at is None:
+            return
+        session.add(
+            UsedSignature(
+                digest=self.signature,
+                signer_fingerprint=self.signer,
+                signed_at=self.signed_at,
+                message_id=message_id,
+            )
+        )
+
+
+def used_signature(db: Database, digest: str) -> UsedSignature | None:
+    """The record of a signature already used, if any."""
+    with db.transaction() as session:
+        return session.execute(
+            select(UsedSignature).where(UsedSignature.digest == digest)
+        ).scalar_one_or_none()
+
+
+def count_replay(db: Database, digest: str, now: datetime) -> None:
+    """One more refused replay of a used signature (the operator's evidence of an attack)."""
+    with db.transaction() as session:
+        session.execute(
+            update(UsedSignature)
+            .where(UsedSignature.digest == digest)
+            .values(replays=UsedSignature.replays + 1, last_replay_at=now)
         )
 
 
@@ -122,7 +177,10 @@ def accept_post(
     try:
         with db.transaction() as session:
             routing = route(session, spool, message_id)
-            session.add(post.row(message_id, MessageKind.POST, routing.advisory_id))
+            session.add(
+                post.row(message_id, MessageKind.POST, routing.advisory_id, routing.subject)
+            )
+            post.use_signature(session, message_id)
             count = 0
             for address, member_id in _audience(session, routing.audience, routing.advisory_id):
                 session.add(
@@ -139,14 +197,22 @@ def accept_post(
                 count += 1
             audit.record(
                 session,
-                post.signer,
+                f"key:{post.signer}",
                 "message.accepted",
                 message_id,
                 deliveries=count,
                 size=len(post.raw),
                 audience=routing.audience,
                 held=routing.hold,
+                poster=post.poster or None,
+                from_mismatch=post.from_mismatch,
             )
+    except IntegrityError:
+        spool.remove(message_id)
+        replayed = used_signature(db, post.signature) if post.signature else None
+        if replayed is not None:  # the same signature committed meanwhile: a replay
+            raise AlreadyReceived(replayed) from None
+        raise
     except BaseException:
         spool.remove(message_id)
         raise
@@ -169,9 +235,19 @@ def keep_refused(
         with db.transaction() as session:
             known = session.get(Advisory, advisory_id) is not None
             session.add(post.row(message_id, MessageKind.REFUSED, advisory_id if known else None))
+            # Used too: a replay of the refused post is refused as a replay, not reported again.
+            post.use_signature(session, message_id)
             session.flush()
             record(session, spool, message_id)
-            audit.record(session, post.signer, "message.refused", message_id, size=len(post.raw))
+            audit.record(
+                session, f"key:{post.signer}", "message.refused", message_id, size=len(post.raw)
+            )
+    except IntegrityError:
+        spool.remove(message_id)
+        replayed = used_signature(db, post.signature) if post.signature else None
+        if replayed is not None:
+            raise AlreadyReceived(replayed) from None
+        raise
     except BaseException:
         spool.remove(message_id)
         raise

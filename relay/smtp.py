@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from email.message import EmailMessage
+from email.utils import getaddresses
 
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
@@ -23,7 +25,15 @@ from relay import advisories, incidents, keywords, posts, queue
 from relay.config import Settings
 from relay.crypto import Crypto
 from relay.db import Database
-from relay.inbound import Rejection, check_structure, check_wire, verify_post
+from relay.inbound import (
+    Rejection,
+    VerifiedPost,
+    check_structure,
+    check_wire,
+    freshness,
+    verify_post,
+)
+from relay.keystore import Owner, owner_of
 from relay.logs import clean, event
 from relay.models import utcnow
 from relay.spool import Spool
@@ -77,6 +87,7 @@ class ListHandler:
         self.on_accept = on_accept
         self.on_schedule = on_schedule
         self.router = posts.PostRouter(settings, spool, crypto, watch)
+        self.replays_refused = 0  # since start; each signature's own count is in the database
 
     async def handle_MAIL(
         self,
@@ -148,19 +159,13 @@ class ListHandler:
         check_wire(raw)
         message: EmailMessage = check_structure(raw)
         post = verify_post(raw, message, self.crypto, self._is_authorised)
+        verified = self._believe(raw, post, message, mail_from)
         try:
             found, payload = keywords.extract(post.payload)
         except keywords.KeywordError as exc:
             raise Rejection(550, "5.6.0", f"keyword lines: {exc}") from None
+        verified = replace(verified, payload=payload)
         outcome = posts.Outcome()
-        verified = queue.Post(
-            raw=raw,
-            payload=payload,
-            subject=post.subject,
-            mail_from=mail_from,
-            signer=post.signer,
-            original_message_id=_header(message, "Message-ID"),
-        )
         try:
             accepted = queue.accept_post(
                 self.db,
@@ -168,15 +173,20 @@ class ListHandler:
                 verified,
                 list_domain=self.settings.list.domain,
                 route=lambda session, spool, message_id: self.router.route(
-                    session, spool, message_id, post, found, payload, message, mail_from, outcome
+                    session, spool, message_id, post, found, verified, message, outcome
                 ),
             )
         except posts.ReportedRefusal as refusal:
             # Refused, and reported all the same: the leak happened (or was attempted).
-            incidents.record_refusal(
-                self.db, self.spool, self.settings, verified, leaks=refusal.leaks, now=utcnow()
-            )
+            try:
+                incidents.record_refusal(
+                    self.db, self.spool, self.settings, verified, leaks=refusal.leaks, now=utcnow()
+                )
+            except queue.AlreadyReceived as exc:
+                raise self._replayed(exc.digest, str(exc)) from None
             raise
+        except queue.AlreadyReceived as exc:
+            raise self._replayed(exc.digest, str(exc)) from None
         except advisories.EmbargoTimeUnreadable as exc:
             raise Rejection(550, "5.6.0", _one_line(str(exc))) from None
         except advisories.AdvisoryError as exc:
@@ -192,9 +202,75 @@ class ListHandler:
             )
         return accepted, outcome
 
+    def _believe(
+        self, raw: bytes, post: VerifiedPost, message: EmailMessage, mail_from: str
+    ) -> queue.Post:
+        """What the relay believes of a verified post, and nothing more: the signature is
+        fresh and used for the first time, and the post is attributed to the signing key's
+        registered owner, whose From address it must carry. Raises Rejection otherwise."""
+        intake = self.settings.intake
+        arrived = utcnow()
+        freshness.check_fresh(
+            post.signed_at, arrived, max_age=intake.max_signature_age, skew=intake.max_clock_skew
+        )
+        used = queue.used_signature(self.db, post.identity)
+        if used is not None:
+            raise self._replayed(used.digest, str(queue.AlreadyReceived(used)))
+        with self.db.transaction() as session:
+            owner = owner_of(session, post.signer)
+        if owner is None:  # authorised a moment ago, removed since
+            raise Rejection(550, "5.7.1", "the signing key is not authorised to post to this list")
+        mismatch = _from_mismatch(message, post, owner)
+        if mismatch is not None and intake.from_mismatch == "refuse":
+            raise Rejection(
+                550,
+                "5.7.1",
+                f"From: {mismatch} is not an address of the signer (key {post.signer} "
+                f"belongs to {owner.address}); send from your registered address",
+            )
+        return queue.Post(
+            raw=raw,
+            payload=post.payload,
+            subject=post.subject,
+            mail_from=mail_from,
+            signer=post.signer,
+            original_message_id=_header(message, "Message-ID"),
+            signed_at=post.signed_at,
+            signature=post.identity,
+            poster=owner.address,
+            from_mismatch=mismatch,
+        )
+
+    def _replayed(self, digest: str, text: str) -> Rejection:
+        """Refuse a replay: counted on the signature's record, changing nothing else."""
+        try:
+            queue.count_replay(self.db, digest, utcnow())
+        except Exception:  # the count is evidence, not a condition of the refusal
+            log.exception("could not count a replay")
+        self.replays_refused += 1
+        return Rejection(550, "5.7.1", text)
+
     def _is_authorised(self, fingerprint: str) -> bool:
         with self.db.transaction() as session:
             return self.router.is_authorised(session, fingerprint)
+
+
+def _from_mismatch(message: EmailMessage, post: VerifiedPost, owner: Owner) -> str | None:
+    """The From address (outer, or the signed protected one) that is not the signer's own.
+
+    The outer From is unsigned; it is checked so that what members' clients show as the
+    author is never someone the signature does not stand for. A missing or unreadable
+    From, or more than one address in it, counts as a mismatch."""
+    values = [_header(message, "From") or ""]
+    if "from" in post.protected:
+        values.append(post.protected["from"])
+    for value in values:
+        addresses = [a for _, a in getaddresses([value]) if a]
+        if len(addresses) != 1:
+            return value.strip() or "(none)"
+        if not owner.owns_from(addresses[0]):
+            return addresses[0].lower()
+    return None
 
 
 def _one_line(text: str) -> str:

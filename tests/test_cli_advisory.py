@@ -267,6 +267,37 @@ def test_moving_a_lift_is_audited_and_announced_to_every_active_member(relay: Re
     assert "unchanged" in again and len(relay.notices("CVE-2026-4")) == 2
 
 
+def test_concurrent_lifts_lift_once_and_refuse_the_others_cleanly(relay: Relay) -> None:
+    """Real `relay` processes started together: one lifts, every other exits 1."""
+    import subprocess
+    import sys
+
+    relay("advisory", "create", "CVE-2026-60", "--title", "T", "--lift", iso(LIFT))
+    command = [sys.executable, "-m", "relay", "--config", str(relay.config)]
+    runs = [
+        subprocess.Popen(
+            [*command, "advisory", "lift", "CVE-2026-60"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in runs]
+    for p in runs:
+        for stream in (p.stdout, p.stderr):
+            if stream:
+                stream.close()
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1, 1, 1], results
+    for code, stderr in results:
+        if code == 1:
+            assert "CVE-2026-60 is already lifted" in stderr and "Traceback" not in stderr
+    assert len(relay.audit("advisory.lifted")) == 1
+    lifted = [m for m, _ in relay.notices("CVE-2026-60") if m.subject.endswith("lifted")]
+    assert len(lifted) == 1
+
+
 def test_moving_a_lift_into_the_past_is_refused(relay: Relay) -> None:
     relay("advisory", "create", "CVE-2026-5", "--title", "T", "--lift", iso(LIFT))
     result = relay("advisory", "schedule", "CVE-2026-5", "--lift", "2020-01-01 16:00Z", code=1)
@@ -287,7 +318,7 @@ def test_lift_happens_once_and_closes_the_advisory(relay: Relay, tmp_path: Path)
     assert shown["countdown"] is None
 
     again = relay("advisory", "lift", "CVE-2026-6", code=1)
-    assert "CVE-2026-6 was lifted at" in again.stderr
+    assert "CVE-2026-6 is already lifted at" in again.stderr
     [lifted] = relay.audit("advisory.lifted")
     assert lifted.detail is not None and lifted.detail["reason"] == "embargo broken"
     lift_notices = [m for m, _ in relay.notices("CVE-2026-6") if m.subject.endswith("lifted")]

@@ -39,7 +39,7 @@ def _signed_advisory(home: RelayHome, keys: KeyFactory) -> bytes:
     return pgp_mime_signed(
         home.client(src),
         src.fingerprint,
-        text_entity(BODY),
+        text_entity(BODY, subject=SUBJECT),
         subject=SUBJECT,
         sender=src.address,
         to=LIST,

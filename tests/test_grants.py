@@ -252,6 +252,7 @@ def test_admin_share_and_external_copies_to_grant_holders(
         assert code == 250, reply
         with home.db.transaction() as s:
             assert s.execute(select(Incident)).scalars().all() == []
+        body = f"X-Advisory: {ADVISORY}\n\nWe are testing the patch, second run.\n"
         code, reply = _send(relay, home, distro1, body, Cc=ops.address, subject="testing")
         assert code == 250, reply
         listed = runner.invoke(cli, [*config, "share", "list", "--advisory", ADVISORY, "--json"])

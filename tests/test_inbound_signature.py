@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage, MIMEPart
 from pathlib import Path
@@ -11,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from relay.crypto import GnuPG
-from relay.inbound import Rejection, VerifiedPost, check_structure, check_wire, verify_post
+from relay.inbound import (
+    Rejection,
+    VerifiedPost,
+    check_structure,
+    check_wire,
+    freshness,
+    verify_post,
+)
 from tests.support import keys as support  # not TestKey by name: pytest would collect it
 
 SMTP = policy.SMTP
@@ -150,13 +158,48 @@ def test_pgp_mime_post_yields_signed_bytes_signer_and_protected_subject(relay: R
     content = content_entity(ADVISORY, subject=SUBJECT)
     post = relay.post(pgp_mime(content, relay.detach_sign(content), subject="..."))
 
-    assert post == VerifiedPost(relay.fpr("poster"), content, SUBJECT, "pgp-mime")
+    assert (post.signer, post.payload, post.subject, post.form) == (
+        relay.fpr("poster"),
+        content,
+        SUBJECT,
+        "pgp-mime",
+    )
+    assert post.protected["subject"] == SUBJECT
+    assert abs((post.signed_at - datetime.now(UTC)).total_seconds()) < 600
+    assert post.identity == freshness.identity(relay.fpr("poster"), post.signed_at, content)
 
 
-def test_unmarked_inner_subject_is_not_used(relay: Relay) -> None:
+def test_unmarked_inner_subject_and_the_outer_subject_are_not_used(relay: Relay) -> None:
     content = content_entity(ADVISORY).replace(b"\r\n\r\n", b"\r\nSubject: inner\r\n\r\n", 1)
     post = relay.post(pgp_mime(content, relay.detach_sign(content), subject="outer"))
-    assert post.subject == "outer"
+    assert post.subject == "" and post.protected == {}
+
+
+def test_the_same_signature_has_one_identity_whatever_surrounds_it(relay: Relay) -> None:
+    content = content_entity(ADVISORY, subject=SUBJECT)
+    signature = relay.detach_sign(content)
+    first = relay.post(pgp_mime(content, signature, subject="one"))
+    # New outer headers, re-armoured signature with an armour header, or the same signed
+    # entity wrapped in encryption to the list: one signature, one identity.
+    armour = signature.replace(b"\n\n", b"\nComment: replayed\n\n", 1)
+    second = relay.post(pgp_mime(content, armour, subject="CANCELLED - deploy now"))
+    inner = multipart_signed(content, signature)
+    third = relay.post(encrypted(relay.ring.encrypt(inner, [relay.list_fpr])))
+    assert first.identity == second.identity == third.identity
+    # A new signature over the same words (a second later) is a new post.
+    import time
+
+    time.sleep(1.1)
+    fresh = relay.post(pgp_mime(content, relay.detach_sign(content)))
+    assert fresh.identity != first.identity
+
+
+def test_trailing_spaces_added_to_a_cleartext_post_keep_its_identity(relay: Relay) -> None:
+    signed = relay.clearsign(CLEARTEXT)
+    padded = signed.replace("Fix the kubelet.\n", "Fix the kubelet.   \n", 1)
+    first = relay.post(text_message(signed))
+    second = relay.post(text_message(padded, cte="8bit"))
+    assert first.identity == second.identity
 
 
 def test_long_folded_subject_verifies_from_the_raw_slice_only(relay: Relay) -> None:
@@ -253,7 +296,8 @@ def test_valid_signature_by_unauthorised_key_is_rejected(relay: Relay) -> None:
 def test_inline_post_redistributes_only_what_gpg_returns(relay: Relay) -> None:
     post = relay.post(text_message(relay.clearsign(CLEARTEXT), subject="Kubelet fix"))
 
-    assert (post.signer, post.subject, post.form) == (relay.fpr("poster"), "Kubelet fix", "inline")
+    # The outer Subject is unsigned: an inline post has no Subject of its own.
+    assert (post.signer, post.subject, post.form) == (relay.fpr("poster"), "", "inline")
     entity = check_structure(post.payload)
     assert entity.get_content_type() == "text/plain"
     assert entity.get_content_charset() == "utf-8"
@@ -308,7 +352,12 @@ def test_encrypted_pgp_mime_post_yields_the_inner_signed_bytes(relay: Relay) -> 
     inner = multipart_signed(content, relay.detach_sign(content))
     post = relay.post(encrypted(relay.ring.encrypt(inner, [relay.list_fpr])))
 
-    assert post == VerifiedPost(relay.fpr("poster"), content, SUBJECT, "encrypted/pgp-mime")
+    assert (post.signer, post.payload, post.subject, post.form) == (
+        relay.fpr("poster"),
+        content,
+        SUBJECT,
+        "encrypted/pgp-mime",
+    )
 
 
 def test_encrypted_inline_post_verifies(relay: Relay) -> None:
@@ -319,7 +368,7 @@ def test_encrypted_inline_post_verifies(relay: Relay) -> None:
     assert (post.signer, post.form, post.subject) == (
         relay.fpr("poster"),
         "encrypted/inline",
-        "[...]",
+        "",
     )
     assert check_structure(post.payload).get_content().replace("\r\n", "\n") == CLEARTEXT
 
@@ -335,7 +384,12 @@ def test_combined_signed_and_encrypted_post_yields_the_whole_entity(relay: Relay
 
     post = relay.post(encrypted(ciphertext))
 
-    assert post == VerifiedPost(relay.fpr("poster"), plaintext, SUBJECT, "encrypted/combined")
+    assert (post.signer, post.payload, post.subject, post.form) == (
+        relay.fpr("poster"),
+        plaintext,
+        SUBJECT,
+        "encrypted/combined",
+    )
 
 
 def test_combined_post_signed_by_unknown_key_is_rejected(relay: Relay) -> None:

@@ -34,7 +34,7 @@ def _signed(home: RelayHome, key, body: str, subject: str, **headers: str) -> by
     data = pgp_mime_signed(
         home.client(key),
         key.fingerprint,
-        text_entity(body),
+        text_entity(body, subject=subject),
         subject=subject,
         sender=key.address,
         to=LIST,
@@ -220,7 +220,10 @@ def test_member_vouches_for_an_application_by_signed_post(
 
 def _cc_post(home: RelayHome, keys: KeyFactory, cc: str) -> bytes:
     src = keys.make("src", "src@example.org")
-    body = f"X-Advisory: CVE-2026-8888\nX-Embargo-Until: {LIFT.isoformat()}\n\nThe flaw.\n"
+    body = (
+        f"X-Advisory: CVE-2026-8888\nX-Embargo-Until: {LIFT.isoformat()}\n\n"
+        "The flaw, for our managers too.\n"
+    )
     return _signed(home, src, body, "[EMBARGOED] CVE-2026-8888", Cc=cc)
 
 

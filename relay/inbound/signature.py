@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from email import policy
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
@@ -27,6 +28,7 @@ from typing import cast
 
 from relay.crypto import Crypto, Signature
 from relay.errors import CryptoError
+from relay.inbound import freshness
 from relay.inbound.structure import check_structure
 from relay.inbound.wire import Rejection, check_wire
 
@@ -45,8 +47,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 class VerifiedPost:
     signer: str  # primary-key fingerprint from gpg's VALIDSIG, upper-case hex
     payload: bytes  # complete MIME entity with CRLF line ends: what the signature covered
-    subject: str  # protected Subject from the signed payload if marked so, else the outer one
+    subject: str  # the protected Subject of the signed payload if marked so, else ""
     form: str  # pgp-mime | inline | encrypted/pgp-mime | encrypted/inline | encrypted/combined
+    signed_at: datetime  # the signature's creation time, as the signature states it
+    identity: str  # who signed what when (relay/inbound/freshness.py): believed once
+    # The signed payload's own header fields when its root is marked as carrying
+    # protected headers (RFC 9788), lower-case names; empty otherwise.
+    protected: dict[str, str] = field(default_factory=dict)
 
 
 def verify_post(
@@ -57,26 +64,45 @@ def verify_post(
 ) -> VerifiedPost:
     """Verify a post that passed `check_wire` and `check_structure`; raise `Rejection` if unfit."""
     if message.get_content_type() == "multipart/encrypted":
-        signer, payload, form = _verify_encrypted(message, crypto)
+        signature, signed, payload, form = _verify_encrypted(message, crypto)
     else:
-        signer, payload, form = _verify_signed(raw, message, crypto)
+        signature, signed, payload, form = _verify_signed(raw, message, crypto)
+    signer = signature.fingerprint
+    if signer is None or signature.created_at is None:  # _valid refused those already
+        raise Rejection(550, "5.7.1", "signature not accepted")
     if not is_authorised(signer):
         raise Rejection(
             550, "5.7.1", f"the signing key {signer} is not authorised to post to this list"
         )
-    return VerifiedPost(signer, payload, _subject(payload, message), form)
+    protected = _protected_headers(payload)
+    return VerifiedPost(
+        signer,
+        payload,
+        protected.get("subject", ""),
+        form,
+        signature.created_at,
+        freshness.identity(signer, signature.created_at, signed),
+        protected,
+    )
 
 
-def _verify_signed(raw: bytes, message: EmailMessage, crypto: Crypto) -> tuple[str, bytes, str]:
+# What verification yields: the signature, the exact bytes it covers, the payload to
+# redistribute (an entity with CRLF line ends) and the form of the post.
+_Verified = tuple[Signature, bytes, bytes, str]
+
+
+def _verify_signed(raw: bytes, message: EmailMessage, crypto: Crypto) -> _Verified:
     content_type = message.get_content_type()
     if content_type == "multipart/signed":
-        return *_verify_pgp_mime(raw, message, crypto), "pgp-mime"
+        signature, signed = _verify_pgp_mime(raw, message, crypto)
+        return signature, signed, signed, "pgp-mime"
     if content_type == "text/plain":
-        return *_verify_inline(message, crypto), "inline"
+        signature, signed_text, entity = _verify_inline(message, crypto)
+        return signature, signed_text, entity, "inline"
     raise _unsigned(message)
 
 
-def _verify_pgp_mime(raw: bytes, message: EmailMessage, crypto: Crypto) -> tuple[str, bytes]:
+def _verify_pgp_mime(raw: bytes, message: EmailMessage, crypto: Crypto) -> tuple[Signature, bytes]:
     if _param(message, "protocol") != "application/pgp-signature":
         raise Rejection(550, "5.7.1", "only OpenPGP signatures (application/pgp-signature) count")
     parts = cast(list[EmailMessage], message.get_payload())
@@ -86,7 +112,7 @@ def _verify_pgp_mime(raw: bytes, message: EmailMessage, crypto: Crypto) -> tuple
         )
     signed = _first_part(raw, message.get_boundary() or "")
     signature = cast(bytes, parts[1].get_payload(decode=True))
-    return _signer(crypto.verify_detached(signed, signature)), signed
+    return _valid(crypto.verify_detached(signed, signature)), signed
 
 
 def _first_part(raw: bytes, boundary: str) -> bytes:
@@ -110,7 +136,7 @@ def _first_part(raw: bytes, boundary: str) -> bytes:
     return body[start:end]
 
 
-def _verify_inline(message: EmailMessage, crypto: Crypto) -> tuple[str, bytes]:
+def _verify_inline(message: EmailMessage, crypto: Crypto) -> tuple[Signature, bytes, bytes]:
     charset = message.get_content_charset("us-ascii")
     text = _decode(cast(bytes, message.get_payload(decode=True)), charset)
     block = text.strip(_OUTSIDE_WHITESPACE)
@@ -127,7 +153,7 @@ def _verify_inline(message: EmailMessage, crypto: Crypto) -> tuple[str, bytes]:
             )
         raise _unsigned(message)
     signature, signed_text = crypto.verify_cleartext(block.encode(charset))
-    signer = _signer(signature)
+    signature = _valid(signature)
     # Redistribute what gpg says was signed, never the text around the armour.
     entity = MIMEPart(policy=policy.SMTP)
     entity.set_content(
@@ -135,10 +161,10 @@ def _verify_inline(message: EmailMessage, crypto: Crypto) -> tuple[str, bytes]:
         charset="utf-8",
         cte="quoted-printable",
     )
-    return signer, entity.as_bytes()
+    return signature, signed_text, entity.as_bytes()
 
 
-def _verify_encrypted(message: EmailMessage, crypto: Crypto) -> tuple[str, bytes, str]:
+def _verify_encrypted(message: EmailMessage, crypto: Crypto) -> _Verified:
     if _param(message, "protocol") != "application/pgp-encrypted":
         raise Rejection(550, "5.7.1", "only OpenPGP encryption (application/pgp-encrypted) counts")
     parts = cast(list[EmailMessage], message.get_payload())
@@ -159,16 +185,17 @@ def _verify_encrypted(message: EmailMessage, crypto: Crypto) -> tuple[str, bytes
     check_wire(plaintext)
     inner = check_structure(plaintext)
     if decrypted.signature is not None:  # combined (RFC 3156 §6.2): signs the whole entity
-        return _signer(decrypted.signature), plaintext, "encrypted/combined"
+        return _valid(decrypted.signature), plaintext, plaintext, "encrypted/combined"
     if inner.get_content_type() == "multipart/encrypted":
         raise Rejection(550, "5.7.1", "nested encryption is not accepted")
-    signer, payload, form = _verify_signed(plaintext, inner, crypto)
-    return signer, payload, f"encrypted/{form}"
+    signature, signed, payload, form = _verify_signed(plaintext, inner, crypto)
+    return signature, signed, payload, f"encrypted/{form}"
 
 
-def _signer(signature: Signature) -> str:
-    if signature.valid and signature.fingerprint:
-        return signature.fingerprint
+def _valid(signature: Signature) -> Signature:
+    """The signature if gpg judged it good (with its signer and creation time), else refuse."""
+    if signature.valid and signature.fingerprint and signature.created_at:
+        return signature
     if signature.code == "BADSIG":
         raise Rejection(550, "5.7.7", f"bad signature: {signature.reason}")
     raise Rejection(550, "5.7.1", f"signature not accepted: {signature.reason}")
@@ -183,14 +210,27 @@ def _unsigned(message: EmailMessage) -> Rejection:
     return Rejection(550, "5.7.1", "the post is not signed; sign it with OpenPGP")
 
 
-def _subject(payload: bytes, message: EmailMessage) -> str:
-    """The Subject inside the signed payload when its root is marked as carrying
-    protected headers (RFC 9788 `hp`, or the older protected-headers="v1"), else the
-    outer, unauthenticated one."""
+def _protected_headers(payload: bytes) -> dict[str, str]:
+    """The header fields of the signed payload's root when it is marked as carrying
+    protected headers (RFC 9788 `hp`, or the older protected-headers="v1"); else none.
+
+    The outer header section is never read: nothing signs it. A field given twice
+    inside counts for nothing (two readers could pick different ones)."""
     root = cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(payload, True))
     marked = _param(root, "hp") in ("clear", "cipher") or _param(root, "protected-headers") == "v1"
-    source = root if marked and "subject" in root else message
-    return _CONTROL.sub(" ", str(source.get("subject", ""))).strip()
+    if not marked:
+        return {}
+    names = [name.lower() for name in root]
+    found: dict[str, str] = {}
+    for name in dict.fromkeys(names):
+        if name.startswith("content-") or names.count(name) != 1:
+            continue
+        try:
+            value = str(root.get(name, ""))
+        except (ValueError, IndexError):  # a header the parser chokes on says nothing
+            continue
+        found[name] = " ".join(_CONTROL.sub(" ", value).split())[:998]
+    return found
 
 
 def _param(part: EmailMessage, name: str) -> str:

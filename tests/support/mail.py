@@ -15,7 +15,8 @@ def crlf(data: bytes) -> bytes:
 
 
 def text_entity(body: str, subject: str | None = None) -> bytes:
-    """A text/plain MIME entity (headers + body), quoted-printable, CRLF line ends."""
+    """A text/plain MIME entity (headers + body), quoted-printable, CRLF line ends; with a
+    `subject`, carried as a protected header (RFC 9788), as header-protecting clients do."""
     import quopri
 
     headers = (
@@ -23,7 +24,10 @@ def text_entity(body: str, subject: str | None = None) -> bytes:
         b"Content-Transfer-Encoding: quoted-printable\r\n"
     )
     if subject is not None:
-        headers = b"Subject: " + subject.encode() + CRLF + headers
+        headers = (
+            b"Subject: " + subject.encode() + CRLF + b'Content-Type: text/plain; charset="utf-8";'
+            b' protected-headers="v1"\r\nContent-Transfer-Encoding: quoted-printable\r\n'
+        )
     encoded = quopri.encodestring(body.encode("utf-8"))
     return headers + CRLF + crlf(encoded)
 
