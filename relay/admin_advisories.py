@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay import advisories, audit, contributions, embargo
+from relay import advisories, audit, confirmations, contributions, embargo
 from relay.config import Settings
 from relay.db import Database
 from relay.errors import RelayError
@@ -67,12 +67,24 @@ class AdvisoryDeliveryView:
 
 
 @dataclass(frozen=True)
+class PendingChangeView:
+    """A signed request to bring the lift earlier, waiting for confirmation."""
+
+    id: int
+    lift_at: datetime | None  # None: lift now
+    old_lift_at: datetime | None
+    requested_by: str
+    requested_at: datetime
+
+
+@dataclass(frozen=True)
 class AdvisoryReport:
     advisory: AdvisoryView
     history: list[audit.AuditView]
     deliveries: list[AdvisoryDeliveryView]
     # Each member's contributing-back status (relay.contributions).
     statuses: list[contributions.StatusRow] = field(default_factory=list)
+    pending: list[PendingChangeView] = field(default_factory=list)
 
 
 # Advisories
@@ -214,7 +226,45 @@ def advisory_report(db: Database, advisory_id: str) -> AdvisoryReport:
             for d, kind in rows
         ]
         statuses = contributions.status_rows(session, advisory.id)
-        return AdvisoryReport(_advisory_view(advisory), history, deliveries, statuses)
+        pending = [
+            PendingChangeView(p.id, p.lift_at, p.old_lift_at, p.requested_by, p.requested_at)
+            for p in confirmations.pending(session, advisory.id)
+        ]
+        return AdvisoryReport(_advisory_view(advisory), history, deliveries, statuses, pending)
+
+
+def confirm_change(
+    db: Database,
+    spool: Spool,
+    settings: Settings,
+    advisory_id: str,
+    actor: str,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> tuple[PendingChangeView, AdvisoryView]:
+    """Make the change a signed post asked for and that waits for a second look: the
+    earlier lift time (members are told) or the early lift."""
+    policy = advisories.policy_for(settings)
+    now = now or utcnow()
+
+    def work(session: Session, spool: Spool) -> tuple[PendingChangeView, AdvisoryView]:
+        done = confirmations.confirm(
+            session,
+            spool,
+            settings,
+            advisory_id,
+            actor=actor,
+            policy=policy,
+            now=now,
+            reason=reason,
+        )
+        p = done.pending
+        view = PendingChangeView(p.id, p.lift_at, p.old_lift_at, p.requested_by, p.requested_at)
+        return view, _advisory_view(advisories.get(session, p.advisory_id))
+
+    pending, advisory = embargo.in_transaction(db, spool, work)
+    event(log, "advisory.change_confirmed", advisory=advisory.id, pending=pending.id)
+    return pending, advisory
 
 
 def audit_trail(

@@ -210,6 +210,7 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
                 "history": report.history,
                 "deliveries": report.deliveries,
                 "statuses": report.statuses,
+                "pending_changes": report.pending,
             }
         )
         return
@@ -242,6 +243,20 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
             for r in report.history
         ],
     )
+    if report.pending:
+        _table(
+            "Waiting for confirmation (relay advisory confirm ID)",
+            ["asked", "by", "lift time now", "asked for"],
+            [
+                [
+                    format_when(p.requested_at),
+                    p.requested_by,
+                    _lift(p.old_lift_at, zone),
+                    "lift now" if p.lift_at is None else _lift(p.lift_at, zone),
+                ]
+                for p in report.pending
+            ],
+        )
     _table(
         "Deliveries",
         ["recipient", "message", "kind", "status", "attempts", "last code"],
@@ -312,6 +327,27 @@ def advisory_lift(ctx: click.Context, advisory_id: str, reason: str | None) -> N
     click.echo(f"advisory {done.advisory_id} lifted; {len(done.notices)} notice(s) queued")
     if done.released:
         click.echo(f"{done.released} delivery(ies) held for the embargo released")
+
+
+@advisory.command("confirm")
+@click.argument("advisory_id", metavar="ID")
+@click.option("--reason", help="Why (told to the members, kept in the audit trail).")
+@click.pass_context
+def advisory_confirm(ctx: click.Context, advisory_id: str, reason: str | None) -> None:
+    """Make the earlier lift a signed post asked for (it waits for a second look).
+
+    `relay advisory show ID` lists what waits. Members are told of the new lift time;
+    an early lift (X-Lift: now) lifts at once.
+    """
+    app = _app(ctx)
+    pending, view = admin_advisories.confirm_change(
+        app.db, app.spool, app.settings, advisory_id, audit.cli_actor(), reason
+    )
+    if pending.lift_at is None:
+        click.echo(f"advisory {view.id} lifted, as {pending.requested_by} asked")
+    else:
+        moved = _lift(view.lift_at)
+        click.echo(f"lift time of {view.id} moved to {moved}, as {pending.requested_by} asked")
 
 
 @advisory.command("cancel")

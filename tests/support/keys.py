@@ -174,8 +174,11 @@ class Keyring:
         out, _ = self.status(["--clearsign", "--local-user", signer], data)
         return out
 
-    def detach_sign(self, data: bytes, signer: str) -> bytes:
-        out, _ = self.status(["--detach-sign", "--armor", "--local-user", signer], data)
+    def detach_sign(self, data: bytes, signer: str, *, at: int | None = None) -> bytes:
+        """A detached signature; `at` (a Unix time) dates it then, as a clock set wrong or
+        a post made days ago would (gpg's --faked-system-time, frozen)."""
+        faked = ["--faked-system-time", f"{at}!"] if at is not None else []
+        out, _ = self.status([*faked, "--detach-sign", "--armor", "--local-user", signer], data)
         return out
 
     def sign_encrypt(self, data: bytes, signer: str, recipients: list[str]) -> bytes:

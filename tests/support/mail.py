@@ -43,11 +43,18 @@ def _outer(subject: str, sender: str, to: str) -> bytes:
 
 
 def pgp_mime_signed(
-    keyring: Keyring, signer: str, entity: bytes, *, subject: str, sender: str, to: str
+    keyring: Keyring,
+    signer: str,
+    entity: bytes,
+    *,
+    subject: str,
+    sender: str,
+    to: str,
+    signed_at: int | None = None,
 ) -> bytes:
-    """multipart/signed (RFC 3156) over exactly `entity`."""
+    """multipart/signed (RFC 3156) over exactly `entity`; `signed_at` dates the signature."""
     boundary = "sig-" + secrets.token_hex(8)
-    signature = keyring.detach_sign(entity, signer)
+    signature = keyring.detach_sign(entity, signer, at=signed_at)
     assert signature.startswith(b"-----BEGIN PGP SIGNATURE-----"), signature
     return (
         _outer(subject, sender, to)
