@@ -421,7 +421,7 @@ class PostRouter:
             if keywords.ADVISORY not in found and keywords.STATUS not in found:
                 outcome.routing = queue.Routing(None, audience=queue.NOBODY)
                 return outcome.routing
-        advisory = self._advisory_of(session, found, post.subject, message, payload)
+        advisory = self._advisory_of(session, found, post, payload)
         if (status := found.get(keywords.STATUS)) is not None:
             try:
                 contributions.set_status(
@@ -444,7 +444,9 @@ class PostRouter:
         audience = queue.SENDERS if mode == MemberPosts.SRC else queue.MEMBERS
         if hold:
             self._tell_moderators(session, spool, advisory, member)
-        outcome.routing = queue.Routing(advisory.id, audience=audience, hold=hold)
+        outcome.routing = queue.Routing(
+            advisory.id, audience=audience, hold=hold, subject=_copy_subject(post, found, advisory)
+        )
         return outcome.routing
 
     def _share(
@@ -548,18 +550,19 @@ class PostRouter:
         self,
         session: Session,
         found: dict[str, str],
-        subject: str,
-        message: EmailMessage,
+        post: VerifiedPost,
         payload: bytes,
     ) -> Advisory:
-        """The advisory a member writes about: keyword line, reply threading, subject, or
-        the embargoed text it quotes."""
+        """The advisory a member writes about, from signed data only: a keyword line, the
+        protected In-Reply-To/References (a reply to the list's copy) or Subject, or the
+        embargoed text it quotes."""
+        subject = post.subject
         if (named := found.get(keywords.ADVISORY)) is not None:
             advisory = advisories.find(session, named)
             if advisory is None:
                 raise Rejection(550, "5.6.0", f"no advisory {named} on this list")
             return advisory
-        for reference in _references(message):
+        for reference in _references(post.protected):
             advisory_id = self._replied_to(session, reference)
             if advisory_id is not None:
                 return advisories.get(session, advisory_id)
@@ -637,14 +640,11 @@ def _visible(message: EmailMessage) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _references(message: EmailMessage) -> list[str]:
+def _references(protected: dict[str, str]) -> list[str]:
+    """The Message-IDs a post replies to, from its protected (signed) header fields."""
     ids: list[str] = []
-    for name in ("In-Reply-To", "References"):
-        try:
-            value = message.get(name)
-        except (ValueError, IndexError):
-            continue
-        ids += _MESSAGE_ID.findall(str(value or ""))
+    for name in ("in-reply-to", "references"):
+        ids += _MESSAGE_ID.findall(protected.get(name, ""))
     return list(dict.fromkeys(reversed(ids)))  # the nearest reference first
 
 

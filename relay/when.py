@@ -95,7 +95,10 @@ def parse_when(
         start = now or datetime.now(UTC)
         if start.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        return (start + parse_duration(m.group(1).replace(" ", ""))).astimezone(UTC)
+        try:
+            return (start + parse_duration(m.group(1).replace(" ", ""))).astimezone(UTC)
+        except (OverflowError, ValueError):  # beyond year 9999: no definite instant
+            raise WhenError(f"{text.strip()!r} lies beyond any date this relay can keep") from None
     m = _WHEN.match(text)
     if m is None:
         raise WhenError(f"cannot read {text.strip()!r} as a time\n{ACCEPTED_FORMS}")

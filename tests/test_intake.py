@@ -5,6 +5,8 @@ envelope says; an earlier lift by mail waits for a second look."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -452,3 +454,49 @@ def test_the_same_words_signed_again_later_are_a_new_post(
         assert relay.run(_post(relay.port, _signed(home, src, body)))[0] == 250
     with home.db.transaction() as s:
         assert len(s.execute(select(UsedSignature)).scalars().all()) == 2
+
+
+def test_a_reply_is_threaded_by_its_signed_in_reply_to_only(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    home = _home(tmp_path, keys, sink)
+    src = keys.make("src", "src@example.org")
+    distro0 = keys.make("distro0", "security@distro0.example")
+    with RelayThread(home.settings) as relay:
+        assert (
+            relay.run(_post(relay.port, _signed(home, src, f"X-Advisory: {ADV}\n\nA.\n")))[0] == 250
+        )
+        copy = next(m for m in sink.wait_for(2, timeout=60) if m.rcpt_tos == (distro0.address,))
+        copy_id = email.message_from_bytes(copy.data, policy=email.policy.default)["Message-ID"]
+        # In-Reply-To outside the signature: anyone on the path could have set it.
+        unsigned = _signed(home, distro0, "Looks good.\n", **{"In-Reply-To": copy_id})
+        code, reply = relay.run(_post(relay.port, unsigned, sender=distro0.address))
+        assert code == 550 and "name the advisory" in reply
+        signed = pgp_mime_signed(
+            home.client(distro0),
+            distro0.fingerprint,
+            text_entity("Looks good.\n", protected={"In-Reply-To": copy_id}),
+            subject="Re: [...]",
+            sender=distro0.address,
+            to=LIST,
+        )
+        assert relay.run(_post(relay.port, signed, sender=distro0.address))[0] == 250
+    with home.db.transaction() as s:
+        reply_row = s.execute(
+            select(Message).where(Message.signer_fingerprint == distro0.fingerprint)
+        ).scalar_one()
+        assert reply_row.advisory_id == ADV and reply_row.subject == ADV
+
+
+def test_an_embargo_time_beyond_the_calendar_is_refused_permanently(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    """Not 451 (the sending MTA would retry for days): the post can never be read."""
+    home = _home(tmp_path, keys, sink)
+    post = _signed(
+        home, keys.make("src"), f"X-Advisory: {ADV}\nX-Embargo-Until: +99999999w\n\nA.\n"
+    )
+    with RelayThread(home.settings) as relay:
+        code, reply = relay.run(_post(relay.port, post))
+    assert code == 550 and reply.startswith("5.6.0") and "beyond any date" in reply
+    assert _state(home)[0] == 0

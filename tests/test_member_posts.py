@@ -31,10 +31,12 @@ def _home(tmp_path: Path, keys: KeyFactory, sink: SmtpSink, policy: str | None =
 
 
 def _signed(home: RelayHome, key, body: str, subject: str, **headers: str) -> bytes:
+    """A member's signed post; threading fields go inside the signature (protected)."""
+    threading = {n: headers.pop(n) for n in ("In-Reply-To", "References") if n in headers}
     data = pgp_mime_signed(
         home.client(key),
         key.fingerprint,
-        text_entity(body, subject=subject),
+        text_entity(body, subject=subject, protected=threading),
         subject=subject,
         sender=key.address,
         to=LIST,

@@ -197,3 +197,9 @@ def test_format_when_refuses_naive_datetimes() -> None:
 )
 def test_countdown(delta: timedelta, expected: str) -> None:
     assert countdown(NOW + delta, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["+99999999w", "in 99999999999999999999d"])
+def test_a_relative_time_beyond_the_calendar_is_refused_not_an_overflow(text: str) -> None:
+    with pytest.raises(WhenError, match="beyond any date"):
+        parse_when(text, now=datetime(2026, 12, 1, tzinfo=UTC))

@@ -14,19 +14,24 @@ def crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def text_entity(body: str, subject: str | None = None) -> bytes:
+def text_entity(
+    body: str, subject: str | None = None, protected: dict[str, str] | None = None
+) -> bytes:
     """A text/plain MIME entity (headers + body), quoted-printable, CRLF line ends; with a
-    `subject`, carried as a protected header (RFC 9788), as header-protecting clients do."""
+    `subject` or other `protected` fields (In-Reply-To, say), they are carried as protected
+    headers (RFC 9788), inside the signature, as header-protecting clients do."""
     import quopri
 
     headers = (
         b'Content-Type: text/plain; charset="utf-8"\r\n'
         b"Content-Transfer-Encoding: quoted-printable\r\n"
     )
-    if subject is not None:
+    fields = {**({"Subject": subject} if subject is not None else {}), **(protected or {})}
+    if fields:
         headers = (
-            b"Subject: " + subject.encode() + CRLF + b'Content-Type: text/plain; charset="utf-8";'
-            b' protected-headers="v1"\r\nContent-Transfer-Encoding: quoted-printable\r\n'
+            "".join(f"{name}: {value}\r\n" for name, value in fields.items()).encode()
+            + b'Content-Type: text/plain; charset="utf-8"; protected-headers="v1"\r\n'
+            b"Content-Transfer-Encoding: quoted-printable\r\n"
         )
     encoded = quopri.encodestring(body.encode("utf-8"))
     return headers + CRLF + crlf(encoded)
