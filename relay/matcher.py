@@ -8,8 +8,10 @@ text is one dictionary lookup, never a loop over advisories.
 Text is compared by winnowing (Schleimer, Wilkerson, Aiken, "Winnowing: local algorithms for
 document fingerprinting", SIGMOD 2003) over hashes of word shingles:
 
-- Normalisation works on the UTF-8 bytes through one translation table: ASCII letters are
-  lower-cased; quoting marks (``>``, ``|``), brackets, quotes, commas, colons and all other
+- Every text, indexed or scanned, is first normalised by relay/normalise.py (compatibility
+  forms, invisible characters, Unicode spaces, homoglyphs, case, letter-spacing), so a quote
+  matches whatever dress it wears. Tokenising then works on its UTF-8 bytes through one
+  translation table: quoting marks (``>``, ``|``), brackets, quotes, commas, colons and all other
   punctuation become spaces, so re-quoting, re-wrapping and changed whitespace leave the same
   words. ``. - / _ @`` stay inside words, so ``CVE-2026-1234``, ``v1.30.4``,
   ``pkg/volume/git_repo.go`` and ``git_repo.SetUp`` stay single tokens (a sentence's final
@@ -57,6 +59,8 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import filterfalse
+
+from relay.normalise import Origins, normalise, normalise_mapped, normalise_utf8
 
 K = 4  # tokens per shingle
 W = 4  # shingles per winnowing window
@@ -191,11 +195,11 @@ class Matcher:
         self._add_document(advisory, BODY, text)
         named = [advisory_id, *identifiers]
         for subject in subjects:
-            named += map(str.upper, _CVE.findall(subject))
+            named += map(str.upper, _CVE.findall(normalise(subject)))
             self._add_subject(advisory, subject)
         for identifier in named:
             self._add_phrase(advisory, identifier.strip(), identifier.strip(), public=False)
-        for cve in set(map(str.upper, _CVE.findall(text))):
+        for cve in set(map(str.upper, _CVE.findall(normalise(text)))):
             self._add_phrase(advisory, cve, cve, public=True)
 
     def add_attachment(self, advisory_id: str, name: str, text: str) -> None:
@@ -235,7 +239,7 @@ class Matcher:
             document = self._documents[number]
             kept = tuple(filterfalse(public.__contains__, document.fingerprints))
             self._documents[number] = _Document(document.advisory, document.source, kept)
-        self._public_ids.update(_tokens(_normalised(" ".join(_CVE.findall(text)))))
+        self._public_ids.update(_tokens(_normalised(" ".join(_CVE.findall(normalise(text))))))
 
     def match(self, text: str, *, min_score: float = MIN_SCORE) -> list[Match]:
         """The advisories this text quotes or names, strongest first."""
@@ -256,8 +260,8 @@ class Matcher:
 
     def _analyse(self, text: str, data: bytes, min_score: float, *, named: bool) -> list[Match]:
         names = self._named(_tokens(data)) if named else {}
-        raw = text.encode("utf-8", "replace")
-        spans = _spans(_normalised(text, strip_noise=True))
+        folded, origins = normalise_mapped(text)
+        spans = _spans(_tokenised(folded, strip_noise=True))
         hashes = _shingle_hashes([token for token, _, _ in spans])
         fingerprints = _winnow(hashes) - self._public
         found: dict[str, set[int]] = {}
@@ -287,7 +291,7 @@ class Matcher:
                     score=round(score, 4),
                     matched_fingerprints=len(shared),
                     identifiers=tuple(sorted(names.get(key, ()))),
-                    excerpts=_excerpts(raw, spans, runs) if quoted else (),
+                    excerpts=_excerpts(text, origins, spans, runs) if quoted else (),
                     sources=tuple(sorted(sources.get(key, ()))) if quoted else (),
                 )
             )
@@ -367,8 +371,12 @@ def _numbers(held: int | tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _normalised(text: str, *, strip_noise: bool = False) -> bytes:
-    """The text's bytes with punctuation and quoting blanked; byte offsets are kept."""
-    data = text.encode("utf-8", "replace")
+    """The normalised text's bytes with punctuation and quoting blanked."""
+    return _tokenised(normalise_utf8(text), strip_noise=strip_noise)
+
+
+def _tokenised(data: bytes, *, strip_noise: bool = False) -> bytes:
+    """Normalised bytes with punctuation and quoting blanked; byte offsets are kept."""
     if strip_noise:
         data = _NOISE.sub(lambda m: b" " * len(m.group()), data)
     return (data + b" ").translate(_TABLE).replace(b". ", b"  ")
@@ -448,15 +456,17 @@ def _runs(hashes: list[int], shared: set[int]) -> list[_Run]:
     return runs
 
 
-def _excerpts(raw: bytes, spans: list[tuple[bytes, int, int]], runs: list[_Run]) -> tuple[str, ...]:
+def _excerpts(
+    text: str, origins: Origins, spans: list[tuple[bytes, int, int]], runs: list[_Run]
+) -> tuple[str, ...]:
     """The longest passages of the text made of shared shingles, in the text's own words."""
     longest = sorted(runs, key=lambda run: run.first - run.last)[:MAX_EXCERPTS]
     return tuple(
-        _readable(raw[spans[run.first][1] : spans[run.last][2]])
+        _readable(text[origins.start(spans[run.first][1]) : origins.end(spans[run.last][2])])
         for run in sorted(longest, key=lambda run: run.first)
     )
 
 
-def _readable(passage: bytes) -> str:
-    text = _SPACES.sub(" ", _QUOTED_BREAK.sub(" ", passage.decode("utf-8", "replace"))).strip()
+def _readable(passage: str) -> str:
+    text = _SPACES.sub(" ", _QUOTED_BREAK.sub(" ", passage)).strip()
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1].rstrip() + "…"

@@ -2,21 +2,21 @@
 under embargo, kept in a `relay.matcher.Matcher` so a message that names no advisory
 but quotes one is still recognised.
 
-Built from the database and the spool when the relay starts (or on first use), then
-brought up to date on each use: new posts are added, advisories no longer embargoed are
-dropped. Thread-safe (the SMTP edge accepts posts in worker threads, the dispatcher
+Posts are read through relay/content.py (every part, archives included) and fingerprinted
+through relay/normalise.py, the same as every scan. Built from the database and the spool
+when the relay starts (or on first use), then brought up to date on each use: new posts
+are added, advisories no longer embargoed are dropped. Thread-safe (the SMTP edge accepts posts in worker threads, the dispatcher
 asks from its own).
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
 import threading
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from relay.content import read_content
 from relay.matcher import Match, Matcher
 from relay.models import Advisory, AdvisoryState, Message, MessageKind, SenderKey
 from relay.spool import PAYLOAD, Spool
@@ -61,35 +61,20 @@ class EmbargoedText:
             if message_id in self._indexed and advisory_id in self._matcher:
                 continue
             self._indexed.add(message_id)
-            body, attachments = _texts(self.spool.read(message_id, PAYLOAD))
+            content = read_content(self.spool.read(message_id, PAYLOAD))
             self._matcher.add(
-                advisory_id, body, subjects=[subject] if subject else [], identifiers=[advisory_id]
+                advisory_id,
+                content.body,
+                subjects=[subject] if subject else [],
+                identifiers=[advisory_id],
             )
-            for name, text in attachments:
+            for name, text in content.attachments:
                 self._matcher.add_attachment(advisory_id, name, text)
 
 
 def text_of(payload: bytes) -> str:
-    """Every text part of a message's payload (body and attached patches), for matching."""
-    body, attachments = _texts(payload)
-    return "\n".join([body, *(text for _, text in attachments)])
+    """Everything a message's payload says (body, attachments, archives), for matching.
 
-
-def _texts(payload: bytes) -> tuple[str, list[tuple[str, str]]]:
-    """The post's body text and its text attachments (patches), decoded."""
-    entity = email.message_from_bytes(payload, policy=email.policy.default)
-    body: list[str] = []
-    attachments: list[tuple[str, str]] = []
-    for part in entity.walk():
-        if part.is_multipart() or part.get_content_maintype() != "text":
-            continue
-        try:
-            text = str(part.get_content())
-        except (LookupError, ValueError):
-            continue
-        name = part.get_filename()
-        if name:
-            attachments.append((name, text))
-        else:
-            body.append(text)
-    return "\n".join(body), attachments
+    What could not be read is in ``read_content(payload).unreadable``.
+    """
+    return read_content(payload).text
