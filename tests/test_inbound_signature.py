@@ -15,10 +15,10 @@ from relay.crypto import GnuPG
 from relay.inbound import (
     Rejection,
     VerifiedPost,
+    admit,
     check_structure,
     check_wire,
     freshness,
-    verify_post,
 )
 from tests.support import keys as support  # not TestKey by name: pytest would collect it
 
@@ -45,9 +45,8 @@ class Relay:
         return self.people[name].fingerprint
 
     def post(self, raw: bytes) -> VerifiedPost:
-        check_wire(raw)
-        message = check_structure(raw)
-        return verify_post(raw, message, self.crypto, self.authorised.__contains__)
+        # In the relay's order: linear checks, the signature, then the strict parse.
+        return admit(raw, self.crypto, self.authorised.__contains__)[1]
 
     def refuse(self, raw: bytes, reply_start: str) -> str:
         with pytest.raises(Rejection) as caught:

@@ -10,7 +10,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from relay.inbound import Rejection, check_structure
+from relay.inbound import Rejection, check_structure, prescan
 from relay.inbound.structure import MAX_DEPTH
 
 HEAD = b"From: alice@example.net\r\nTo: list@example.org\r\nSubject: t\r\nMIME-Version: 1.0\r\n"
@@ -81,7 +81,11 @@ def test_message_rfc822_levels_count_as_nesting() -> None:
 
 @pytest.mark.parametrize("build", [nested_multipart, nested_messages])
 def test_ten_thousand_levels_are_rejected_without_recursing(build) -> None:
-    assert "MIME parts" in rejected(build(10_000))
+    # The bound is the pre-scan's now, in one pass before any parse: it counts nesting
+    # levels and delimiter lines, where check_structure counted Content-Type lines.
+    with pytest.raises(Rejection) as caught:
+        prescan(build(10_000))
+    assert caught.value.reply == "554 5.6.0 malformed message: MIME nesting deeper than 20 levels"
 
 
 @pytest.fixture

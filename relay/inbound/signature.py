@@ -29,7 +29,7 @@ from typing import cast
 from relay.crypto import Crypto, Signature
 from relay.errors import CryptoError
 from relay.inbound import freshness
-from relay.inbound.structure import check_structure
+from relay.inbound.shallow import read_top
 from relay.inbound.wire import Rejection, check_wire
 
 _CLEARSIGN_MARKERS = [
@@ -62,7 +62,7 @@ def verify_post(
     crypto: Crypto,
     is_authorised: Callable[[str], bool],
 ) -> VerifiedPost:
-    """Verify a post that passed `check_wire` and `check_structure`; raise `Rejection` if unfit."""
+    """Verify a post read by `shallow.read_top` (admission.py); raise `Rejection` if unfit."""
     if message.get_content_type() == "multipart/encrypted":
         signature, signed, payload, form = _verify_encrypted(message, crypto)
     else:
@@ -120,9 +120,9 @@ def _first_part(raw: bytes, boundary: str) -> bytes:
     delimiter line to before the CRLF that starts the next one (RFC 2046 §5.1.1).
 
     The delimiter pattern is the email package's own (transport padding allowed),
-    so these bytes are the part that `check_structure` parsed.
+    so these bytes are the part that the full parse (check_structure) finds.
     """
-    # The header section ends at the first empty line (check_structure refused any other end).
+    # The header section ends at the first empty line (the pre-scan refused any other end).
     body = raw[2:] if raw.startswith(b"\r\n") else raw.partition(b"\r\n\r\n")[2]
     delimiter = re.compile(
         rb"(?:\A|(?<=\r\n))--" + re.escape(boundary.encode("ascii")) + rb"(--)?[ \t]*(?:\r\n|\Z)"
@@ -183,7 +183,7 @@ def _verify_encrypted(message: EmailMessage, crypto: Crypto) -> _Verified:
         raise Rejection(550, "5.7.5", f"cannot decrypt the post: {exc}") from None
     plaintext = _LINE_END.sub(b"\r\n", decrypted.plaintext)  # RFC 3156 canonical form
     check_wire(plaintext)
-    inner = check_structure(plaintext)
+    inner = read_top(plaintext)  # unauthenticated still: the top level only
     if decrypted.signature is not None:  # combined (RFC 3156 §6.2): signs the whole entity
         return _valid(decrypted.signature), plaintext, plaintext, "encrypted/combined"
     if inner.get_content_type() == "multipart/encrypted":

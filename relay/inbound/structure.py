@@ -22,12 +22,6 @@ from typing import cast
 from relay.inbound.wire import Rejection, printable
 
 MAX_DEPTH = 20  # multipart and message/* levels
-# Checked before parsing, to bound the parser's work and recursion: each nesting level
-# needs a Content-Type line (one line per two levels at worst, through multipart/digest's
-# message/rfc822 default), and no announcement has hundreds of typed parts.
-MAX_PARTS = 250
-
-_CONTENT_TYPE_LINE = re.compile(rb"(?im)^content-type:")
 
 # Defects that mean the parser had to guess where a part or the header section ends.
 _FATAL_DEFECTS: dict[type[errors.MessageDefect], str] = {
@@ -41,7 +35,7 @@ _FATAL_DEFECTS: dict[type[errors.MessageDefect], str] = {
     errors.MisplacedEnvelopeHeaderDefect: "a 'From ' line inside the header section",
 }
 # Fields this relay reads; two copies invite two readers to pick different ones.
-_SINGLE_FIELDS = ("content-type", "content-transfer-encoding", "from", "subject")
+SINGLE_FIELDS = ("content-type", "content-transfer-encoding", "from", "subject")
 _IDENTITY_CTES = frozenset({"7bit", "8bit", "binary"})
 _BASE64_SPACE = re.compile(rb"[ \t\r\n]+")
 # "=" must start a hex escape or a soft line break (optional transport padding first).
@@ -54,16 +48,32 @@ def _malformed(why: str) -> Rejection:
 
 
 def check_structure(raw: bytes) -> EmailMessage:
-    """Parse `raw` with the default policy and refuse it unless its MIME tree is sound."""
-    if len(_CONTENT_TYPE_LINE.findall(raw)) > MAX_PARTS:
-        raise _malformed(f"more than {MAX_PARTS} MIME parts")
+    """Parse `raw` with the default policy and refuse it unless its MIME tree is sound.
+
+    The full parse costs far more than reading the bytes: run it only on input that
+    passed the pre-scan (relay/inbound/prescan.py), which bounds parts, nesting, lines
+    and header fields, and, for a post, only once its signature was found good."""
     try:
         message = cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(raw))
         _check_tree(message)
     except RecursionError:
-        # Backstop only: MAX_PARTS keeps real input far below the interpreter's limit.
+        # Backstop only: the pre-scan keeps real input far below the interpreter's limit.
         raise _malformed(f"MIME nesting deeper than {MAX_DEPTH} levels") from None
     return message
+
+
+def check_part(part: EmailMessage) -> None:
+    """The strict checks of one entity that need nothing below it and no header object
+    but its MIME fields: what the parse of its header section noticed, a container's
+    transfer encoding and Content-Type, a leaf's transfer encoding and content.
+
+    For the top level of a post read before its signature is checked (shallow.py);
+    check_structure makes these checks and all the others once the signature is good."""
+    _check_defects(part)
+    if part.get_content_maintype() in ("multipart", "message"):
+        _check_container(part)
+    else:
+        _check_body(part)
 
 
 def _check_tree(root: EmailMessage) -> None:
@@ -82,12 +92,9 @@ def _check_tree(root: EmailMessage) -> None:
 
 
 def _check_entity(part: EmailMessage) -> None:
-    for defect in part.defects:
-        for kind, why in _FATAL_DEFECTS.items():
-            if isinstance(defect, kind):
-                raise _malformed(why)
+    _check_defects(part)
     names = [name.lower() for name in part]
-    for name in _SINGLE_FIELDS:
+    for name in SINGLE_FIELDS:
         if names.count(name) > 1:
             raise _malformed(f"more than one {name} header field")
     try:
@@ -96,6 +103,13 @@ def _check_entity(part: EmailMessage) -> None:
         part.items()
     except Exception:  # the header parser raises assorted errors on hostile input
         raise _malformed("a header field cannot be parsed") from None
+
+
+def _check_defects(part: EmailMessage) -> None:
+    for defect in part.defects:
+        for kind, why in _FATAL_DEFECTS.items():
+            if isinstance(defect, kind):
+                raise _malformed(why)
 
 
 def _check_container(part: EmailMessage) -> None:
