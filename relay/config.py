@@ -84,6 +84,27 @@ class SmtpSettings(_Section):
     max_message_size: int = Field(10 * 1024 * 1024, ge=1024)
     max_recipients: int = Field(10, ge=1)
     hostname: str | None = None
+    # Open sessions at once, in all and from one client address; beyond: 421 4.7.0.
+    max_connections: int = Field(100, ge=1)
+    max_connections_per_ip: int = Field(10, ge=1)
+    # A session without progress (a finished mail transaction, or DATA flowing) this
+    # long is cut with 421 4.4.2; commands alone (NOOP, RSET ...) are no progress.
+    idle_timeout: Duration = timedelta(seconds=60)
+    # Replies with a 5xx code to commands before the session is cut with 421 4.7.0.
+    max_bad_commands: int = Field(10, ge=1)
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _caps(self) -> SmtpSettings:
+        if self.max_connections_per_ip > self.max_connections:
+            raise ValueError("'max_connections_per_ip' must not exceed 'max_connections'")
+        return self
 
 
 class DeliverySettings(_Section):

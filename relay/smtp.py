@@ -1,41 +1,47 @@
 """The SMTP edge: aiosmtpd hooks that admit posts for the list address only.
 
-The protocol stays in aiosmtpd; this module implements `handle_MAIL`,
-`handle_RCPT` and `handle_DATA`. DATA runs the inbound checks (wire, MIME
-structure, signature), reads the keyword lines of the signed part (the post's
-advisory and embargo time) and makes the post durable, in worker threads; it
-answers `250` only after the queue transaction has committed. Any unexpected failure
-answers `451`, so the sender keeps the message and retries.
+The protocol stays in aiosmtpd; `RelaySMTP` bounds what one client may cost it
+(connections, idle time, bad commands; DATA read in chunks and pre-scanned as it
+arrives, relay/smtp_data.py) and `ListHandler` implements `handle_MAIL`, `handle_RCPT`
+and `handle_DATA`. DATA runs the inbound checks (relay/inbound/admission.py): the
+unauthenticated part, up to the signature check, in the intake pool; the rest (the
+strict parse, the keyword lines of the signed part, the durable accept) in the pool of
+signed posts, so junk never waits in front of a signed post. It answers `250` only
+after the queue transaction has committed. Any unexpected failure answers `451`, so
+the sender keeps the message and retries.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import getaddresses
 
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 from aiosmtpd.smtp import Session as SmtpSession
 
 from relay import advisories, incidents, keywords, posts, queue
 from relay.config import Settings
 from relay.crypto import Crypto
 from relay.db import Database
+from relay.edge_limits import Busy, ConnectionLimits, WorkPool
 from relay.inbound import (
+    Authenticated,
     Rejection,
+    Shape,
     VerifiedPost,
-    check_structure,
-    check_wire,
+    authenticate,
     freshness,
-    verify_post,
 )
 from relay.keystore import Owner, owner_of
 from relay.logs import clean, event
 from relay.models import utcnow
+from relay.smtp_data import read_data
 from relay.spool import Spool
 from relay.watch import EmbargoedText
 
@@ -49,22 +55,259 @@ NO_SUCH_LIST = "550 5.1.1 No such list here; this server relays for no one"
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 TOO_BIG = "552 5.3.4 Message too big for this list"
 TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
+BUSY = "451 4.3.2 The relay is busy; please try again later"
+IDLE = "421 4.4.2 {host} Idle too long; closing the connection"
+TOO_MANY_ERRORS = "421 4.7.0 {host} Too many bad commands; closing the connection"
 
-# aiosmtpd's own replies that lack enhanced status codes.
+# Threads for posts: the unauthenticated part of every post (pre-scan done, header parse,
+# gpg) in one pool, posts whose signature is good in another. Beyond workers + waiting,
+# a post is answered BUSY at once.
+INTAKE_WORKERS, INTAKE_WAITING = 2, 8
+POST_WORKERS, POST_WAITING = 2, 32
+# DATA this large counts as progress for the idle timer; a trickle slower than this per
+# idle_timeout is cut.
+PROGRESS_BYTES = 64 * 1024
+# Seconds a connection being closed may take to read its last reply before it is dropped.
+CLOSE_GRACE = 10.0
+
+# aiosmtpd's own replies that need other words or codes.
 _REWRITES = {
     "552 Error: Too much mail data": TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
     "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
+    "502 5.5.1 Too many unrecognized commands, goodbye.": (
+        "421 4.7.0 Too many unrecognized commands; closing the connection"
+    ),
 }
+# The enhanced status code (RFC 3463) given to a reply of aiosmtpd's that has none.
+_STATUS_FOR = {
+    "214": "2.0.0",
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "252": "2.5.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.7.0",
+}
+_HAS_STATUS = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+
+
+def _with_status(reply: str) -> str:
+    """`reply` with an enhanced status code; 1xx and 3xx replies take none."""
+    reply = _REWRITES.get(reply, reply)
+    code = reply[:3]
+    if not code.isdigit() or code[0] not in "245" or _HAS_STATUS.match(reply):
+        return reply
+    status = _STATUS_FOR.get(code, f"{code[0]}.0.0")
+    if code == "500" and "not recognized" in reply:
+        status = "5.5.1"
+    return f"{code}{reply[3:4] or ' '}{status} {reply[4:]}".rstrip()
+
+
+class _Envelope(Envelope):
+    """aiosmtpd's envelope, with the pre-scan of the content that DATA read."""
+
+    shape: Shape | None = None
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with enhanced status codes on its built-in replies."""
+    """aiosmtpd's protocol, with what one client may cost the relay bounded.
+
+    - Every reply carries an enhanced status code (ENHANCEDSTATUSCODES is advertised),
+      except the greeting and the HELO/EHLO answer (RFC 2034).
+    - A connection beyond `[smtp] max_connections`, or `max_connections_per_ip` from
+      one address, is answered `421 4.7.0` and closed before anything is read.
+    - The idle timer (`[smtp] idle_timeout`) is reset by progress only: a completed
+      mail transaction, or another PROGRESS_BYTES of DATA. aiosmtpd resets it on every
+      command, so NOOP, RSET, HELP or VRFY kept a session forever. It is held while
+      the relay itself works on a post. When it runs out: `421 4.4.2`, closed.
+    - `[smtp] max_bad_commands` replies with a 5xx code to commands (unknown, out of
+      sequence, bad syntax, a recipient refused) end the session with `421 4.7.0`.
+      A refused post does not count: it is a finished transaction. aiosmtpd's own
+      limit of five unknown commands answers the same way.
+    - DATA is read in chunks (relay/smtp_data.py): the wire check and the pre-scan run
+      as the bytes arrive, and a refused post is drained, never kept.
+    """
+
+    def __init__(
+        self,
+        handler: object,
+        *,
+        limits: ConnectionLimits | None = None,
+        max_bad_commands: int = 10,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        self._limits = limits
+        self._max_bad_commands = max_bad_commands
+        self._bad_commands = 0
+        self._address: str | None = None  # counted in `limits` while the session is open
+        self._refused = False
+        self._in_ehlo = False  # answering HELO or EHLO: no enhanced status codes
+        self._answering_data = False
+        self._flowed = 0  # DATA bytes since the last progress
+        self._drop: asyncio.TimerHandle | None = None
+
+    # Connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None and self._limits is not None:  # not a STARTTLS re-entry
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if peer else "-"
+            why = self._limits.admit(address)
+            if why is not None:
+                self._refused = True
+                event(log, "refused", peer=peer, code="421 4.7.0", reason=why)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(f"421 4.7.0 {why}\r\n".encode("ascii"))
+                transport.close()
+                return
+            self._address = address
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return  # aiosmtpd never saw this connection
+        if self._address is not None and self._limits is not None:
+            self._limits.release(self._address)
+            self._address = None
+        if self._drop is not None:
+            self._drop.cancel()
+        super().connection_lost(error)
+
+    def _close_with(self, reply: str) -> None:
+        """Send a last reply, end the session and close; drop it if the client does not read."""
+        transport = self.transport
+        if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            return
+        transport.write(reply.encode("ascii") + b"\r\n")
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+        transport.close()
+        self._drop = self.loop.call_later(CLOSE_GRACE, transport.abort)
+
+    # The idle timer
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd calls this when the session opens and before every command it knows;
+        # here only the first call arms the timer. Progress re-arms it (_progress).
+        if self._timeout_handle is None:
+            super()._reset_timeout(duration)
+
+    def _progress(self) -> None:
+        self._flowed = 0
+        if self.transport is not None:
+            super()._reset_timeout()
+
+    def _hold_timer(self) -> None:
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    def _data_flowed(self, size: int) -> None:
+        self._flowed += size
+        if self._flowed >= PROGRESS_BYTES:
+            self._progress()
+
+    def _timeout_cb(self) -> None:
+        peer = self.session.peer if self.session else "-"
+        event(log, "idle-timeout", peer=peer, code="421 4.4.2")
+        self._close_with(IDLE.format(host=self.hostname))
+
+    # Replies
 
     async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+        bad = False
         if isinstance(status, str):
-            status = _REWRITES.get(status, status)
+            if self._in_ehlo and status == "250 HELP":
+                await super().push("250-ENHANCEDSTATUSCODES")
+            if not (self._in_ehlo and status.startswith("250")):
+                status = _with_status(status)
+            bad = status.startswith("5") and not self._answering_data
         await super().push(status)
+        if bad:
+            self._bad_commands += 1
+            if self._bad_commands >= self._max_bad_commands:
+                event(log, "too-many-errors", peer=self.session.peer if self.session else "-")
+                self._close_with(TOO_MANY_ERRORS.format(host=self.hostname))
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("SMTP session error; answered 451 peer=%s", clean(self.session.peer))
+        return TRY_LATER
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._in_ehlo = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._in_ehlo = False
+
+    # DATA
+
+    def _create_envelope(self) -> Envelope:
+        return _Envelope()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, _Envelope) and self.session is not None
+        if not envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._flowed = 0
+        received = await read_data(
+            self._reader,
+            size_limit=self.data_size_limit,
+            line_limit=self.line_length_limit,
+            on_bytes=self._data_flowed,
+        )
+        if received is None:  # the client went away
+            return
+        self._hold_timer()  # the relay's own work is no client's idling
+        self._answering_data = True
+        try:
+            if received.refusal is not None:
+                refusal = received.refusal
+                event(
+                    log,
+                    "rejected",
+                    peer=self.session.peer,
+                    mail_from=envelope.mail_from,
+                    code=f"{refusal.code} {refusal.status}",
+                    reason=refusal.text,
+                )
+                status: object = refusal.reply
+            else:
+                envelope.content = envelope.original_content = received.content
+                envelope.shape = received.shape
+                status = await self._call_handler_hook("DATA")
+            self._set_post_data_state()
+            await self.push("250 2.0.0 OK" if status is MISSING else str(status))
+        finally:
+            self._answering_data = False
+        self._progress()  # a completed mail transaction
 
 
 class ListHandler:
@@ -88,6 +331,9 @@ class ListHandler:
         self.on_schedule = on_schedule
         self.router = posts.PostRouter(settings, spool, crypto, watch)
         self.replays_refused = 0  # since start; each signature's own count is in the database
+        # Unauthenticated work (up to the signature check) and signed posts, kept apart.
+        self.intake = WorkPool(INTAKE_WORKERS, INTAKE_WAITING, "relay-intake")
+        self.posting = WorkPool(POST_WORKERS, POST_WAITING, "relay-post")
 
     async def handle_MAIL(
         self,
@@ -121,8 +367,18 @@ class ListHandler:
         raw = envelope.original_content or b""
         if len(raw) > self.settings.smtp.max_message_size:
             return TOO_BIG
+        mail_from = envelope.mail_from or ""
         try:
-            accepted, outcome = await asyncio.to_thread(self._accept, raw, envelope.mail_from or "")
+            # A flood of junk waits, or is turned away, in the intake pool: never in
+            # front of a post whose signature is good.
+            shape = getattr(envelope, "shape", None)  # RelaySMTP pre-scanned while reading
+            authenticated = await self.intake.run(
+                authenticate, raw, self.crypto, self._is_authorised, shape
+            )
+            accepted, outcome = await self.posting.run(self._accept, raw, mail_from, authenticated)
+        except Busy:
+            event(log, "busy", peer=session.peer, mail_from=envelope.mail_from, code="451 4.3.2")
+            return BUSY
         except Rejection as rejection:
             event(
                 log,
@@ -154,11 +410,14 @@ class ListHandler:
         self.on_accept()
         return QUEUED.format(id=accepted.message_id)
 
-    def _accept(self, raw: bytes, mail_from: str) -> tuple[queue.Accepted, posts.Outcome]:
-        """Validate, verify and commit; raises Rejection for anything refused."""
-        check_wire(raw)
-        message: EmailMessage = check_structure(raw)
-        post = verify_post(raw, message, self.crypto, self._is_authorised)
+    def _accept(
+        self, raw: bytes, mail_from: str, authenticated: Authenticated | None = None
+    ) -> tuple[queue.Accepted, posts.Outcome]:
+        """Validate, verify and commit; raises Rejection for anything refused.
+
+        `authenticated`: the signature check of `raw`, when the caller made it already."""
+        checked = authenticated or authenticate(raw, self.crypto, self._is_authorised)
+        message, post = checked.admit()
         verified = self._believe(raw, post, message, mail_from)
         try:
             found, payload = keywords.extract(post.payload)
@@ -287,15 +546,20 @@ def _header(message: EmailMessage, name: str) -> str | None:
 
 
 def make_server_factory(handler: ListHandler, settings: Settings) -> Callable[[], RelaySMTP]:
-    hostname = settings.smtp.hostname or settings.list.domain
+    smtp = settings.smtp
+    hostname = smtp.hostname or settings.list.domain
+    limits = ConnectionLimits(smtp.max_connections, smtp.max_connections_per_ip)
 
     def factory() -> RelaySMTP:
         return RelaySMTP(
             handler,
-            data_size_limit=settings.smtp.max_message_size,
+            limits=limits,
+            max_bad_commands=smtp.max_bad_commands,
+            data_size_limit=smtp.max_message_size,
             hostname=hostname,
             ident="Embargo Relay",
             decode_data=False,
+            timeout=smtp.idle_timeout.total_seconds(),
         )
 
     return factory
