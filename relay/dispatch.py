@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from relay import advisories, compose, embargo, forwarding, gate, keystore, notices, queue
 from relay.config import Settings
+from relay.content import read_content
 from relay.crypto import Crypto, KeyInfo
 from relay.db import Database
 from relay.errors import CryptoError
@@ -54,7 +55,7 @@ from relay.models import (
 )
 from relay.spool import PAYLOAD, Spool
 from relay.transport import Outcome, SendResult, Transport, make_transport
-from relay.watch import EmbargoedText, text_of
+from relay.watch import EmbargoedText
 
 log = logging.getLogger("relay.dispatch")
 
@@ -381,7 +382,7 @@ class Dispatcher:
                 recipient=recipient,
                 message_id=message_id,
                 advisory=advisory,
-                text=lambda: text_of(self._payload(message_id)),
+                content=lambda: read_content(self._payload(message_id)),
                 now=now,
             )
         except Exception as exc:

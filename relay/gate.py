@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from relay import incidents, notices, parties, queue
 from relay.config import Settings
+from relay.content import Content
 from relay.forwarding import Context, Decision, ForwardingPolicy, Kind, Recipient, Verdict, decide
 from relay.keystore import grant_for, member_for, sender_for
 from relay.matcher import Match
@@ -53,10 +54,12 @@ _LIST_PARTIES = (Kind.MEMBER, Kind.SENDER)
 
 @dataclass(frozen=True)
 class Stopped:
-    """Why a copy may not go now: the deciding rule, and the quoted text if that was it."""
+    """Why a copy may not go now: the deciding rule, and the quoted text if that was it
+    (or the parts that could not be read, when the copy failed closed)."""
 
     decision: Decision
     match: Match | None = None
+    unreadable: tuple[str, ...] = ()
 
     @property
     def advisory_id(self) -> str:
@@ -76,10 +79,10 @@ class Gate:
         recipient: str,
         message_id: str,
         advisory: Advisory | None,
-        text: Callable[[], str],
+        content: Callable[[], Content],
         now: datetime,
     ) -> Stopped | None:
-        """None if the copy may go; else what stopped it. `text` gives the copy's text."""
+        """None if the copy may go; else what stopped it. `content` reads the copy's text."""
         contact = self.settings.list.security_contact
         kind = parties.kind_of(session, recipient, advisory.id if advisory else "", contact)
         if advisory is not None:
@@ -91,7 +94,8 @@ class Gate:
                 return Stopped(decision)
         if kind in _LIST_PARTIES:
             return None
-        for match in self.watch.match(session, text()):
+        read = content()
+        for match in self.watch.match(session, read.text):
             if advisory is not None and match.advisory_id == advisory.id:
                 continue  # decided above
             quoted = session.get(Advisory, match.advisory_id)
@@ -101,7 +105,36 @@ class Gate:
             decision = decide(_context(quoted, recipient, kind, now), self.policy)
             if decision.verdict != Verdict.DELIVER:
                 return Stopped(decision, match)
+        if read.unreadable:
+            return self._unreadable(session, recipient, advisory, read.unreadable, now)
         return None
+
+    def _unreadable(
+        self,
+        session: Session,
+        recipient: str,
+        advisory: Advisory | None,
+        reasons: tuple[str, ...],
+        now: datetime,
+    ) -> Stopped | None:
+        """Fail closed: what cannot be read may quote any advisory still under embargo, so
+        it goes only to someone who may read all of them. Otherwise it is held until the
+        last of those embargoes ends (unset lift times last), and asked again then."""
+        contact = self.settings.list.security_contact
+        stopping: list[tuple[Advisory, Decision]] = []
+        for other in session.execute(
+            select(Advisory).where(Advisory.state == AdvisoryState.EMBARGOED)
+        ).scalars():
+            if advisory is not None and other.id == advisory.id:
+                continue  # decided already: the recipient may read its own advisory
+            kind = parties.kind_of(session, recipient, other.id, contact)
+            decision = decide(_context(other, recipient, kind, now), self.policy)
+            if decision.verdict != Verdict.DELIVER:
+                stopping.append((other, decision))
+        if not stopping:
+            return None
+        latest = max(stopping, key=lambda item: (item[0].lift_at is None, item[0].lift_at or now))
+        return Stopped(latest[1], unreadable=reasons)
 
 
 def hold(
@@ -135,13 +168,55 @@ def hold(
         message_id=message.id,
         match=stopped.match,
         now=now,
-        note=f"{stopped.decision.reason}. The copy for {delivery.recipient} (delivery "
+        note=_unreadable_note(stopped)
+        + f"{stopped.decision.reason}. The copy for {delivery.recipient} (delivery "
         f"{delivery.id}) is held until the lift of {stopped.advisory_id} and sent then.",
         rule=decision.rule,
     )
     if verdict == Verdict.BLOCK and poster is not None:
         _tell_poster(session, spool, settings, poster, message, delivery, stopped)
+    if message.kind == MessageKind.NOTICE and delivery.plaintext_allowed:
+        _tell_senders(session, spool, settings, message, delivery, stopped)
     return delivery
+
+
+def _unreadable_note(stopped: Stopped) -> str:
+    if not stopped.unreadable:
+        return ""
+    return (
+        "Part of it could not be read (" + "; ".join(stopped.unreadable) + "), so it fails closed. "
+    )
+
+
+def _tell_senders(
+    session: Session,
+    spool: Spool,
+    settings: Settings,
+    message: Message,
+    delivery: Delivery,
+    stopped: Stopped,
+) -> None:
+    """A public text held at its lift: the senders must know it did not go out."""
+    lst = settings.list
+    senders = [*session.execute(select(Sender.address).order_by(Sender.id)).scalars()]
+    why = "quotes the embargoed advisory" if stopped.match is not None else "may carry the advisory"
+    text = (
+        f"The public text sent at the lift ({message.subject}) was not sent to\n"
+        f"{delivery.recipient}: it {why} {stopped.advisory_id}.\n"
+        f"{stopped.decision.reason}.\n\n"
+        f"It is held until the lift of {stopped.advisory_id} and goes out then, unless you\n"
+        "correct it first. The security contact has the leak report.\n"
+    )
+    notices.enqueue_advisory_notice(
+        session,
+        spool,
+        recipients=list(dict.fromkeys([*senders, lst.security_contact])),
+        subject=f"[{lst.name}] public text held: it carries {stopped.advisory_id}",
+        text=text,
+        list_domain=lst.domain,
+        reason=f"public text (delivery {delivery.id}) held for {stopped.advisory_id}",
+        advisory_id=stopped.advisory_id,
+    )
 
 
 def _context(

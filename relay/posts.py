@@ -37,18 +37,19 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import getaddresses
 from functools import cached_property
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relay import (
+    addresses,
     advisories,
     applications,
     confirmations,
     contributions,
     embargo,
+    external_copies,
     forwarding,
     grants,
     incidents,
@@ -58,11 +59,11 @@ from relay import (
     queue,
 )
 from relay.config import Settings
+from relay.content import read_content
 from relay.crypto import Crypto, GnuPG
 from relay.errors import KeyProblem, RelayError
 from relay.inbound import Rejection, VerifiedPost
 from relay.keystore import grants_for_key, member_for, sender_for
-from relay.matcher import Match
 from relay.models import (
     Advisory,
     AdvisoryState,
@@ -75,17 +76,19 @@ from relay.models import (
 )
 from relay.posting import MemberPosts, posting_for
 from relay.spool import Spool
-from relay.watch import EmbargoedText, text_of
+from relay.watch import EmbargoedText
 
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
 _ADVISORY_ID = re.compile(r"\b[A-Z][A-Z0-9]*-\d{4}-\d{3,}\b", re.IGNORECASE)
 
 
 class ReportedRefusal(Rejection):
-    """A post refused because it leaks: the SMTP edge reports `leaks` before refusing."""
+    """A post refused that leaked: the SMTP edge reports `leaks` before refusing."""
 
-    def __init__(self, text: str, leaks: list[incidents.LeakAttempt]) -> None:
-        super().__init__(550, "5.7.1", text)
+    def __init__(
+        self, text: str, leaks: list[incidents.LeakAttempt], *, status: str = "5.7.1"
+    ) -> None:
+        super().__init__(550, status, text)
         self.leaks = leaks
 
 
@@ -140,110 +143,103 @@ class PostRouter:
         outcome: Outcome,
     ) -> queue.Routing:
         """Route a verified post, attributed to its signing key's registered owner
-        (`intake.poster`) alone: the envelope sender and the From header are unsigned."""
-        member = None
-        payload = intake.payload
-        if sender_for(session, post.signer) is not None:
-            routing = self._sender_post(session, spool, post, found, message_id, outcome)
-        elif (member := member_for(session, post.signer)) is not None:
-            routing = self._member_post(
-                session, spool, post, found, payload, message, member, outcome
-            )
-        elif grants_for_key(session, post.signer):
-            routing = self._acceptance(session, post, found, outcome)
-        else:  # authorised a moment ago, removed since
-            raise Rejection(550, "5.7.1", "the signing key is not authorised to post to this list")
-        if routing.advisory_id is not None:
-            self._external_copies(
-                session,
-                spool,
-                message,
-                routing.advisory_id,
-                member,
-                intake.poster,
-                message_id,
-                payload,
-                outcome,
-            )
+        (`intake.poster`) alone: the envelope sender and the From header are unsigned.
+
+        Whatever the post is and whatever it names, the copies its own mail system sent
+        outside the list are checked (relay/external_copies.py), also when the post is
+        refused for another reason."""
+        member = member_for(session, post.signer)
+        to = external_copies.addressed(message, post.protected, self.settings.list.address)
+        try:
+            routing = self._route(session, spool, message_id, post, found, intake, member, outcome)
+        except ReportedRefusal:
+            raise
+        except Rejection as refused:
+            leaks, _ = self._leaks(session, None, member, intake, to)
+            if leaks:
+                raise ReportedRefusal(refused.text, leaks, status=refused.status) from None
+            raise
+        self._external_copies(
+            session, spool, routing.advisory_id, member, intake, to, message_id, outcome
+        )
         return routing
+
+    def _route(
+        self,
+        session: Session,
+        spool: Spool,
+        message_id: str,
+        post: VerifiedPost,
+        found: dict[str, str],
+        intake: queue.Post,
+        member: Member | None,
+        outcome: Outcome,
+    ) -> queue.Routing:
+        if sender_for(session, post.signer) is not None:
+            return self._sender_post(session, spool, post, found, message_id, outcome)
+        if member is not None:
+            return self._member_post(session, spool, post, found, intake.payload, member, outcome)
+        if grants_for_key(session, post.signer):
+            return self._acceptance(session, post, found, outcome)
+        # authorised a moment ago, removed since
+        raise Rejection(550, "5.7.1", "the signing key is not authorised to post to this list")
+
+    def _leaks(
+        self,
+        session: Session,
+        advisory_id: str | None,
+        member: Member | None,
+        intake: queue.Post,
+        to: external_copies.Addressed,
+    ) -> tuple[list[incidents.LeakAttempt], forwarding.Decision | None]:
+        if not to:
+            return [], None
+        return external_copies.leaks(
+            session,
+            carried=external_copies.carried(
+                session, self.watch, advisory_id, read_content(intake.payload)
+            ),
+            to=to,
+            member=member,
+            poster=intake.poster,
+            security_contact=self.settings.list.security_contact,
+            policy=self.forwarding,
+            now=utcnow(),
+        )
 
     def _external_copies(
         self,
         session: Session,
         spool: Spool,
-        message: EmailMessage,
-        advisory_id: str,
+        advisory_id: str | None,
         member: Member | None,
-        poster: str,
+        intake: queue.Post,
+        to: external_copies.Addressed,
         message_id: str,
-        payload: bytes,
         outcome: Outcome,
     ) -> None:
-        """Addresses in To/Cc that the relay does not serve: the poster's own mail system
-        delivers to them, so they cannot be blocked, only refused or reported; for the
-        advisory the post names and for every embargoed one whose text it quotes."""
-        visible = [a for a in _visible(message) if a != self.settings.list.address]
-        if not visible:
-            return
-        now = utcnow()
-        contact = self.settings.list.security_contact
-        leaks: list[incidents.LeakAttempt] = []
-        first: forwarding.Decision | None = None
-        for advisory, match in self._carried(session, advisory_id, payload):
-            decisions = forwarding.decide_all(
-                advisory.id,
-                embargoed=True,
-                lift_at=advisory.lift_at,
-                recipients=[
-                    forwarding.Recipient(a, parties.kind_of(session, a, advisory.id, contact), True)
-                    for a in visible
-                ],
-                now=now,
-                policy=self.forwarding,
-            )
-            outside = [d for d in decisions if d.verdict != forwarding.Verdict.DELIVER]
-            if not outside:
-                continue
-            first = first or outside[0]
-            leaks.append(
-                incidents.LeakAttempt(
-                    advisory_id=advisory.id,
-                    member_id=member.id if member is not None else None,
-                    sender=poster,
-                    recipients=tuple(d.context.recipient.address for d in outside),
-                    kind=IncidentKind.EXTERNAL_CC,
-                    match=match,
-                    rule=outside[0].rule,
-                )
+        """Refuse or report the copies sent outside the list, per the forwarding policy;
+        an address that is not plain refuses the post (550 5.1.3) either way."""
+        leaks, first = self._leaks(session, advisory_id, member, intake, to)
+        if to.refused:
+            _, reason = to.refused[0]
+            raise (
+                ReportedRefusal(reason, leaks, status="5.1.3")
+                if leaks
+                else Rejection(550, "5.1.3", reason)
             )
         if first is None:
             return
         if forwarding.post_with_external_copies(self.forwarding) == "refuse":
-            refused = "The list refused the post (550 5.7.1); the copies in To/Cc were sent anyway."
+            refused = "The list refused the post (550 5.7.1); the copies it names were sent anyway."
             raise ReportedRefusal(
                 forwarding.block_reply(first).split(" ", 2)[2],
-                [replace(leak, note=refused) for leak in leaks],
+                [replace(leak, note=_joined(leak.note, refused)) for leak in leaks],
             )
+        now = utcnow()
         for leak in leaks:
             incidents.record_attempt(session, spool, self.settings, leak, message_id, now)
         outcome.notes.append(f"reported external copies of {len(leaks)} advisories")
-
-    def _carried(
-        self, session: Session, advisory_id: str, payload: bytes
-    ) -> list[tuple[Advisory, Match | None]]:
-        """The embargoed advisories a post carries, with the matcher's evidence: the one it
-        belongs to, and any other whose embargoed text it quotes."""
-        text = text_of(payload)
-        matches = {m.advisory_id: m for m in self.watch.match(session, text)} if text else {}
-        named = advisories.get(session, advisory_id)
-        carried = (
-            [(named, matches.pop(named.id, None))] if named.state == AdvisoryState.EMBARGOED else []
-        )
-        for other, match in matches.items():
-            advisory = advisories.find(session, other)
-            if advisory is not None and advisory.state == AdvisoryState.EMBARGOED:
-                carried.append((advisory, match))
-        return carried
 
     def _sender_post(
         self,
@@ -402,7 +398,6 @@ class PostRouter:
         post: VerifiedPost,
         found: dict[str, str],
         payload: bytes,
-        message: EmailMessage,
         member: Member,
         outcome: Outcome,
     ) -> queue.Routing:
@@ -460,6 +455,10 @@ class PostRouter:
         actor: str,
         outcome: Outcome,
     ) -> None:
+        try:
+            person = addresses.plain(person)
+        except addresses.AddressRefused as exc:
+            raise Rejection(550, "5.1.3", f"X-Share: {exc}") from None
         self._refuse_outside_the_team(session, advisory, member, person)
         keys = grants.attached_keys(payload)
         if not keys:
@@ -570,7 +569,7 @@ class PostRouter:
             if (advisory := advisories.find(session, candidate)) is not None:
                 return advisory
         # No label: the text itself may quote an embargoed advisory.
-        matches = self.watch.match(session, f"{subject}\n{text_of(payload)}")
+        matches = self.watch.match(session, f"{subject}\n{read_content(payload).text}")
         if matches:
             return advisories.get(session, matches[0].advisory_id)
         raise Rejection(
@@ -615,6 +614,10 @@ class PostRouter:
         )
 
 
+def _joined(first: str | None, second: str) -> str:
+    return second if not first else f"{first}. {second}"
+
+
 def _copy_subject(post: VerifiedPost, found: dict[str, str], advisory: Advisory) -> str:
     """The copies' Subject, from signed data only: the protected Subject, an X-Title line,
     else the advisory's ID and title (set from signed data or by an administrator)."""
@@ -624,20 +627,6 @@ def _copy_subject(post: VerifiedPost, found: dict[str, str], advisory: Advisory)
     if advisory.title and advisory.title != advisory.id:
         return f"{advisory.id}: {advisory.title}"
     return advisory.id
-
-
-def _visible(message: EmailMessage) -> list[str]:
-    """Addresses in the post's To and Cc, lower-cased, in order."""
-    found: list[str] = []
-    for name in ("To", "Cc"):
-        try:
-            values = message.get_all(name) or []
-        except (ValueError, IndexError):
-            continue
-        for _, address in getaddresses([str(v) for v in values]):
-            if "@" in address:
-                found.append(address.lower())
-    return list(dict.fromkeys(found))
 
 
 def _references(protected: dict[str, str]) -> list[str]:
