@@ -100,6 +100,15 @@ _BINARY_SIGNATURE: dict[str, Callable[[bytes], bool]] = {
 }
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f\ufffd]")
 _MARKUP = re.compile(r"\s*(?:<!doctype\s+html|<html|<\?xml|<svg|<head|<body)", re.I)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
+    EOFError,
+    lzma.LZMAError,
+    zlib.error,
+)
 _COMPRESSED_SUFFIX = re.compile(r"\.(?:gz|tgz|bz2|xz)$", re.I)
 _PRINTABLE_RUN = re.compile(rb"[\t\n\r\x20-\x7e]{20,}")
 _SINGLE_BYTE = re.compile(r"^(?:iso8859|latin|cp125\d|cp437|cp850|koi8|mac|ascii|us-ascii)")
@@ -179,6 +188,9 @@ class _Reader:
             if self.members == MAX_MEMBERS + 1:
                 self.unreadable.append(f"more than {MAX_MEMBERS} parts and archive members")
             return
+        if part.get_content_type() in ("message/rfc822", "message/global"):
+            self._message(part, _label(part), depth=depth, mime_depth=mime_depth)
+            return
         if part.is_multipart():
             if mime_depth >= MAX_MIME_DEPTH:
                 self.unreadable.append(f"multiparts nested more than {MAX_MIME_DEPTH} deep")
@@ -195,9 +207,6 @@ class _Reader:
 
     def _leaf(self, part: Message, name: str, *, depth: int, mime_depth: int) -> None:
         ctype = part.get_content_type()
-        if ctype in ("message/rfc822", "message/global"):
-            self._message(part, name, depth=depth, mime_depth=mime_depth)
-            return
         if ctype in ("message/partial", "message/external-body"):
             self.unreadable.append(f"{name}: {ctype} (the content is elsewhere)")
             return
@@ -291,6 +300,7 @@ class _Reader:
         if text is None:
             self.unreadable.append(f"{name}: binary data ({ctype or 'unlabelled'})")
             return
+        text = text.replace("\r\n", "\n")
         if (ctype and _is_markup_type(ctype)) or _MARKUP.match(text[:1024]):
             text = html_text(text)
         if _PGP_MESSAGE.search(text):
@@ -360,8 +370,7 @@ class _Reader:
                 try:
                     with archive.open(member) as stream:
                         content = stream.read(limit[0] + 1)
-                except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError,
-                        EOFError, lzma.LZMAError, zlib.error) as exc:  # fmt: skip
+                except _ZIP_ERRORS as exc:
                     self.unreadable.append(f"{label}: unreadable zip member ({exc})"[:200])
                     continue
                 if self._expanded(label, content, limit):

@@ -18,10 +18,11 @@ what matters. What it undoes, character by character and in this order:
   the letter-spacing rule below reads the gaps.
 - Confusable letters are folded to one member of their Unicode TR39 confusable class (the
   ``confusable-homoglyphs`` package ships confusables.txt): Cyrillic and Greek letters that
-  look Latin become the Latin letter. ASCII itself is left alone: it is the alphabet the
-  prototypes are written in, and folding ``0``/``o``, ``1``/``l`` or ``rn``/``m`` would
-  rewrite ordinary words. Folding happens after case folding, so a capital homoglyph finds
-  the class of its small letter.
+  look Latin become the Latin letter, a capital the capital. ASCII itself is left alone: it
+  is the alphabet the prototypes are written in, and folding ``0``/``o``, ``1``/``l`` or
+  ``rn``/``m`` would rewrite ordinary words. A character is looked up before its case is
+  folded (Greek capital nu looks like N, its small letter like v), and only a character
+  outside every class is case-folded and looked up again.
 - Case is folded (``str.casefold`` for the rest of Unicode, ASCII lower case).
 - Runs of two or more single characters separated by single spaces or line breaks (with
   the quoting marks ``>`` and ``|`` a reply puts at a line start) are joined:
@@ -75,14 +76,15 @@ _NOT_PLAIN_ASCII = re.compile(r"[^\t\n\r\x0b\x0c\x20-\x7e]+")
 # after a space with a space next (" x x", nearly only real runs), after a space with a line
 # break next, and at a line start unless the run goes on from the line before.
 _SHAPE = bytes(
-    32 if c in b" \t\r\x0b\x0c" else 10 if c == 10 else 113 if c in b">|" else 120
+    32 if c in b" \t\x0b\x0c" else c if c in b"\n\r" else 113 if c in b">|" else 120
     for c in range(256)
 )
-_NEXT = rb"(?: x(?=[ \n])| *\n[q ]*x(?=[ \n]))"
-_RUN_STARTS = (  # (pattern, where the run starts relative to the match)
-    (re.compile(rb" x x(?=[ \n])" + _NEXT + rb"*+"), 1),
-    (re.compile(rb"\n(?<= x\n)[q ]*x(?=[ \n])" + _NEXT + rb"*+"), -1),
-    (re.compile(rb"\n(?<![ \n]x\n)x" + _NEXT + rb"++"), 1),
+_END = rb"(?=[ \r\n])"  # a token of one character ends here
+_NEXT = rb"(?: x" + _END + rb"| *\r?\n[q ]*x" + _END + rb")"
+_RUN_STARTS = (
+    re.compile(rb" x x" + _END + _NEXT + rb"*+"),  # after a space, a space next
+    re.compile(rb"\n(?:(?<= x\n)|(?<= x\r\n))[q ]*x" + _END + _NEXT + rb"*+"),  # a break next
+    re.compile(rb"\n(?<![ \n]x\n)(?<![ \n]x\r\n)x" + _NEXT + rb"++"),  # at a line start
 )
 _SEPARATORS = re.compile(rb"[\s>|]+")
 
@@ -90,11 +92,10 @@ _SEPARATORS = re.compile(rb"[\s>|]+")
 def _spaced_runs(data: bytes) -> list[tuple[int, int]]:
     """The letter-spaced runs of ``data`` (which starts and ends with a space)."""
     shape = data.translate(_SHAPE)
-    found = sorted(
-        (match.start() + lead, match.end())
-        for pattern, lead in _RUN_STARTS
-        for match in pattern.finditer(shape)
-    )
+    found = [(m.start() + 1, m.end()) for m in _RUN_STARTS[0].finditer(shape)]
+    found += [(shape.rindex(b"x", 0, m.start()), m.end()) for m in _RUN_STARTS[1].finditer(shape)]
+    found += [(m.start() + 1, m.end()) for m in _RUN_STARTS[2].finditer(shape)]
+    found.sort()
     runs: list[tuple[int, int]] = []
     for start, end in found:  # a run found again from its middle lies inside the first
         if not runs or start >= runs[-1][1]:
@@ -143,10 +144,11 @@ class _Folding(dict[int, str]):
         decomposed = unicodedata.normalize("NFKD", char)
         if decomposed != char:
             return decomposed
-        folded = char.casefold()
-        if folded != char:
-            return folded
-        return self.classes().get(char, char)
+        # The class before the case: Greek capital nu looks like N, its small letter like v.
+        standing = self.classes().get(char)
+        if standing is not None:
+            return standing
+        return char.casefold()
 
     def classes(self) -> dict[str, str]:
         """Non-ASCII character -> the member of its confusable class that stands for it."""
@@ -180,18 +182,22 @@ def _confusable_classes() -> dict[str, str]:
         members.setdefault(root(node), []).append(node)
     classes: dict[str, str] = {}
     for group in members.values():
-        chosen = min(group, key=_standing)
+        small = min(group, key=lambda member: _standing(member, capital=False))
+        capital = min(group, key=lambda member: _standing(member, capital=True))
         for member in group:
+            chosen = capital if member != member.casefold() else small
             if len(member) == 1 and not member.isascii() and member != chosen:
                 classes[member] = chosen.casefold()
     return classes
 
 
-def _standing(member: str) -> tuple[int, int, str]:
-    """Which member stands for its class: a small ASCII letter, then a capital, a digit,
-    other ASCII, ASCII strings (``rn``), and only then the rest."""
+def _standing(member: str, *, capital: bool) -> tuple[int, int, str]:
+    """Which member stands for its class: an ASCII letter of the same case as the character
+    mapped (Cyrillic capital I stands with I, not l, though TR39 has one class for I and l),
+    then one of the other case, a digit, other ASCII, ASCII strings (``rn``), the rest."""
     if len(member) == 1 and member.isascii():
-        rank = 0 if member.islower() else 1 if member.isupper() else 2 if member.isdigit() else 3
+        same = member.isupper() if capital else member.islower()
+        rank = 0 if same else 1 if member.isalpha() else 2 if member.isdigit() else 3
     else:
         rank = 4 if member.isascii() else 5 if len(member) == 1 else 6
     return rank, len(member), member
