@@ -31,7 +31,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from relay import advisories, audit, keystore, notices, parties, queue
+from relay import addresses, advisories, audit, keystore, notices, parties, queue
 from relay.admin import normalise_address
 from relay.config import Settings
 from relay.crypto import Crypto
@@ -118,7 +118,8 @@ def share(
     person outside the member's team, a list party, a second live grant, and keys that
     are unusable or belong to a member, a sender or the list.
     """
-    address = normalise_address(address)
+    # The person's address decides who receives: no routing syntax, no look-alike domain.
+    address = addresses.plain(normalise_address(address))
     advisory = advisories.find(session, advisory_id)
     if advisory is None:
         raise GrantError(f"no advisory {advisory_id} on this list")

@@ -409,3 +409,18 @@ def test_a_copy_a_grant_holder_cannot_be_shown_to_read_fails_closed(
     with home.db.transaction() as s:
         incident = s.execute(select(Incident)).scalar_one()
         assert incident.note is not None and "could not be read" in incident.note
+
+
+def test_relay_share_takes_a_plain_address_only(tmp_path: Path, keys: KeyFactory, sink: SmtpSink):
+    home = _home(tmp_path, keys, sink)
+    dev = keys.make("dev0", "dev@distro0.example")
+    config = ["--config", str(home.config_path)]
+    with RelayThread(home.settings) as relay:
+        _announce(home, keys, relay)
+    share = ["share", ADVISORIES[FILES[0]], "dev%corp.example@distro0.example"]
+    result = CliRunner().invoke(
+        cli, [*config, *share, "--key", str(dev.public_file), "--for", "security@distro0.example"]
+    )
+    assert result.exit_code == 1 and "routes mail elsewhere" in result.output
+    with home.db.transaction() as s:
+        assert s.execute(select(Grant)).scalars().all() == []
