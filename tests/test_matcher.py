@@ -1,5 +1,6 @@
-"""Content matcher: quoted, re-wrapped and partial copies of an embargoed advisory are caught;
-texts on the same topic that share no text are not."""
+"""Content matcher: quoted, re-wrapped and partial copies of an embargoed advisory are caught,
+whatever dress they wear (the evasion corpus of tests/support/evasion.py, read through
+relay/content.py); texts on the same topic that share no text are not."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from relay.content import read_content
 from relay.matcher import MIN_MATCHED, MIN_SCORE, QUOTED_RUN, STRONG_MATCHED, Matcher
+from tests.support.evasion import (
+    PAIRS,
+    TRANSFORMS,
+    advisory_texts,
+    evasive_payload,
+    evasive_text,
+    excerpts,
+)
 
 DATA = Path(__file__).parent / "data" / "matcher"
 EMBARGOED = "ADV-2026-0042"
@@ -306,3 +316,52 @@ def test_many_advisories_indexed_at_once_return_the_right_one() -> None:
         assert matches[0].advisory_id == name, (five, matches)
         assert matches[0].score >= MIN_SCORE
         assert matches[0].sources == ("body",)
+
+
+# -- the evasion corpus: quotes in every dress, read as the relay reads a message
+
+CORPUS = excerpts(random.Random(2026), 5)  # one excerpt of 2-5 sentences per advisory
+CASES = [(name,) for name in TRANSFORMS] + list(PAIRS)
+# A letter-spaced quote re-wrapped by a mail client loses the word gap at each line end it
+# breaks at (textwrap drops it), and the normaliser joins those two words: this excerpt is
+# 37 words, 6 fingerprints when plain, and two such joins leave it below MIN_MATCHED.
+KNOWN_MISSES = {("letter-spacing", "re-wrap"): {"k8s-CVE-2020-8554-issue-97076.txt"}}
+
+
+@pytest.fixture(scope="module")
+def every_advisory() -> Matcher:
+    matcher = Matcher()
+    for name, text in advisory_texts().items():
+        matcher.add(name, text)
+    matcher.add_attachment(
+        "k8s-CVE-2024-10220-oss-security-email.txt", PATCH, (DATA / PATCH).read_text()
+    )
+    return matcher
+
+
+@pytest.mark.parametrize("case", CASES, ids="+".join)
+def test_a_quote_in_any_dress_is_caught_and_unrelated_text_in_it_is_not(
+    every_advisory: Matcher, case: tuple[str, ...]
+) -> None:
+    missed = set()
+    for name, excerpt in CORPUS:
+        found = read_content(evasive_payload(excerpt, case))
+        assert found.unreadable == ()
+        if name not in [m.advisory_id for m in every_advisory.match(found.text)]:
+            missed.add(name)
+    unrelated = read_content(evasive_payload(f"{NEW_TEXT}\n{UNRELATED_NOTE}", case))
+
+    assert missed == KNOWN_MISSES.get(case, set())
+    assert every_advisory.match(unrelated.text) == []
+
+
+def test_a_homoglyph_quote_is_reported_in_its_own_wording(every_advisory: Matcher) -> None:
+    name, excerpt = CORPUS[-1]
+    dressed = evasive_text(excerpt, ["homoglyphs", "zero-width"])
+
+    match = only(every_advisory.match(f"{NEW_TEXT}\n{dressed}"), name)
+
+    assert match.score >= MIN_SCORE
+    joined = " ".join(match.excerpts)
+    assert joined in dressed.replace("\n", " ")  # the sender's own characters
+    assert joined != joined.encode("ascii", "ignore").decode()
