@@ -21,6 +21,7 @@ test: $(STAMP) | system-packages
 bench: $(STAMP) | system-packages
 	$(VENV)/bin/python -m bench.fanout
 	$(VENV)/bin/python -m bench.scan
+	$(VENV)/bin/python -m bench.flood
 
 # gpg does the OpenPGP work; python3-venv provides ensurepip, which Debian ships separately.
 system-packages:
