@@ -122,7 +122,8 @@ class RelaySMTP(SMTP):
     """aiosmtpd's protocol, with what one client may cost the relay bounded.
 
     - Every reply carries an enhanced status code (ENHANCEDSTATUSCODES is advertised),
-      except the greeting and the HELO/EHLO answer (RFC 2034).
+      except the greeting, the HELO/EHLO answer (RFC 2034) and the 354 that asks for
+      the data (RFC 3463 has no class 3).
     - A connection beyond `[smtp] max_connections`, or `max_connections_per_ip` from
       one address, is answered `421 4.7.0` and closed before anything is read.
     - The idle timer (`[smtp] idle_timeout`) is reset by progress only: a completed

@@ -389,6 +389,33 @@ def test_dot_stuffed_lines_and_pipelined_commands(home: RelayHome, keys: KeyFact
     assert raw.read_bytes() == post  # stored as signed: the stuffing is undone
 
 
+@pytest.mark.parametrize("piece", [1, 2, 3, 5, 4096])
+def test_data_cut_into_pieces_anywhere_reads_the_same(
+    home: RelayHome, keys: KeyFactory, piece: int
+) -> None:
+    """The end of the data, dot-stuffing and the pre-scan work across chunk boundaries."""
+    post = signed_post(home, keys, ".a dotted first line\n" + BODY)
+    stuffed = post.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+
+    async def scenario(port: int) -> bytes:
+        client = await Client.connect(port)
+        await client.envelope()
+        assert (await client.send(b"DATA\r\n")).startswith(b"354")
+        for start in range(0, len(stuffed), piece):
+            client.writer.write(stuffed[start : start + piece])
+            await client.writer.drain()
+            await asyncio.sleep(0)  # the relay shares this loop: let it read each piece
+        answer = await client.reply()
+        client.close()
+        return answer
+
+    with RelayThread(home.settings, dispatch=False) as relay:
+        answer = relay.run(scenario(relay.port))
+    assert answer.startswith(b"250 2.0.0 Queued as ")
+    (raw,) = home.settings.storage.spool_dir.rglob("raw")
+    assert raw.read_bytes() == post
+
+
 # A signed post beside a flood of junk
 
 

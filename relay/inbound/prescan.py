@@ -144,7 +144,9 @@ class Prescan:
             self._block(data[:end] if end < len(data) else data)
 
     def close(self) -> Shape:
-        if self._carry:
+        if self._carry:  # a last line without CRLF
+            if len(self._carry) > MAX_LINE:
+                raise _malformed(f"a line longer than {MAX_LINE} octets")
             self._block(self._carry)
             self._carry = b""
         if self._mode is _Mode.HEADER:
