@@ -12,6 +12,7 @@ posts whose signature is good. Both are used from the event loop only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -71,10 +72,8 @@ class WorkPool:
             raise
 
         def done(_: Future[R]) -> None:  # in the worker, or here if cancelled unstarted
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody counts any more
                 loop.call_soon_threadsafe(self._release)
-            except RuntimeError:  # the loop is closed: nobody counts any more
-                pass
 
         future.add_done_callback(done)
         return await asyncio.wrap_future(future)
