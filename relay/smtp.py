@@ -20,12 +20,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import getaddresses
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 from aiosmtpd.smtp import Session as SmtpSession
 
-from relay import advisories, incidents, keywords, posts, queue
+from relay import addresses, advisories, incidents, keywords, posts, queue
 from relay.config import Settings
 from relay.crypto import Crypto
 from relay.db import Database
@@ -525,11 +524,14 @@ def _from_mismatch(message: EmailMessage, post: VerifiedPost, owner: Owner) -> s
     if "from" in post.protected:
         values.append(post.protected["from"])
     for value in values:
-        addresses = [a for _, a in getaddresses([value]) if a]
-        if len(addresses) != 1:
+        try:
+            found = addresses.from_header("From", value)
+        except addresses.AddressRefused as exc:
+            raise Rejection(550, "5.1.3", str(exc)) from None
+        if len(found) != 1:
             return value.strip() or "(none)"
-        if not owner.owns_from(addresses[0]):
-            return addresses[0].lower()
+        if not owner.owns_from(found[0]):
+            return found[0]
     return None
 
 

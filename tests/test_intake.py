@@ -284,6 +284,12 @@ def test_a_from_address_outside_the_signer_identity_is_refused(
             home, src, f"X-Advisory: {ADV}\n\nD.\n", from_="security@distro0.example"
         )
         assert relay.run(_post(relay.port, src_as_member))[0] == 550
+        # A From that routes elsewhere (the percent hack) is no address of anyone's.
+        routed = _signed(
+            home, distro0, f"X-Advisory: {ADV}\n\nE.\n", from_="boss%corp.example@distro0.example"
+        )
+        code, reply = relay.run(_post(relay.port, routed, sender=distro0.address))
+        assert code == 550 and reply.startswith("5.1.3"), reply
 
 
 def test_a_from_mismatch_can_be_flagged_instead(tmp_path: Path, keys: KeyFactory, sink: SmtpSink):
