@@ -100,10 +100,10 @@ _HAS_STATUS = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 
 def _with_status(reply: str) -> str:
-    """`reply` with an enhanced status code; 1xx and 3xx replies take none."""
+    """`reply` with an enhanced status code; 1xx and 3xx replies and the greeting take none."""
     reply = _REWRITES.get(reply, reply)
     code = reply[:3]
-    if not code.isdigit() or code[0] not in "245" or _HAS_STATUS.match(reply):
+    if not code.isdigit() or code[0] not in "245" or code == "220" or _HAS_STATUS.match(reply):
         return reply
     status = _STATUS_FOR.get(code, f"{code[0]}.0.0")
     if code == "500" and "not recognized" in reply:

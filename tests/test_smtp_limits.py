@@ -253,21 +253,22 @@ def test_unknown_commands_end_the_session(home: RelayHome) -> None:
     assert answers[5] == b""
 
 
-def test_ehlo_advertises_enhanced_status_codes(home: RelayHome) -> None:
-    async def scenario(port: int) -> list[bytes]:
+def test_ehlo_advertises_enhanced_status_codes_the_greeting_has_none(home: RelayHome) -> None:
+    async def scenario(port: int) -> tuple[bytes, list[bytes]]:
         client = await Client.connect(port)
-        await client.reply()
+        greeting = await client.reply()
         client.writer.write(b"EHLO client.example\r\n")
         lines = [await client.reader.readline()]
         while lines[-1][3:4] == b"-":
             lines.append(await client.reader.readline())
         client.close()
-        return lines
+        return greeting, lines
 
     with RelayThread(home.settings, dispatch=False) as relay:
-        lines = relay.run(scenario(relay.port))
+        greeting, lines = relay.run(scenario(relay.port))
     assert b"250-ENHANCEDSTATUSCODES\r\n" in lines
     assert lines[-1] == b"250 HELP\r\n"
+    assert greeting.startswith(b"220 example.org ")  # the greeting names the host first
 
 
 # The pre-scan, and the order of the checks
