@@ -160,8 +160,8 @@ def read_content(payload: bytes) -> Content:
     reader = _Reader()
     try:
         entity = email.message_from_bytes(payload, policy=email.policy.default)
-    except RecursionError:
-        return Content("", unreadable=("the MIME structure is nested too deeply to parse",))
+    except Exception as exc:  # RecursionError for a structure nested too deeply, say
+        return Content("", unreadable=(f"the message could not be parsed ({type(exc).__name__})",))
     reader.entity(entity, depth=0, mime_depth=0)
     return Content(
         "\n".join(reader.body),
@@ -188,24 +188,25 @@ class _Reader:
             if self.members == MAX_MEMBERS + 1:
                 self.unreadable.append(f"more than {MAX_MEMBERS} parts and archive members")
             return
+        try:
+            self._entity(part, depth=depth, mime_depth=mime_depth)
+        except Exception as exc:  # fail closed: a part that breaks the reader is unreadable
+            self.unreadable.append(f"{_label(part)}: could not be read ({type(exc).__name__})")
+
+    def _entity(self, part: Message, *, depth: int, mime_depth: int) -> None:
         if part.get_content_type() in ("message/rfc822", "message/global"):
             self._message(part, _label(part), depth=depth, mime_depth=mime_depth)
-            return
-        if part.is_multipart():
+        elif part.is_multipart():
             if mime_depth >= MAX_MIME_DEPTH:
                 self.unreadable.append(f"multiparts nested more than {MAX_MIME_DEPTH} deep")
                 return
             for sub in part.get_payload():
                 if isinstance(sub, Message):
                     self.entity(sub, depth=depth, mime_depth=mime_depth + 1)
-            return
-        name = _label(part)
-        try:
-            self._leaf(part, name, depth=depth, mime_depth=mime_depth)
-        except Exception as exc:  # fail closed: a part that breaks the reader is unreadable
-            self.unreadable.append(f"{name}: could not be read ({type(exc).__name__})")
+        else:
+            self._leaf(part, _label(part), depth=depth)
 
-    def _leaf(self, part: Message, name: str, *, depth: int, mime_depth: int) -> None:
+    def _leaf(self, part: Message, name: str, *, depth: int) -> None:
         ctype = part.get_content_type()
         if ctype in ("message/partial", "message/external-body"):
             self.unreadable.append(f"{name}: {ctype} (the content is elsewhere)")
