@@ -24,12 +24,13 @@ what matters. What it undoes, character by character and in this order:
   folded (Greek capital nu looks like N, its small letter like v), and only a character
   outside every class is case-folded and looked up again.
 - Case is folded (``str.casefold`` for the rest of Unicode, ASCII lower case).
-- Runs of two or more single characters separated by single spaces or line breaks (with
-  the quoting marks ``>`` and ``|`` a reply puts at a line start) are joined:
+- Runs of two or more single characters separated by up to four spaces or a line break
+  (with the quoting marks ``>`` and ``|`` a reply puts at a line start) are joined:
   ``e m b a r g o`` becomes ``embargo``. A letter-spaced text keeps its word gaps wider
-  than one space (``" ".join(text)`` puts three spaces there), so the words come back
-  apart. Ordinary text is joined by the same rule wherever it has two one-letter words in
-  a row (``a b``); both the index and the scan do it, so nothing is lost.
+  than its letter gaps (``" ".join(text)`` puts three spaces there), so a gap over twice the
+  narrowest one in its run stays a space and the words come back apart; a gap of more than
+  four spaces ends the run. Ordinary text is joined by the same rule wherever it has two
+  one-character tokens in a row (``a b``); both the index and the scan do it.
 
 Speed: mail is mostly ASCII. The text is encoded as ASCII with an error handler that folds
 each run of other characters (the encoder calls it once per run, so ASCII is copied at the
@@ -68,25 +69,40 @@ _ASCII_TABLE = bytes(
 _ASCII_DELETE = bytes(c for c in range(32) if c not in (9, 10, 11, 12, 13)) + b"\x7f"
 _NOT_PLAIN_ASCII = re.compile(r"[^\t\n\r\x0b\x0c\x20-\x7e]+")
 
-# Letter-spacing: two or more one-character tokens, each gap one space or one line break.
-# A reply's quoting marks may follow a break; they are never tokens, so a quoted blank line
-# ends the run. Runs are found on the text's shape (x: a token byte, q: a quoting mark),
-# where each way a run can start is a pattern beginning with a literal, so the search skips
-# ahead at C speed (one pattern beginning "space or newline" is several times slower):
-# after a space with a space next (" x x", nearly only real runs), after a space with a line
-# break next, and at a line start unless the run goes on from the line before.
+# Letter-spacing: two or more one-character tokens, each gap one to four spaces or one line
+# break. A reply's quoting marks may follow a break; they are never tokens, so a quoted
+# blank line ends the run. Runs are found on the text's shape (x: a token byte, q: a quoting
+# mark), where each way a run can start is a pattern beginning with a literal, so the search
+# skips ahead at C speed (one pattern beginning "space or newline" is several times slower):
+# after a space with a space next (" x ", a token of one character), after a space with a
+# line break next, and at a line start unless the run goes on from the line before.
 _SHAPE = bytes(
     32 if c in b" \t\x0b\x0c" else c if c in b"\n\r" else 113 if c in b">|" else 120
     for c in range(256)
 )
 _END = rb"(?=[ \r\n])"  # a token of one character ends here
-_NEXT = rb"(?: x" + _END + rb"| *\r?\n[q ]*x" + _END + rb")"
+_NEXT = rb"(?: {1,4}x" + _END + rb"| *\r?\n[q ]*x" + _END + rb")"
 _RUN_STARTS = (
-    re.compile(rb" x x" + _END + _NEXT + rb"*+"),  # after a space, a space next
+    re.compile(rb" x  {0,3}x" + _END + _NEXT + rb"*+"),  # after a space, a space next
     re.compile(rb"\n(?:(?<= x\n)|(?<= x\r\n))[q ]*x" + _END + _NEXT + rb"*+"),  # a break next
     re.compile(rb"\n(?<![ \n]x\n)(?<![ \n]x\r\n)x" + _NEXT + rb"++"),  # at a line start
 )
 _SEPARATORS = re.compile(rb"[\s>|]+")
+_GAPS = re.compile(rb"[\s>|]+|[^\s>|]+")
+
+
+def _joined_run(run: bytes) -> bytes:
+    """A run with its letters joined. Where letters are spaced wider than one space, a gap
+    over twice the narrowest one is a word gap and stays a space; a line break never is."""
+    if b"  " not in run:
+        return _SEPARATORS.sub(b"", run)
+    pieces = _GAPS.findall(run)
+    widths = [len(gap) for gap in pieces[1::2] if b"\n" not in gap]
+    wide = 2 * min(widths, default=1)
+    return b"".join(
+        piece if n % 2 == 0 else b" " if b"\n" not in piece and len(piece) > wide else b""
+        for n, piece in enumerate(pieces)
+    )
 
 
 def _spaced_runs(data: bytes) -> list[tuple[int, int]]:
@@ -306,7 +322,7 @@ def _joined(data: bytes, runs: list[tuple[int, int]]) -> tuple[bytes, _Stretches
     out: list[bytes] = []
     position = shift = 0
     for start, end in runs:
-        run = _SEPARATORS.sub(b"", data[start:end])
+        run = _joined_run(data[start:end])
         out += (data[position:start], run)
         stretches.append((start - shift, start - shift + len(run), start, end))
         shift += (end - start) - len(run)

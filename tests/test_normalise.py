@@ -50,11 +50,13 @@ def test_every_default_ignorable_code_point_is_removed() -> None:
 
 
 def test_letter_spaced_words_are_joined_and_keep_their_gaps() -> None:
-    assert normalise(" ".join("The embargo is lifted")) == "the   embargo   is   lifted"
+    assert normalise(" ".join("The embargo is lifted")) == "the embargo is lifted"
     assert normalise("E M B A R G O  lifted") == "embargo  lifted"
+    # Letters spaced wider, words wider still (over twice the narrowest gap).
+    assert normalise("e  m  b  a  r  g  o     i \t s") == "embargo     is"
     # Re-wrapped and quoted: a line break inside a run, with the reply's quoting marks.
-    assert normalise("> t h e   e m b a\n> r g o   i s") == "> the   embargo   is"
-    assert normalise("t h e   e m b a\r\nr g o") == "the   embargo"
+    assert normalise("> t h e   e m b a\n> r g o   i s") == "> the embargo is"
+    assert normalise("t h e   e m b a\r\nr g o") == "the embargo"
     # A quoted blank line ends a run; so does a word of two letters.
     assert normalise("> a b\n>\n> c d") == "> ab\n>\n> cd"
     assert normalise("x a b cd") == "xab cd"
@@ -87,4 +89,5 @@ def test_the_mapped_normalisation_gives_the_same_bytes_and_finds_each_word(text:
     assert data == normalise_utf8(text) == normalise(text).encode()
     for token in re.finditer(rb"\S+", data):
         original = text[origins.start(token.start()) : origins.end(token.end())]
-        assert normalise(original).encode() == token.group(), (original, token.group())
+        # a word of a letter-spaced run is traced to the whole run
+        assert token.group() in normalise(original).encode().split(), (original, token.group())

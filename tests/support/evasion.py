@@ -5,9 +5,8 @@ letter-spacing, re-wrapping as a quote, upper case, extra spaces) or the way a m
 carries it (HTML with ``&nbsp;`` or hidden junk inside words, an unknown charset label,
 UTF-16, base64, quoted-printable, a ``.txt`` attachment, an ``application/octet-stream``
 attachment, a gzip'd attachment, a forwarded message/rfc822). Transforms compose: text
-transforms apply first, in a fixed order, then the carrier's. Extra spaces go in before
-letter-spacing (wider word gaps); letters spaced wider than one space apart are a dodge the
-normaliser does not undo.
+transforms apply first, in a fixed order, then the carrier's (so extra spaces widen the
+gaps of a letter-spaced text, between letters and between words).
 
     TRANSFORMS                  name -> transform (of a `Dress`)
     PAIRS                       every two transforms that make sense together
@@ -159,10 +158,10 @@ def _forwarded(dress: Dress) -> Dress:
 TRANSFORMS: dict[str, Transform] = {
     "upper-case": _upper_case,
     "homoglyphs": _homoglyphs,
-    "extra-spaces": _extra_spaces,
     "letter-spacing": _letter_spacing,
     "zero-width": _zero_width,
     "nbsp": _nbsp,
+    "extra-spaces": _extra_spaces,
     "re-wrap": _re_wrap,
     "html-nbsp": _html_nbsp,
     "html-hidden": _html_hidden,
