@@ -121,6 +121,8 @@ class Relay:
             await self._server.wait_closed()
         if self._dispatch_task is not None:
             await self._dispatch_task
+        # The edge's worker threads end before the database goes away.
+        await asyncio.to_thread(self.handler.shutdown)
         self.db.dispose()
         event(log, "stopped")
 

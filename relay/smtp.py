@@ -335,6 +335,12 @@ class ListHandler:
         self.intake = WorkPool(INTAKE_WORKERS, INTAKE_WAITING, "relay-intake")
         self.posting = WorkPool(POST_WORKERS, POST_WAITING, "relay-post")
 
+    def shutdown(self) -> None:
+        """Stop the worker threads: a post waiting for one is dropped unanswered (its MTA
+        retries; nothing was committed), one being worked on finishes."""
+        self.intake.shutdown()
+        self.posting.shutdown()
+
     async def handle_MAIL(
         self,
         server: SMTP,
