@@ -82,10 +82,10 @@ _SHAPE = bytes(
 )
 _END = rb"(?=[ \r\n])"  # a token of one character ends here
 _NEXT = rb"(?: {1,4}x" + _END + rb"| *\r?\n[q ]*x" + _END + rb")"
-_RUN_STARTS = (
-    re.compile(rb" x  {0,3}x" + _END + _NEXT + rb"*+"),  # after a space, a space next
-    re.compile(rb"\n(?:(?<= x\n)|(?<= x\r\n))[q ]*x" + _END + _NEXT + rb"*+"),  # a break next
-    re.compile(rb"\n(?<![ \n]x\n)(?<![ \n]x\r\n)x" + _NEXT + rb"++"),  # at a line start
+_WITHIN = re.compile(rb" x  {0,3}x" + _END + _NEXT + rb"*+")  # after a space, a space next
+_ACROSS = re.compile(  # one search of the line breaks for the two other ways
+    rb"\n(?:(?:(?<= x\n)|(?<= x\r\n))(?P<after>)[q ]*x" + _END + _NEXT + rb"*+"  # a break next
+    rb"|(?<![ \n]x\n)(?<![ \n]x\r\n)x" + _NEXT + rb"++)"  # at a line start
 )
 _SEPARATORS = re.compile(rb"[\s>|]+")
 _GAPS = re.compile(rb"[\s>|]+|[^\s>|]+")
@@ -95,7 +95,7 @@ def _joined_run(run: bytes) -> bytes:
     """A run with its letters joined. Where letters are spaced wider than one space, a gap
     over twice the narrowest one is a word gap and stays a space; a line break never is."""
     if b"  " not in run:
-        return _SEPARATORS.sub(b"", run)
+        return run.replace(b" ", b"") if b"\n" not in run else _SEPARATORS.sub(b"", run)
     pieces = _GAPS.findall(run)
     widths = [len(gap) for gap in pieces[1::2] if b"\n" not in gap]
     wide = 2 * min(widths, default=1)
@@ -108,15 +108,22 @@ def _joined_run(run: bytes) -> bytes:
 def _spaced_runs(data: bytes) -> list[tuple[int, int]]:
     """The letter-spaced runs of ``data`` (which starts and ends with a space)."""
     shape = data.translate(_SHAPE)
-    found = [(m.start() + 1, m.end()) for m in _RUN_STARTS[0].finditer(shape)]
-    found += [(shape.rindex(b"x", 0, m.start()), m.end()) for m in _RUN_STARTS[1].finditer(shape)]
-    found += [(m.start() + 1, m.end()) for m in _RUN_STARTS[2].finditer(shape)]
-    found.sort()
+    within = [(m.start() + 1, m.end()) for m in _WITHIN.finditer(shape)]
+    across = [(_run_start(shape, m), m.end()) for m in _ACROSS.finditer(shape)]
+    if not across:  # one pattern's matches do not overlap, and come in order
+        return within
+    found = sorted(within + across)
     runs: list[tuple[int, int]] = []
     for start, end in found:  # a run found again from its middle lies inside the first
         if not runs or start >= runs[-1][1]:
             runs.append((start, end))
     return runs
+
+
+def _run_start(shape: bytes, match: re.Match[bytes]) -> int:
+    if match.group("after") is None:  # at a line start: the token after the break
+        return match.start() + 1
+    return shape.rindex(b"x", 0, match.start())  # the token before the break
 
 
 class _Folding(dict[int, str]):
