@@ -1,4 +1,5 @@
-# `make serve` runs the relay on the example configuration; `make test` runs lint and the tests.
+# `make serve` runs the relay on the example configuration; `make test` runs lint, the import
+# contract (the layering of relay/) and the tests.
 # Both bootstrap a fresh Debian machine: system packages when missing, then .venv, which is
 # rebuilt whenever pyproject.toml changes (the stamp file records the last install).
 
@@ -15,6 +16,7 @@ serve: $(STAMP) | system-packages
 
 test: $(STAMP) | system-packages
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 # Benchmarks print their tables; they are not part of the test suite.

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from relay.crypto import GnuPG
+from relay.core.crypto import GnuPG
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.mail import pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome

@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from relay.content import read_content
-from relay.matcher import Matcher
+from relay.leaks.content import read_content
+from relay.leaks.matcher import Matcher
 from tests.support.evasion import PAIRS, TRANSFORMS, evasive_payload, excerpts
 
 SIZES = (10, 100, 1000)

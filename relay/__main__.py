@@ -1,6 +1,6 @@
 """`python -m relay ...` runs the same command as the `relay` console script."""
 
-from relay.cli import main
+from relay.cli.root import main
 
 if __name__ == "__main__":
     main()

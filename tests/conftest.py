@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.crypto import stop_agent
+from relay.core.crypto import stop_agent
 from tests.support.keys import KeyFactory
 from tests.support.smtpsink import SmtpSink
 

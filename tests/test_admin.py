@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay import admin
-from relay.config import Settings, load
-from relay.crypto import GnuPG
-from relay.db import Database
-from relay.errors import KeyProblem, RelayError
-from relay.models import AuditEvent, MemberKey
+from relay.app import admin
+from relay.core.config import Settings, load
+from relay.core.crypto import GnuPG
+from relay.core.database import Database
+from relay.core.errors import KeyProblem, RelayError
+from relay.model.tables import AuditEvent, MemberKey
 from tests.support.keys import KeyFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ class Env:
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
     shutil.copy(ROOT / "config.example.toml", tmp_path / "relay.toml")
-    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    shutil.copytree(ROOT / "relay" / "policies", tmp_path / "policies")
     settings = load(tmp_path / "relay.toml")
     admin.init_relay(settings, ACTOR)
     db = admin.open_database(settings)

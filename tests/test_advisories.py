@@ -11,23 +11,23 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect, text
 
-from relay import advisories, embargo
-from relay import config as relay_config
-from relay.advisories import (
+from relay.app import advisories, embargo
+from relay.app.advisories import (
     AdvisoryClosed,
     AdvisoryError,
     EmbargoTimeUnreadable,
     ScheduleRefused,
     UnknownAdvisory,
 )
-from relay.db import MIGRATIONS_DIR, Database
-from relay.models import AdvisoryState, AuditEvent
-from relay.spool import Spool
-from relay.timing import NO_RULES, load_policy
-from relay.when import ACCEPTED_FORMS
+from relay.core import config as relay_config
+from relay.core.database import MIGRATIONS_DIR, Database
+from relay.core.spool import Spool
+from relay.core.times import ACCEPTED_FORMS
+from relay.model.tables import AdvisoryState, AuditEvent
+from relay.policy.timing import NO_RULES, load_policy
 from tests.support.relayhome import write_config
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = Path(__file__).resolve().parent.parent / "relay" / "policies"
 K8S = load_policy(POLICIES / "kubernetes-distributors.toml")
 OPENWALL = load_policy(POLICIES / "openwall-distros.toml")
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)  # a Tuesday
@@ -229,15 +229,15 @@ def test_public_text_marks_for_release_and_stays_out_of_the_audit_trail(db):
 
 def test_lift_time_of_a_post_counts_relative_times_from_the_signature():
     signed_at = NOW - timedelta(days=2)  # the post waited two days in a sending queue
-    assert advisories.lift_time_of({"X-Embargo-Until": "+10d"}, signed_at) == signed_at + timedelta(
+    assert advisories.lift_time_of("X-Embargo-Until", "+10d", signed_at) == signed_at + timedelta(
         days=10
     )
-    assert advisories.lift_time_of({"X-Embargo-Until": "in 36h"}, signed_at) == (
+    assert advisories.lift_time_of("X-Embargo-Until", "in 36h", signed_at) == (
         signed_at + timedelta(hours=36)
     )
-    absolute = {"X-Embargo-Until": "2026-12-03 17:00 Europe/Berlin"}
-    assert advisories.lift_time_of(absolute, signed_at) == GOOD_LIFT
-    assert advisories.lift_time_of({}, signed_at) is None
+    absolute = "2026-12-03 17:00 Europe/Berlin"
+    assert advisories.lift_time_of("X-Embargo-Until", absolute, signed_at) == GOOD_LIFT
+    assert advisories.lift_time_of("X-Embargo-Until", None, signed_at) is None
 
 
 def test_a_new_advisory_without_a_title_is_titled_with_its_id(db):
@@ -252,7 +252,7 @@ def test_a_new_advisory_without_a_title_is_titled_with_its_id(db):
 )
 def test_unreadable_embargo_time_in_a_post_is_rejected_with_the_accepted_forms(text):
     with pytest.raises(EmbargoTimeUnreadable) as caught:
-        advisories.lift_time_of({"X-Embargo-Until": text}, NOW)
+        advisories.lift_time_of("X-Embargo-Until", text, NOW)
     assert caught.value.smtp_status == "5.6.0"
     assert caught.value.text == text
     assert ACCEPTED_FORMS in str(caught.value)

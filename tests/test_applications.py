@@ -11,13 +11,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from relay import advisories, applications, queue
-from relay.applications import parse_application
-from relay.cli import cli
-from relay.errors import RelayError
-from relay.models import Application, AuditEvent, Delivery, DeliveryStatus, Member, Message
-from relay.spool import Spool
-from relay.timing import NO_RULES
+from relay.app import advisories, applications
+from relay.app.applications import parse_application
+from relay.cli.root import cli
+from relay.core.errors import RelayError
+from relay.core.spool import Spool
+from relay.model.tables import Application, AuditEvent, Delivery, DeliveryStatus, Member, Message
+from relay.policy.timing import NO_RULES
+from relay.store import delivery_queue
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import CONTACT
@@ -199,17 +200,19 @@ def test_vouch_by_signed_mail_uses_the_same_rules(relay: Relay) -> None:
     assert [(v["member"], v["actor"]) for v in shown["vouches"]] == [(A, "mail:" + "F" * 40)]
 
 
-def _advisory_with_post(relay: Relay, advisory_id: str, audience: str = queue.MEMBERS) -> str:
+def _advisory_with_post(
+    relay: Relay, advisory_id: str, audience: str = delivery_queue.MEMBERS
+) -> str:
     now = datetime.now(UTC)
     with relay.db.transaction() as s:
         if advisories.find(s, advisory_id) is None:
             advisories.create(
                 s, advisory_id, "Proxy bypass", now + timedelta(days=7), "t", NO_RULES, now
             )
-    return queue.accept_post(
+    return delivery_queue.accept_post(
         relay.db,
         Spool(relay.settings.storage.spool_dir),
-        queue.Post(
+        delivery_queue.Post(
             b"raw\r\n",
             b"payload\r\n",
             f"[EMBARGOED] {advisory_id}: proxy bypass",
@@ -218,7 +221,7 @@ def _advisory_with_post(relay: Relay, advisory_id: str, audience: str = queue.ME
             None,
         ),
         list_domain="example.org",
-        route=lambda session, spool, message_id: queue.Routing(advisory_id, audience),
+        route=lambda session, spool, message_id: delivery_queue.Routing(advisory_id, audience),
     ).message_id
 
 
@@ -226,7 +229,7 @@ def test_approve_with_key_and_send_active_queues_the_embargoed_posts(
     relay: Relay, keys: KeyFactory
 ) -> None:
     embargoed = _advisory_with_post(relay, "CVE-2026-3001")
-    src_only = _advisory_with_post(relay, "CVE-2026-3001", queue.SENDERS)
+    src_only = _advisory_with_post(relay, "CVE-2026-3001", delivery_queue.SENDERS)
     lifted = _advisory_with_post(relay, "CVE-2026-3002")
     relay("advisory", "lift", "CVE-2026-3002", "--reason", "fixed upstream")
     relay("application", "submit", str(COMPLETE))
@@ -354,7 +357,7 @@ def test_migration_0004_downgrades_and_upgrades(relay: Relay) -> None:
     from alembic.config import Config
     from sqlalchemy import inspect
 
-    from relay.db import MIGRATIONS_DIR
+    from relay.core.database import MIGRATIONS_DIR
 
     relay("application", "submit", str(COMPLETE))
     config = Config()

@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from relay.cli import cli
-from relay.config import load
-from relay.db import Database
-from relay.models import AuditEvent, Delivery, DeliveryStatus, Member, Message
+from relay.cli.root import cli
+from relay.core.config import load
+from relay.core.database import Database
+from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Member, Message
 from tests.support.keys import KeyFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def config(tmp_path: Path) -> Path:
     """The example configuration, copied so that its var/ lands in tmp_path."""
     path = tmp_path / "relay.toml"
     shutil.copy(ROOT / "config.example.toml", path)
-    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    shutil.copytree(ROOT / "relay" / "policies", tmp_path / "policies")
     return path
 
 

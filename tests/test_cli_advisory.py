@@ -21,15 +21,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from relay import admin
-from relay.cli import cli
-from relay.models import AuditEvent, Delivery, Message, MessageKind
-from relay.spool import PAYLOAD, Spool
-from relay.when import format_when
+from relay.app import admin
+from relay.cli.root import cli
+from relay.core.spool import PAYLOAD, Spool
+from relay.core.times import format_when
+from relay.model.tables import AuditEvent, Delivery, Message, MessageKind
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = Path(__file__).resolve().parent.parent / "relay" / "policies"
 PUBLIC = "announce@example.com"
 ACTIVE = ["cli-adv-a@distro-a.example", "cli-adv-b@distro-b.example"]
 REMOVED = "cli-adv-gone@distro-c.example"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from relay.cli import cli
-from relay.models import AuditEvent, Delivery, Member
+from relay.cli.root import cli
+from relay.model.tables import AuditEvent, Delivery, Member
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 

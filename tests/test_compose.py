@@ -21,15 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from relay.compose import (
+from relay.core.crypto import GnuPG
+from relay.core.errors import CryptoError
+from relay.outbound.compose import (
     OBSCURED_SUBJECT,
     Copy,
     build_encrypted,
     build_encrypted_notice,
     build_plain_notice,
 )
-from relay.crypto import GnuPG
-from relay.errors import CryptoError
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.keys import TestKey as Key
 from tests.support.mail import OpenedCopy

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from relay.cli import cli
-from relay.config import load
-from relay.errors import ConfigError
+from relay.cli.root import cli
+from relay.core.config import load
+from relay.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"

@@ -13,9 +13,9 @@ import zipfile
 
 import pytest
 
-from relay import content
-from relay.content import MAX_DEPTH, MAX_MEMBERS, html_text, read_content
-from relay.watch import text_of
+from relay.leaks import content
+from relay.leaks.content import MAX_DEPTH, MAX_MEMBERS, html_text, read_content
+from relay.leaks.index import text_of
 
 SECRET = "The kubelet clones the repository and runs its hooks as root on the node."
 

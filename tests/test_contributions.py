@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay import admin_advisories, advisories, contributions, membership, queue
-from relay.errors import RelayError
-from relay.models import AuditEvent, Delivery, StatusReminder
-from relay.spool import PAYLOAD, Spool
-from relay.timing import NO_RULES
+from relay.app import advisories, advisory_admin, contributions, membership
+from relay.core.errors import RelayError
+from relay.core.spool import PAYLOAD, Spool
+from relay.model.tables import AuditEvent, Delivery, StatusReminder
+from relay.policy.timing import NO_RULES
+from relay.store import delivery_queue
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import RelayHome
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LIFT = NOW + timedelta(days=1)  # within the default two days
 A, B, C = "security@a.example", "security@b.example", "security@c.example"
-RETRY = queue.Retry(timedelta(minutes=1), timedelta(hours=1), timedelta(days=5))
+RETRY = delivery_queue.Retry(timedelta(minutes=1), timedelta(hours=1), timedelta(days=5))
 
 
 @pytest.fixture
@@ -37,16 +38,16 @@ def advisory(home: RelayHome, advisory_id: str, lift_at: datetime | None) -> Non
 
 def post(home: RelayHome, advisory_id: str) -> None:
     """A post of the advisory accepted and sent to every active member (the real queue)."""
-    queue.accept_post(
+    delivery_queue.accept_post(
         home.db,
         Spool(home.settings.storage.spool_dir),
-        queue.Post(b"raw\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, None),
+        delivery_queue.Post(b"raw\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, None),
         list_domain="example.org",
-        route=lambda session, spool, message_id: queue.Routing(advisory_id),
+        route=lambda session, spool, message_id: delivery_queue.Routing(advisory_id),
     )
-    ids = queue.claim_due(home.db, datetime.now(UTC), 100, timedelta(minutes=5))
-    outcomes = [queue.Outcome(i, "sent", "250", "ok") for i in ids]
-    queue.record_outcomes(home.db, outcomes, now=NOW, retry=RETRY)
+    ids = delivery_queue.claim_due(home.db, datetime.now(UTC), 100, timedelta(minutes=5))
+    outcomes = [delivery_queue.Outcome(i, "sent", "250", "ok") for i in ids]
+    delivery_queue.record_outcomes(home.db, outcomes, now=NOW, retry=RETRY)
 
 
 def set_status(home: RelayHome, member: str, status: str, text: str | None = None):
@@ -80,7 +81,7 @@ def test_statuses_are_recorded_audited_without_their_text_and_shown_as_a_matrix(
         (B, "none", None),
     ]
     assert report.counts["issue-found"] == 1 and report.counts["none"] == 1
-    assert admin_advisories.advisory_report(home.db, "CVE-2026-1").statuses == report.rows
+    assert advisory_admin.advisory_report(home.db, "CVE-2026-1").statuses == report.rows
 
     # A member's answer is part of its history too.
     detail = membership.member_detail(home.db, home.crypto, A)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.crypto import GnuPG, Signature
-from relay.errors import CryptoError, KeyProblem
+from relay.core.crypto import GnuPG, Signature
+from relay.core.errors import CryptoError, KeyProblem
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.keys import TestKey as Key
 

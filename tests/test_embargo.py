@@ -13,13 +13,13 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from relay import advisories, embargo, notices, queue
-from relay import config as relay_config
-from relay.config import EmbargoSettings
-from relay.crypto import GnuPG
-from relay.db import Database
-from relay.dispatch import Dispatcher
-from relay.models import (
+from relay.app import advisories, embargo
+from relay.core import config as relay_config
+from relay.core.config import EmbargoSettings
+from relay.core.crypto import GnuPG
+from relay.core.database import Database
+from relay.core.spool import PAYLOAD, Spool
+from relay.model.tables import (
     Advisory,
     AdvisoryState,
     AuditEvent,
@@ -31,13 +31,14 @@ from relay.models import (
     MessageKind,
     Sender,
 )
-from relay.spool import PAYLOAD, Spool
-from relay.timing import NO_RULES, load_policy
+from relay.policy.timing import NO_RULES, load_policy
+from relay.runners.dispatcher import Dispatcher
+from relay.store import delivery_queue, notices
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy
 from tests.support.relayhome import CONTACT, RelayHome, write_config
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = Path(__file__).resolve().parent.parent / "relay" / "policies"
 K8S = load_policy(POLICIES / "kubernetes-distributors.toml")
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 LIFT = datetime(2026, 12, 3, 16, 0, tzinfo=UTC)
@@ -218,7 +219,7 @@ def test_deliveries_held_only_for_the_embargo_are_released_at_the_lift(db, spool
             select(Delivery).where(Delivery.message_id == message_id).order_by(Delivery.id)
         ).scalars()
         for d in (first, second):
-            d.status, d.last_code = DeliveryStatus.HELD, queue.EMBARGO_HOLD
+            d.status, d.last_code = DeliveryStatus.HELD, delivery_queue.EMBARGO_HOLD
         third.status, third.last_code = DeliveryStatus.HELD, "held"  # no usable key: stays
     embargo.lift_due(db, spool, settings, LIFT)
     statuses = [d.status for d in deliveries(db, message_id)]

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from relay.errors import RelayError
-from relay.forwarding import (
+from relay.core.errors import RelayError
+from relay.policy.forwarding import (
     DEFAULT,
     RULES,
     Context,
@@ -24,9 +24,9 @@ from relay.forwarding import (
     load_forwarding,
     post_with_external_copies,
 )
-from relay.timing import load_policy
+from relay.policy.timing import load_policy
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = Path(__file__).resolve().parent.parent / "relay" / "policies"
 KUBERNETES = POLICIES / "kubernetes-distributors.toml"
 OPENWALL = POLICIES / "openwall-distros.toml"
 

@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from relay import notices, queue
-from relay.cli import cli
-from relay.models import AuditEvent, Delivery, DeliveryStatus, Grant, Incident
+from relay.cli.root import cli
+from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Grant, Incident
+from relay.store import delivery_queue, notices
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, crlf, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome, RelayThread, distributors
@@ -218,7 +218,7 @@ def test_a_copy_to_someone_who_is_no_party_is_held_and_reported(
         assert (held.status, held.last_code, held.held_for) == ("held", "embargo", None)
         # Asked again (an administrator's retry): held again, and not reported twice.
         with home.db.transaction() as s:
-            queue.retry(s, held.id, "cli:test")
+            delivery_queue.retry(s, held.id, "cli:test")
         relay.relay.dispatcher.wake()
         _wait_until(lambda: _delivery(home, stale, message_id).status == "held")
         (report,) = _to(sink.wait_for(3, timeout=60), CONTACT)
@@ -246,7 +246,7 @@ def _wait_until(condition, timeout: float = 30) -> None:  # type: ignore[no-unty
 def test_a_gate_that_cannot_answer_holds_that_copy_and_the_others_go(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
 ):
-    from relay import gate
+    from relay.outbound import gate
 
     stale = "old-sender@corp.example"
     home = distributors(tmp_path, keys, sink.port)

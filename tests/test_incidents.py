@@ -17,13 +17,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select
 
-from relay import admin, advisories, incidents, notices, queue
-from relay.db import MIGRATIONS_DIR, Database
-from relay.dispatch import Dispatcher
-from relay.errors import RelayError
-from relay.matcher import Match, Matcher
-from relay.models import AuditEvent, Delivery, DeliveryStatus, Incident, Member, Message
-from relay.spool import Spool
+from relay.app import admin, advisories, incidents
+from relay.core.database import MIGRATIONS_DIR, Database
+from relay.core.errors import RelayError
+from relay.core.spool import Spool
+from relay.leaks.matcher import Match, Matcher
+from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Incident, Member, Message
+from relay.runners.dispatcher import Dispatcher
+from relay.store import delivery_queue, notices
 from tests.support import keys as test_keys
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
@@ -217,7 +218,7 @@ def test_the_report_names_the_relay_message_and_counts_repeated_offenses(
         for delivery in s.execute(
             select(Delivery).where(Delivery.message_id != report_id)
         ).scalars():
-            queue.hold(s, delivery, "not part of this test")
+            delivery_queue.hold(s, delivery, "not part of this test")
     assert dispatch(home) == 1
     outbox = home.settings.delivery.outbox
     assert outbox is not None

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from relay.cli import cli
-from relay.models import (
+from relay.cli.root import cli
+from relay.model.tables import (
     Advisory,
     AdvisoryState,
     AuditEvent,
@@ -164,7 +164,7 @@ def test_replay_records_survive_a_restart(tmp_path: Path, keys: KeyFactory, sink
 def test_a_refused_leak_replayed_is_refused_as_a_replay_and_reported_once(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
-    policy = ROOT / "policies" / "kubernetes-distributors.toml"
+    policy = ROOT / "relay" / "policies" / "kubernetes-distributors.toml"
     home = _home(tmp_path, keys, sink, extra=f'\n[embargo]\npolicy = "{policy}"\n')
     src = keys.make("src", "src@example.org")
     lift = (datetime.now(UTC) + timedelta(days=9)).replace(microsecond=0)
@@ -316,7 +316,7 @@ def test_a_from_mismatch_can_be_flagged_instead(tmp_path: Path, keys: KeyFactory
 def test_incidents_and_statuses_belong_to_the_signer_whatever_mail_from_says(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
-    policy = ROOT / "policies" / "kubernetes-distributors.toml"
+    policy = ROOT / "relay" / "policies" / "kubernetes-distributors.toml"
     home = _home(tmp_path, keys, sink, extra=f'\n[embargo]\npolicy = "{policy}"\n')
     src = keys.make("src", "src@example.org")
     distro0 = keys.make("distro0", "security@distro0.example")

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay import admin, keyhealth, notices, queue
-from relay.dispatch import Dispatcher
-from relay.errors import KeyProblem, RelayError
-from relay.models import Delivery, DeliveryStatus, KeyReminder, Message
-from relay.spool import PAYLOAD, Spool
+from relay.app import admin, keyhealth
+from relay.core.errors import KeyProblem, RelayError
+from relay.core.spool import PAYLOAD, Spool
+from relay.model.tables import Delivery, DeliveryStatus, KeyReminder, Message
+from relay.runners.dispatcher import Dispatcher
+from relay.store import delivery_queue, notices
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy
 from tests.support.relayhome import CONTACT, RelayHome
@@ -92,7 +93,7 @@ def test_a_new_key_releases_deliveries_held_for_want_of_one_and_only_those(
             s, spool, subject="s", text="t", list_domain="example.org", reason="test"
         )
         d = s.execute(select(Delivery).where(Delivery.message_id == embargoed)).scalar_one()
-        d.status, d.last_code = DeliveryStatus.HELD, queue.EMBARGO_HOLD
+        d.status, d.last_code = DeliveryStatus.HELD, delivery_queue.EMBARGO_HOLD
     asyncio.run(Dispatcher(home.settings, home.db, spool, home.crypto).run_once())
     with home.db.transaction() as s:
         held = s.execute(select(Delivery).where(Delivery.message_id == message_id)).scalar_one()

@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 
-from relay.keywords import KeywordError, extract
+from relay.inbound.keywords import KeywordError, extract
 
 ATTACHMENT = b"--- a/x.go\n+++ b/x.go\n@@ -1 +1 @@\n-bad\n+good\n"
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from relay.logs import clean, event
+from relay.core.logs import clean, event
 
 
 @pytest.mark.parametrize(

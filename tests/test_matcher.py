@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.content import read_content
-from relay.matcher import MIN_MATCHED, MIN_SCORE, QUOTED_RUN, STRONG_MATCHED, Matcher
+from relay.leaks.content import read_content
+from relay.leaks.matcher import MIN_MATCHED, MIN_SCORE, QUOTED_RUN, STRONG_MATCHED, Matcher
 from tests.support.evasion import (
     PAIRS,
     TRANSFORMS,

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from relay import admin, membership, notices
-from relay.dispatch import Dispatcher
-from relay.errors import RelayError
-from relay.models import AuditEvent, Delivery, DeliveryStatus, Member, Message
-from relay.spool import PAYLOAD, Spool
+from relay.app import admin, membership
+from relay.core.errors import RelayError
+from relay.core.spool import PAYLOAD, Spool
+from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Member, Message
+from relay.runners.dispatcher import Dispatcher
+from relay.store import notices
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import CONTACT, RelayHome
 

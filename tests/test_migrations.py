@@ -16,8 +16,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from relay.db import MIGRATIONS_DIR, Database
-from relay.models import Base
+from relay.core.database import MIGRATIONS_DIR, Database
+from relay.model.tables import Base
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

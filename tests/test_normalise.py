@@ -8,7 +8,7 @@ import sys
 import pytest
 import regex
 
-from relay.normalise import normalise, normalise_mapped, normalise_utf8
+from relay.core.normalise import normalise, normalise_mapped, normalise_utf8
 
 PLAIN = "The embargo on CVE-2024-10220 is lifted on Tuesday."
 FOLDED = "the embargo on cve-2024-10220 is lifted on tuesday."

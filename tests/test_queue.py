@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay import queue
-from relay.db import Database
-from relay.errors import RelayError
-from relay.models import AuditEvent, Delivery, DeliveryStatus, Member, MemberState, Message
-from relay.spool import PAYLOAD, RAW, Spool
+from relay.core.database import Database
+from relay.core.errors import RelayError
+from relay.core.spool import PAYLOAD, RAW, Spool
+from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Member, MemberState, Message
+from relay.store import delivery_queue
 
 
 @pytest.fixture
@@ -31,11 +31,13 @@ def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path / "spool")
 
 
-def _accept(db: Database, spool: Spool) -> queue.Accepted:
-    return queue.accept_post(
+def _accept(db: Database, spool: Spool) -> delivery_queue.Accepted:
+    return delivery_queue.accept_post(
         db,
         spool,
-        queue.Post(b"raw bytes\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, "<x@y>"),
+        delivery_queue.Post(
+            b"raw bytes\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, "<x@y>"
+        ),
         list_domain="example.org",
     )
 
@@ -59,7 +61,7 @@ def test_failed_commit_leaves_no_spool_files_and_no_rows(db, spool, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(queue.audit, "record", broken)
+    monkeypatch.setattr(delivery_queue.audit, "record", broken)
     with pytest.raises(RuntimeError):
         _accept(db, spool)
     assert not any(p.is_file() for p in spool.root.rglob("*"))
@@ -70,26 +72,26 @@ def test_failed_commit_leaves_no_spool_files_and_no_rows(db, spool, monkeypatch)
 def test_claim_leases_due_rows_once_and_recover_returns_them(db, spool):
     _accept(db, spool)  # the deliveries fall due at the real time of the accept
     later = datetime.now(UTC) + timedelta(days=1)
-    first = queue.claim_due(db, later, 10, timedelta(minutes=10))
+    first = delivery_queue.claim_due(db, later, 10, timedelta(minutes=10))
     assert len(first) == 3
-    assert queue.claim_due(db, later, 10, timedelta(minutes=10)) == []
-    assert queue.recover(db) == 3
-    assert sorted(queue.claim_due(db, later, 10, timedelta(minutes=10))) == sorted(first)
+    assert delivery_queue.claim_due(db, later, 10, timedelta(minutes=10)) == []
+    assert delivery_queue.recover(db) == 3
+    assert sorted(delivery_queue.claim_due(db, later, 10, timedelta(minutes=10))) == sorted(first)
 
 
 def test_expired_lease_is_claimed_again(db, spool):
     _accept(db, spool)
     now = datetime.now(UTC)
-    ids = queue.claim_due(db, now, 10, timedelta(minutes=10))
-    assert queue.claim_due(db, now + timedelta(minutes=5), 10, timedelta(minutes=10)) == []
-    assert sorted(queue.claim_due(db, now + timedelta(minutes=11), 10, timedelta(minutes=10))) == (
-        sorted(ids)
-    )
+    ids = delivery_queue.claim_due(db, now, 10, timedelta(minutes=10))
+    assert delivery_queue.claim_due(db, now + timedelta(minutes=5), 10, timedelta(minutes=10)) == []
+    assert sorted(
+        delivery_queue.claim_due(db, now + timedelta(minutes=11), 10, timedelta(minutes=10))
+    ) == (sorted(ids))
 
 
 def test_backoff_doubles_and_is_clamped():
     lo, hi = timedelta(minutes=5), timedelta(hours=1)
-    assert [queue.backoff(n, lo, hi).total_seconds() / 60 for n in range(1, 7)] == [
+    assert [delivery_queue.backoff(n, lo, hi).total_seconds() / 60 for n in range(1, 7)] == [
         5,
         10,
         20,
@@ -102,15 +104,15 @@ def test_backoff_doubles_and_is_clamped():
 def test_defer_schedules_retry_then_fails_after_lifetime(db, spool):
     _accept(db, spool)
     now = datetime.now(UTC)
-    (did, *_) = queue.claim_due(db, now, 10, timedelta(minutes=10))
-    retry = queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
-    outcome = queue.Outcome(did, "temporary", "451", "try later")
-    _, (deferred,) = queue.record_outcomes(db, [outcome], now=now, retry=retry)
+    (did, *_) = delivery_queue.claim_due(db, now, 10, timedelta(minutes=10))
+    retry = delivery_queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
+    outcome = delivery_queue.Outcome(did, "temporary", "451", "try later")
+    _, (deferred,) = delivery_queue.record_outcomes(db, [outcome], now=now, retry=retry)
     assert deferred.status == DeliveryStatus.DEFERRED
     assert deferred.next_attempt_at == now + timedelta(minutes=5)
     late = now + timedelta(days=5, seconds=1)
-    assert did in queue.claim_due(db, late, 10, timedelta(minutes=10))
-    _, (failed,) = queue.record_outcomes(db, [outcome], now=late, retry=retry)
+    assert did in delivery_queue.claim_due(db, late, 10, timedelta(minutes=10))
+    _, (failed,) = delivery_queue.record_outcomes(db, [outcome], now=late, retry=retry)
     assert failed.status == DeliveryStatus.FAILED
     assert "lifetime" in failed.last_reason
 
@@ -118,26 +120,26 @@ def test_defer_schedules_retry_then_fails_after_lifetime(db, spool):
 def test_retry_requeues_held_but_refuses_sent_and_unknown(db, spool):
     _accept(db, spool)
     now = datetime.now(UTC)
-    a, b, _ = sorted(queue.claim_due(db, now, 10, timedelta(minutes=10)))
-    retry = queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
-    queue.record_outcomes(
-        db, [queue.Outcome(a, "sent", "250", "ok", ("F" * 40,))], now=now, retry=retry
+    a, b, _ = sorted(delivery_queue.claim_due(db, now, 10, timedelta(minutes=10)))
+    retry = delivery_queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
+    delivery_queue.record_outcomes(
+        db, [delivery_queue.Outcome(a, "sent", "250", "ok", ("F" * 40,))], now=now, retry=retry
     )
     with db.transaction() as s:
-        queue.hold(s, s.get_one(Delivery, b), "no usable key")
+        delivery_queue.hold(s, s.get_one(Delivery, b), "no usable key")
     with db.transaction() as s:
-        assert queue.retry(s, b, "cli:test").status == DeliveryStatus.QUEUED
+        assert delivery_queue.retry(s, b, "cli:test").status == DeliveryStatus.QUEUED
         with pytest.raises(RelayError, match="already sent"):
-            queue.retry(s, a, "cli:test")
+            delivery_queue.retry(s, a, "cli:test")
         with pytest.raises(RelayError, match="no delivery"):
-            queue.retry(s, 999, "cli:test")
+            delivery_queue.retry(s, 999, "cli:test")
 
 
 def test_cancel_member_stops_its_pending_deliveries(db, spool):
     _accept(db, spool)
     with db.transaction() as s:
         member = s.execute(select(Member).where(Member.address == "m1@example.net")).scalar_one()
-        assert queue.cancel_member(s, member.id, "cli:test", "removed") == 1
+        assert delivery_queue.cancel_member(s, member.id, "cli:test", "removed") == 1
     with db.transaction() as s:
         statuses = {d.recipient: d.status for d in s.execute(select(Delivery)).scalars()}
     assert statuses["m1@example.net"] == DeliveryStatus.FAILED
@@ -147,16 +149,16 @@ def test_cancel_member_stops_its_pending_deliveries(db, spool):
 def test_outcome_for_a_cancelled_delivery_does_not_undo_the_cancel(db, spool):
     _accept(db, spool)
     now = datetime.now(UTC)
-    ids = queue.claim_due(db, now, 10, timedelta(minutes=10))
+    ids = delivery_queue.claim_due(db, now, 10, timedelta(minutes=10))
     with db.transaction() as s:
         member = s.execute(select(Member).where(Member.address == "m0@example.net")).scalar_one()
-        queue.cancel_member(s, member.id, "cli:test", "removed")
+        delivery_queue.cancel_member(s, member.id, "cli:test", "removed")
         member_delivery = s.execute(
             select(Delivery.id).where(Delivery.member_id == member.id)
         ).scalar_one()
-    retry = queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
-    sent, _ = queue.record_outcomes(
-        db, [queue.Outcome(i, "sent", "250", "ok") for i in ids], now=now, retry=retry
+    retry = delivery_queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
+    sent, _ = delivery_queue.record_outcomes(
+        db, [delivery_queue.Outcome(i, "sent", "250", "ok") for i in ids], now=now, retry=retry
     )
     assert sorted(sent) == sorted(i for i in ids if i != member_delivery)
     with db.transaction() as s:
@@ -175,8 +177,8 @@ def test_sweep_removes_old_spool_files_no_message_refers_to(db, spool):
     for message_id in (kept, "0ldorphan"):
         os.utime(spool.path(message_id, RAW).parent, (hour_ago, hour_ago))
 
-    assert queue.sweep_orphans(db, spool, timedelta(hours=1)) == 1
+    assert delivery_queue.sweep_orphans(db, spool, timedelta(hours=1)) == 1
     assert not spool.path("0ldorphan", RAW).exists()
     assert spool.read(kept, RAW) == b"raw bytes\r\n"  # old, but a message refers to it
     assert spool.path("fr3shorphan", RAW).exists()  # a command may be about to commit it
-    assert queue.sweep_orphans(db, spool, timedelta(hours=1)) == 0
+    assert delivery_queue.sweep_orphans(db, spool, timedelta(hours=1)) == 0

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from relay import advisories
-from relay import config as relay_config
-from relay.db import Database
-from relay.models import AdvisoryState, AuditEvent, Member, Message
-from relay.scheduler import CHECK_JOB, JOB_TABLE, EmbargoScheduler
-from relay.spool import Spool
-from relay.timing import NO_RULES
+from relay.app import advisories
+from relay.core import config as relay_config
+from relay.core.database import Database
+from relay.core.spool import Spool
+from relay.model.tables import AdvisoryState, AuditEvent, Member, Message
+from relay.policy.timing import NO_RULES
+from relay.runners.scheduler import CHECK_JOB, JOB_TABLE, EmbargoScheduler
 from tests.support.relayhome import write_config
 
 # Far enough ahead of the real clock that APScheduler fires nothing by itself.

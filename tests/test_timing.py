@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from relay.errors import RelayError
-from relay.timing import NO_RULES, PolicyError, TimingPolicy, TimingRules, Violation, load_policy
+from relay.core.errors import RelayError
+from relay.policy.timing import (
+    NO_RULES,
+    PolicyError,
+    TimingPolicy,
+    TimingRules,
+    Violation,
+    load_policy,
+)
 
-POLICIES = Path(__file__).resolve().parent.parent / "policies"
+POLICIES = Path(__file__).resolve().parent.parent / "relay" / "policies"
 # Tuesday 2026-12-01 10:00 UTC: announcement and "now" unless a test says otherwise.
 NOW = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 TUE_1600 = datetime(2026, 12, 8, 16, 0, tzinfo=UTC)  # exactly 7d 6h after NOW

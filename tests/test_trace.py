@@ -12,8 +12,8 @@ from pathlib import Path
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from relay.cli import cli
-from relay.models import Delivery
+from relay.cli.root import cli
+from relay.model.tables import Delivery
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome, RelayThread

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from relay.config import DeliverySettings
-from relay.transport import (
+from relay.core.config import DeliverySettings
+from relay.outbound.transport import (
     REASON_LIMIT,
     OutboxTransport,
     Outcome,

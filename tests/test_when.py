@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from relay.when import ACCEPTED_FORMS, WhenError, countdown, format_when, parse_when
+from relay.core.times import ACCEPTED_FORMS, WhenError, countdown, format_when, parse_when
 
 NOW = datetime(2026, 11, 20, 9, 30, tzinfo=UTC)
 

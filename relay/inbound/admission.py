@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from relay.crypto import Crypto
+from relay.core.crypto import Crypto
 from relay.inbound.prescan import Shape, prescan
 from relay.inbound.shallow import read_top
 from relay.inbound.signature import VerifiedPost, verify_post

@@ -24,8 +24,8 @@ import hashlib
 import re
 from datetime import datetime, timedelta
 
+from relay.core.times import format_when
 from relay.inbound.wire import Rejection
-from relay.when import format_when
 
 _TRAILING_SPACE = re.compile(rb"[ \t\r]+$", re.MULTILINE)
 

@@ -26,8 +26,8 @@ from email.utils import collapse_rfc2231_value
 from itertools import islice
 from typing import cast
 
-from relay.crypto import Crypto, Signature
-from relay.errors import CryptoError
+from relay.core.crypto import Crypto, Signature
+from relay.core.errors import CryptoError
 from relay.inbound import freshness
 from relay.inbound.shallow import read_top
 from relay.inbound.wire import Rejection, check_wire

@@ -11,10 +11,10 @@ from typing import Any, TypeVar
 from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 
-from relay import admin
-from relay.cli import cli
-from relay.config import Settings, load
-from relay.db import Database
+from relay.app import admin
+from relay.cli.root import cli
+from relay.core.config import Settings, load
+from relay.core.database import Database
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import write_config
 

@@ -208,22 +208,29 @@ def evasive_entity(text: str, names: tuple[str, ...] | list[str]) -> bytes:
     boundary = f"evasion-{zlib.crc32(repr((text, tuple(names))).encode()):08x}"
     note = "Content-Type: text/plain; charset=utf-8\r\n\r\nNotes from the call below.\r\n"
     entity = (
-        f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
-        f"--{boundary}\r\n{note}--{boundary}\r\n"
-    ).encode() + part + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'Content-Type: multipart/mixed; boundary="{boundary}"\r\n\r\n'
+            f"--{boundary}\r\n{note}--{boundary}\r\n"
+        ).encode()
+        + part
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     if not dressed.forwarded:
         return entity
     inner = (
-        b"From: Someone <someone@example.org>\r\nSubject: the call notes\r\n"
-        b"MIME-Version: 1.0\r\n"
+        b"From: Someone <someone@example.org>\r\nSubject: the call notes\r\nMIME-Version: 1.0\r\n"
     ) + entity
     outer = "fwd-" + boundary
     return (
-        f'Content-Type: multipart/mixed; boundary="{outer}"\r\n\r\n'
-        f"--{outer}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nForwarding this.\r\n"
-        f"--{outer}\r\nContent-Type: message/rfc822\r\n"
-        'Content-Disposition: attachment; filename="notes.eml"\r\n\r\n'
-    ).encode() + inner + f"\r\n--{outer}--\r\n".encode()
+        (
+            f'Content-Type: multipart/mixed; boundary="{outer}"\r\n\r\n'
+            f"--{outer}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nForwarding this.\r\n"
+            f"--{outer}\r\nContent-Type: message/rfc822\r\n"
+            'Content-Disposition: attachment; filename="notes.eml"\r\n\r\n'
+        ).encode()
+        + inner
+        + f"\r\n--{outer}--\r\n".encode()
+    )
 
 
 def evasive_payload(
@@ -282,15 +289,11 @@ def advisory_texts() -> dict[str, str]:
     for path in sorted(DATA.glob("k8s-CVE-*.txt")):
         text = path.read_text()
         marker = "----- issue body (verbatim) -----"
-        texts[path.name] = (
-            text.split(marker, 1)[1] if marker in text else text.split("\n\n", 1)[1]
-        )
+        texts[path.name] = text.split(marker, 1)[1] if marker in text else text.split("\n\n", 1)[1]
     return texts
 
 
-def excerpts(
-    rng: random.Random, count: int, *, min_words: int = 40
-) -> list[tuple[str, str]]:
+def excerpts(rng: random.Random, count: int, *, min_words: int = 40) -> list[tuple[str, str]]:
     """``count`` excerpts (advisory file, text) of 2 to 5 consecutive sentences of prose.
 
     An excerpt has at least ``min_words`` words: a "sentence" ends at . ? ! and :, so a list

@@ -8,11 +8,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from relay import config as relay_config
-from relay.crypto import GnuPG
-from relay.db import Database
-from relay.models import Member, MemberKey, Sender, SenderKey
-from relay.service import Relay
+from relay.core import config as relay_config
+from relay.core.crypto import GnuPG
+from relay.core.database import Database
+from relay.model.tables import Member, MemberKey, Sender, SenderKey
+from relay.runners.service import Relay
 from tests.support.keys import KeyFactory, Keyring, TestKey
 
 LIST = "distributors@example.org"
@@ -126,7 +126,7 @@ class RelayThread:
 
     def lift(self, advisory_id: str, reason: str = "published") -> None:
         """Lift an advisory now, as `relay advisory lift` does, and wake the dispatcher."""
-        from relay import embargo
+        from relay.app import embargo
 
         assert self.relay is not None
         embargo.lift_now(

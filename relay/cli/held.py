@@ -1,0 +1,73 @@
+"""`relay held list|release|reject`: members' posts waiting for a moderator.
+
+Part of the `relay` command: importing this module adds the `held` group to `cli`.
+"""
+
+from __future__ import annotations
+
+import click
+
+from relay.cli.root import _app, _print_json, _table, cli
+from relay.core.times import format_when
+from relay.store import audit, delivery_queue
+
+
+@cli.group()
+def held() -> None:
+    """Members' posts held for moderation (the list's posting policy)."""
+
+
+@held.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def held_list(ctx: click.Context, as_json: bool) -> None:
+    """Posts waiting for a moderator: id, advisory, poster, received, held copies."""
+    with _app(ctx).db.transaction() as session:
+        rows = [
+            {
+                "id": message.id,
+                "advisory": message.advisory_id,
+                "from": message.mail_from,
+                "signer": message.signer_fingerprint,
+                "received_at": message.received_at.isoformat(),
+                "received": format_when(message.received_at),
+                "copies": copies,
+            }
+            for message, copies in delivery_queue.held_posts(session)
+        ]
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("No posts are waiting for moderation.")
+        return
+    _table(
+        "Held for moderation",
+        ["id", "advisory", "from", "received", "copies"],
+        [[r["id"], r["advisory"] or "-", r["from"], r["received"], str(r["copies"])] for r in rows],
+    )
+
+
+@held.command("release")
+@click.argument("message_id")
+@click.pass_context
+def held_release(ctx: click.Context, message_id: str) -> None:
+    """Send a held post on to its audience."""
+    with _app(ctx).db.transaction() as session:
+        count = delivery_queue.moderate(
+            session, message_id, audit.cli_actor(), release=True, reason=""
+        )
+    click.echo(f"released: {message_id} ({count} copies queued)")
+
+
+@held.command("reject")
+@click.argument("message_id")
+@click.option("--reason", required=True, help="Why the post is refused (recorded).")
+@click.pass_context
+def held_reject(ctx: click.Context, message_id: str, reason: str) -> None:
+    """Refuse a held post: none of its copies is sent."""
+    with _app(ctx).db.transaction() as session:
+        count = delivery_queue.moderate(
+            session, message_id, audit.cli_actor(), release=False, reason=reason
+        )
+    click.echo(f"rejected: {message_id} ({count} copies dropped)")

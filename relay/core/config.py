@@ -1,0 +1,319 @@
+"""Settings: one TOML file, validated on load, passed in (never a global).
+
+Relative paths resolve against the folder of the config file, so a relay
+directory can be moved as a whole. `--config PATH` or `RELAY_CONFIG` picks the
+file; errors name the offending key and never show a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from relay.core.errors import ConfigError
+
+ENV_VAR = "RELAY_CONFIG"
+DEFAULT_FILE = "config.example.toml"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_ADDRESS = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Accept `90`, `"30s"`, `"5m"`, `"4h"`, `"5d"`, `"1w"` or a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    raise ValueError("expected a duration such as 90, '30s', '5m', '4h' or '5d'")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _address(value: str) -> str:
+    if not isinstance(value, str) or not _ADDRESS.match(value):
+        raise ValueError(f"not an email address: {value!r}")
+    return value.lower()
+
+
+Address = Annotated[str, BeforeValidator(_address)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListSettings(_Section):
+    address: Address
+    name: str = "Private distributors list"
+    security_contact: Address
+    # Appended to every copy's notice; names what members must do on a leak.
+    list_id: str | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2]
+
+    @property
+    def list_id_header(self) -> str:
+        ident = self.list_id or self.address.replace("@", ".")
+        return f"{self.name} <{ident}>"
+
+
+class SmtpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8025, ge=0, le=65535)
+    max_message_size: int = Field(10 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(10, ge=1)
+    hostname: str | None = None
+    # Open sessions at once, in all and from one client address; beyond: 421 4.7.0.
+    max_connections: int = Field(100, ge=1)
+    max_connections_per_ip: int = Field(10, ge=1)
+    # A session without progress (a finished mail transaction, or DATA flowing) this
+    # long is cut with 421 4.4.2; commands alone (NOOP, RSET ...) are no progress.
+    idle_timeout: Duration = timedelta(seconds=60)
+    # Replies with a 5xx code to commands before the session is cut with 421 4.7.0.
+    max_bad_commands: int = Field(10, ge=1)
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _caps(self) -> SmtpSettings:
+        if self.max_connections_per_ip > self.max_connections:
+            raise ValueError("'max_connections_per_ip' must not exceed 'max_connections'")
+        return self
+
+
+class DeliverySettings(_Section):
+    smarthost: str | None = None
+    outbox: Path | None = None
+    # Concurrent OpenPGP jobs (gpg processes): one per core is the sweet spot.
+    workers: int = Field(2, ge=1, le=32)
+    # Concurrent SMTP sessions to the next hop, so sending overlaps encryption.
+    connections: int = Field(4, ge=1, le=64)
+    min_backoff: Duration = timedelta(minutes=5)
+    max_backoff: Duration = timedelta(hours=4)
+    queue_lifetime: Duration = timedelta(days=5)
+    connect_timeout: Duration = timedelta(seconds=30)
+    # How long a claimed delivery stays leased before another pass may retry it.
+    lease_for: Duration = timedelta(minutes=10)
+    poll_interval: Duration = timedelta(seconds=5)
+
+    @field_validator("smarthost")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected 'host:port', for example '127.0.0.1:25'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> DeliverySettings:
+        if (self.smarthost is None) == (self.outbox is None):
+            raise ValueError("set exactly one of 'smarthost' or 'outbox'")
+        if self.min_backoff > self.max_backoff:
+            raise ValueError("'min_backoff' must not exceed 'max_backoff'")
+        return self
+
+    @property
+    def smarthost_address(self) -> tuple[str, int]:
+        assert self.smarthost is not None
+        host, _, port = self.smarthost.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class StorageSettings(_Section):
+    database_url: str = "sqlite:///var/relay.db"
+    spool_dir: Path = Path("var/spool")
+
+
+class GnupgSettings(_Section):
+    home: Path = Path("var/gnupg")
+    binary: str = "gpg"
+
+
+class IntakeSettings(_Section):
+    # A signature older than this at arrival is refused: a post legitimately waits in a
+    # sending MTA's queue for at most its retry lifetime (Postfix: 5 days).
+    max_signature_age: Duration = timedelta(days=5)
+    # How far a signature may claim to come from the future (the sender's clock ahead).
+    max_clock_skew: Duration = timedelta(minutes=5)
+    # A From address outside the signer's registered identity: "refuse" (550 5.7.1) or
+    # "flag" (accepted, marked in the audit trail and in the copies' notice).
+    from_mismatch: Literal["refuse", "flag"] = "refuse"
+
+    @field_validator("max_signature_age")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+    @field_validator("max_clock_skew")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+
+class EmbargoSettings(_Section):
+    # The list's timing rules (a policies/*.toml file); none: no timing rules.
+    policy: Path | None = None
+    # Where an advisory's public text goes at its lift (plaintext, and only then).
+    public_addresses: tuple[Address, ...] = ()
+    # Reminders to the SRC senders and the security contact, this long before a lift.
+    reminders: tuple[Duration, ...] = (timedelta(hours=48), timedelta(hours=1))
+    # Warn when an embargoed advisory still has no lift time this long after it was created.
+    missing_lift_warning_after: Duration = timedelta(days=3)
+    # How often the scheduler re-reads the database (changes made by another process).
+    check_interval: Duration = timedelta(minutes=1)
+    # A signed post that brings a lift earlier (or asks for an early lift) waits for a
+    # second look: `relay advisory confirm`, or X-Confirm from another authorised sender.
+    confirm_earlier_by_mail: bool = True
+
+    @field_validator("reminders")
+    @classmethod
+    def _reminders(cls, value: tuple[timedelta, ...]) -> tuple[timedelta, ...]:
+        if any(offset <= timedelta(0) for offset in value):
+            raise ValueError("reminder offsets must be longer than zero")
+        if len(set(value)) != len(value):
+            raise ValueError("reminder offsets must differ from each other")
+        return tuple(sorted(value, reverse=True))
+
+    @field_validator("missing_lift_warning_after", "check_interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+
+class MembersSettings(_Section):
+    # Remind a member (encrypted) this long before one of its keys expires.
+    key_expiry_warning: Duration = timedelta(days=30)
+    # Remind members who have not said how far they got with an advisory this long before its lift.
+    status_reminder_before: Duration = timedelta(days=2)
+
+    @field_validator("key_expiry_warning", "status_reminder_before")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+
+class Settings(_Section):
+    list: ListSettings
+    smtp: SmtpSettings = SmtpSettings()
+    intake: IntakeSettings = IntakeSettings()
+    delivery: DeliverySettings
+    storage: StorageSettings = StorageSettings()
+    gnupg: GnupgSettings = GnupgSettings()
+    embargo: EmbargoSettings = EmbargoSettings()
+    members: MembersSettings = MembersSettings()
+    source: Path | None = None
+
+
+# The policies this package ships, by name (`policy = "kubernetes-distributors"`).
+SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+def _policy_path(base: Path, path: Path) -> Path:
+    """A shipped policy by its name, else a file relative to the config's folder."""
+    if len(path.parts) == 1 and path.suffix == "":
+        shipped = SHIPPED_POLICIES / f"{path}.toml"
+        if not shipped.is_file():
+            names = ", ".join(sorted(p.stem for p in SHIPPED_POLICIES.glob("*.toml")))
+            raise ConfigError(f"embargo.policy: no shipped policy {str(path)!r} (shipped: {names})")
+        return shipped
+    return _resolve(base, path)
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _resolve_database_url(base: Path, url: str) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        rest = url[len(prefix) :]
+        if rest and rest != ":memory:":
+            return prefix + str(_resolve(base, Path(rest)))
+    return url
+
+
+def _format_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load and validate the config; relative paths resolve against its folder."""
+    chosen = Path(path or os.environ.get(ENV_VAR) or DEFAULT_FILE)
+    try:
+        raw = tomllib.loads(chosen.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {chosen}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {chosen}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{chosen}: invalid configuration\n{_format_error(exc)}") from None
+    base = chosen.resolve().parent
+    delivery = settings.delivery
+    if delivery.outbox is not None:
+        delivery = delivery.model_copy(update={"outbox": _resolve(base, delivery.outbox)})
+    embargo = settings.embargo
+    if embargo.policy is not None:
+        embargo = embargo.model_copy(update={"policy": _policy_path(base, embargo.policy)})
+    return settings.model_copy(
+        update={
+            "delivery": delivery,
+            "embargo": embargo,
+            "storage": settings.storage.model_copy(
+                update={
+                    "database_url": _resolve_database_url(base, settings.storage.database_url),
+                    "spool_dir": _resolve(base, settings.storage.spool_dir),
+                }
+            ),
+            "gnupg": settings.gnupg.model_copy(
+                update={"home": _resolve(base, settings.gnupg.home)}
+            ),
+            "source": chosen.resolve(),
+        }
+    )

@@ -1,0 +1,4 @@
+"""The tables: every row the relay keeps, by aggregate. The database is the queue.
+
+May import: `relay.core`.
+"""

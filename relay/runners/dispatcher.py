@@ -1,0 +1,623 @@
+"""The dispatcher (Postfix's qmgr): picks due deliveries and sees each one through.
+
+For each claimed delivery: ask the gate whether the recipient may receive it now
+(relay/gate.py: every copy that is not a member's copy of a list post), resolve
+the recipient's usable keys, build its own signed and encrypted copy, hand it to
+the transport, record the outcome. A copy the gate stops is held until the lift and
+the leak reported; a recipient without a usable key is held (never plaintext) and
+the security contact is told; `4xx` and connection errors are deferred on the
+backoff schedule; `5xx` fails at once.
+
+Three kinds of concurrency, each sized on its own: `workers` threads run gpg
+(one per core), `connections` tasks talk SMTP so sending overlaps encryption,
+and one recorder commits outcomes in batches so the disk syncs once per batch,
+not once per copy. Each copy is signed and encrypted in one gpg call, since each
+carries its own reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import logging
+import textwrap
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from relay.app import advisories, embargo
+from relay.core.config import Settings
+from relay.core.crypto import Crypto, KeyInfo
+from relay.core.database import Database
+from relay.core.errors import CryptoError
+from relay.core.logs import event
+from relay.core.spool import PAYLOAD, Spool
+from relay.leaks.content import read_content
+from relay.leaks.index import EmbargoedText
+from relay.model.tables import (
+    Advisory,
+    Delivery,
+    DeliveryStatus,
+    GrantState,
+    Member,
+    MemberKey,
+    MemberState,
+    Message,
+    MessageKind,
+    utcnow,
+)
+from relay.outbound import compose, gate
+from relay.outbound.transport import Outcome, SendResult, Transport, make_transport
+from relay.policy import forwarding
+from relay.store import delivery_queue, key_owners, notices
+from relay.store.key_owners import grant_for, list_key, sender_by_address
+
+log = logging.getLogger("relay.dispatch")
+
+CLAIM_BATCH = 64
+RECORD_BATCH = 128
+RECORD_LINGER = 0.05  # seconds
+
+
+@dataclass(frozen=True)
+class Job:
+    """A snapshot of one claimed delivery, read in one transaction."""
+
+    delivery_id: int
+    message_id: str
+    kind: str
+    recipient: str
+    member_active: bool
+    copy_message_id: str
+    reference: str
+    subject: str
+    poster: str  # the signing key's registered owner
+    from_mismatch: str | None
+    signer: str | None
+    received_at: datetime
+    plaintext_allowed: bool
+    fingerprints: tuple[str, ...]
+    to_member: bool  # a copy of a list-wide message (To: the list), not a one-off notice
+    advisory: Advisory | None = None  # as loaded with the claim (detached snapshot)
+    # The gate's reason to hold it until a lift, or why the gate could not answer.
+    stopped: gate.Stopped | str | None = None
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A sealed copy, waiting for an SMTP session."""
+
+    data: bytes
+    keys: list[str]
+
+
+WorkItem = tuple[Job, "asyncio.Task[Ready | delivery_queue.Outcome | None]"]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        spool: Spool,
+        crypto: Crypto,
+        *,
+        transport_factory: Callable[[], Transport] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        watch: EmbargoedText | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.spool = spool
+        self.crypto = crypto
+        self.clock = clock
+        hostname = settings.smtp.hostname or settings.list.domain
+        self._transport_factory = transport_factory or (
+            lambda: make_transport(settings.delivery, hostname)
+        )
+        self._list_fpr = list_key(crypto).fingerprint
+        self._wake = asyncio.Event()
+        self._keys: dict[str, KeyInfo] = {}
+        self._payloads: OrderedDict[str, bytes] = OrderedDict()
+        self._payload_lock = threading.Lock()
+        self._inflight: dict[int, Job] = {}  # sent, outcome not yet recorded (for the log)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._crypto_pool = ThreadPoolExecutor(
+            settings.delivery.workers, thread_name_prefix="crypto"
+        )
+        d = settings.delivery
+        self._retry = delivery_queue.Retry(d.min_backoff, d.max_backoff, d.queue_lifetime)
+        self._policy = advisories.policy_for(settings)
+        self._gate = gate.Gate(
+            settings,
+            watch or EmbargoedText(spool),
+            forwarding.load_forwarding(settings.embargo.policy),
+        )
+
+    def wake(self) -> None:
+        """New work arrived (called from the event loop thread)."""
+        self._wake.set()
+
+    # The loops
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and deliver until `stop` is set; unstarted claims go back to the delivery_queue."""
+        self._loop = asyncio.get_running_loop()
+        work: asyncio.Queue[WorkItem] = asyncio.Queue()
+        outcomes: asyncio.Queue[delivery_queue.Outcome | None] = asyncio.Queue()
+        recorder = asyncio.create_task(self._recorder(outcomes), name="delivery-recorder")
+        senders = [
+            asyncio.create_task(self._sender(work, outcomes), name=f"delivery-sender-{n}")
+            for n in range(self.settings.delivery.connections)
+        ]
+        poll = self.settings.delivery.poll_interval.total_seconds()
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                if work.qsize() < self.settings.delivery.connections * 2:
+                    jobs = await self._claim()
+                    for job in jobs:
+                        work.put_nowait(self._start(job))
+                    if len(jobs) == CLAIM_BATCH:
+                        continue
+                stopping = asyncio.create_task(stop.wait())
+                woken = asyncio.create_task(self._wake.wait())
+                await asyncio.wait(
+                    {stopping, woken}, timeout=poll, return_when=asyncio.FIRST_COMPLETED
+                )
+                stopping.cancel()
+                woken.cancel()
+        finally:
+            unstarted = []
+            while not work.empty():
+                job, prepared = work.get_nowait()
+                prepared.cancel()
+                unstarted.append(job.delivery_id)
+                work.task_done()
+            if unstarted:
+                await asyncio.to_thread(delivery_queue.release, self.db, unstarted)
+            # Let in-flight deliveries finish so their outcome is recorded.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(work.join(), timeout=30)
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+            outcomes.put_nowait(None)
+            await recorder
+            self._crypto_pool.shutdown(wait=False)
+
+    async def run_once(self) -> int:
+        """Deliver everything due now by the injected clock; return the attempts made."""
+        self._loop = asyncio.get_running_loop()
+        done = 0
+        while jobs := await self._claim():
+            work: asyncio.Queue[WorkItem] = asyncio.Queue()
+            outcomes: asyncio.Queue[delivery_queue.Outcome | None] = asyncio.Queue()
+            for job in jobs:
+                work.put_nowait(self._start(job))
+            recorder = asyncio.create_task(self._recorder(outcomes))
+            senders = [
+                asyncio.create_task(self._sender(work, outcomes))
+                for _ in range(self.settings.delivery.connections)
+            ]
+            await work.join()
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+            outcomes.put_nowait(None)
+            await recorder
+            done += len(jobs)
+        return done
+
+    async def _sender(
+        self, work: asyncio.Queue[WorkItem], outcomes: asyncio.Queue[delivery_queue.Outcome | None]
+    ) -> None:
+        transport = self._transport_factory()
+        try:
+            while True:
+                job, prepared = await work.get()
+                try:
+                    ready = await prepared
+                    if isinstance(ready, Ready):
+                        self._inflight[job.delivery_id] = job
+                        result = await transport.send(
+                            self.settings.list.address, job.recipient, ready.data
+                        )
+                        outcomes.put_nowait(_outcome(job.delivery_id, result, ready.keys))
+                    elif ready is not None:
+                        outcomes.put_nowait(ready)
+                except Exception:
+                    log.exception(
+                        "delivery %s crashed; it stays leased and is retried", job.delivery_id
+                    )
+                finally:
+                    work.task_done()
+                    if work.empty():
+                        self._wake.set()
+        finally:
+            await transport.close()
+
+    def _start(self, job: Job) -> WorkItem:
+        return job, asyncio.create_task(self._prepare(job))
+
+    async def _recorder(self, outcomes: asyncio.Queue[delivery_queue.Outcome | None]) -> None:
+        """Commit outcomes in batches: whatever arrived while the last commit ran."""
+        finished = False
+        while not finished:
+            batch = [await outcomes.get()]
+            # Linger briefly so one commit (one disk sync) covers many copies.
+            deadline = asyncio.get_running_loop().time() + RECORD_LINGER
+            while len(batch) < RECORD_BATCH and None not in batch:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(outcomes.get(), timeout))
+                except TimeoutError:
+                    break
+            finished = None in batch
+            ready = [o for o in batch if o is not None]
+            if ready:
+                sent, changed = await asyncio.to_thread(
+                    delivery_queue.record_outcomes,
+                    self.db,
+                    ready,
+                    now=self.clock(),
+                    retry=self._retry,
+                )
+                for outcome in ready:
+                    job = self._inflight.pop(outcome.delivery_id, None)
+                    if job is not None and outcome.delivery_id in sent:
+                        event(
+                            log,
+                            "sent",
+                            id=job.delivery_id,
+                            msg=job.message_id,
+                            rcpt=job.recipient,
+                            code=outcome.code,
+                        )
+                if changed:
+                    await asyncio.to_thread(self._after_record, changed)
+
+    async def _claim(self) -> list[Job]:
+        now = self.clock()
+        ids = await asyncio.to_thread(
+            delivery_queue.claim_due, self.db, now, CLAIM_BATCH, self.settings.delivery.lease_for
+        )
+        if not ids:
+            return []
+        return await asyncio.to_thread(self._load, ids)
+
+    def _load(self, ids: list[int]) -> list[Job]:
+        """Read the claimed deliveries in two plain queries (no ORM objects: hot path)."""
+        self._keys = {k.fingerprint: k for k in self.crypto.list_keys()}
+        d, m, mem = Delivery.__table__, Message.__table__, Member.__table__
+        with self.db.transaction() as session:
+            rows = session.execute(
+                select(
+                    d.c.id,
+                    d.c.message_id,
+                    d.c.recipient,
+                    d.c.member_id,
+                    d.c.copy_message_id,
+                    d.c.reference,
+                    d.c.plaintext_allowed,
+                    m.c.kind,
+                    m.c.subject,
+                    m.c.poster,
+                    m.c.from_mismatch,
+                    m.c.signer_fingerprint,
+                    m.c.received_at,
+                    m.c.advisory_id,
+                    mem.c.state,
+                )
+                .select_from(
+                    d.join(m, m.c.id == d.c.message_id).outerjoin(mem, mem.c.id == d.c.member_id)
+                )
+                .where(d.c.id.in_(ids))
+                .order_by(d.c.id)
+            ).all()
+            member_ids = {r.member_id for r in rows if r.member_id is not None}
+            member_keys: dict[int, list[str]] = {}
+            for member_id, fpr in session.execute(
+                select(MemberKey.member_id, MemberKey.fingerprint).where(
+                    MemberKey.member_id.in_(member_ids)
+                )
+            ):
+                member_keys.setdefault(member_id, []).append(fpr)
+            advisory_ids = {r.advisory_id for r in rows if r.advisory_id is not None}
+            found = session.execute(select(Advisory).where(Advisory.id.in_(advisory_ids)))
+            by_id = {a.id: a for a in found.scalars()}
+            jobs = []
+            now = self.clock()
+            for r in rows:
+                stopped = None
+                if r.member_id is not None:
+                    fingerprints = tuple(member_keys.get(r.member_id, ()))
+                    active = r.state == MemberState.ACTIVE
+                else:
+                    fingerprints, active = _other_keys(session, r.recipient, r.advisory_id, r.kind)
+                    # A member's copy of a list post needs no question: members read it all.
+                    stopped = self._ask_gate(
+                        session, r.id, r.recipient, r.message_id, by_id.get(r.advisory_id), now
+                    )
+                jobs.append(
+                    Job(
+                        delivery_id=r.id,
+                        message_id=r.message_id,
+                        kind=r.kind,
+                        recipient=r.recipient,
+                        member_active=active,
+                        copy_message_id=r.copy_message_id,
+                        reference=r.reference,
+                        subject=r.subject,
+                        poster=r.poster,
+                        from_mismatch=r.from_mismatch,
+                        signer=r.signer_fingerprint,
+                        received_at=_utc(r.received_at),
+                        plaintext_allowed=r.plaintext_allowed,
+                        fingerprints=fingerprints,
+                        to_member=r.member_id is not None,
+                        advisory=by_id.get(r.advisory_id),
+                        stopped=stopped,
+                    )
+                )
+        return jobs
+
+    def _ask_gate(
+        self,
+        session: Session,
+        delivery_id: int,
+        recipient: str,
+        message_id: str,
+        advisory: Advisory | None,
+        now: datetime,
+    ) -> gate.Stopped | str | None:
+        """The gate's answer for one copy; a failure to answer is a reason to hold it (the
+        rest of the batch goes on)."""
+        try:
+            return self._gate.check(
+                session,
+                recipient=recipient,
+                message_id=message_id,
+                advisory=advisory,
+                content=lambda: read_content(self._payload(message_id)),
+                now=now,
+            )
+        except Exception as exc:
+            log.exception("forwarding check of delivery %s failed; it is held", delivery_id)
+            return f"the forwarding check failed ({type(exc).__name__}); held to fail closed"
+
+    # One delivery
+
+    async def _prepare(self, job: Job) -> Ready | delivery_queue.Outcome | None:
+        """Build the job's copy (or settle it: cancelled, held); runs ahead of sending, so the
+        crypto workers always have the next copies queued while others are on the wire."""
+        if not job.member_active:
+            why = "member is not active" if job.to_member else "recipient holds no accepted grant"
+            return delivery_queue.Outcome(job.delivery_id, "permanent", "cancelled", why)
+        if isinstance(job.stopped, str):
+            remedy = "Look for the error in the relay's log"
+            await asyncio.to_thread(self._hold_unreachable, job, job.stopped, remedy)
+            return None
+        if job.stopped is not None:
+            await asyncio.to_thread(self._hold_for_lift, job, job.stopped)
+            return None
+        keys, problem = key_owners.usable(job.fingerprints, self._keys.get)
+        loop = asyncio.get_running_loop()
+        try:
+            if problem is not None:
+                if not job.plaintext_allowed:
+                    await asyncio.to_thread(
+                        self._hold_unreachable, job, f"no usable key: {problem}"
+                    )
+                    return None
+                data = await loop.run_in_executor(self._crypto_pool, self._plain_notice, job)
+            else:
+                data = await loop.run_in_executor(
+                    self._crypto_pool,
+                    compose.build_encrypted,
+                    self._copy(job),
+                    self.crypto,
+                    self._list_fpr,
+                    keys,
+                )
+        except CryptoError as exc:
+            await asyncio.to_thread(self._hold_unreachable, job, f"encryption failed: {exc}")
+            return None
+        except ValueError as exc:  # compose refused the copy (e.g. a malformed field): fail closed
+            await asyncio.to_thread(self._hold_unreachable, job, f"copy not built: {exc}")
+            return None
+        event(
+            log,
+            "decided",
+            id=job.delivery_id,
+            msg=job.message_id,
+            rcpt=job.recipient,
+            verdict="encrypt" if keys else "plain-notice",
+            keys=len(keys),
+        )
+        return Ready(data, keys)
+
+    def _payload(self, message_id: str) -> bytes:
+        """A message's payload from the spool, cached (the event loop and the claim's
+        worker thread both read it, hence the lock)."""
+        with self._payload_lock:
+            data = self._payloads.get(message_id)
+            if data is None:
+                data = self._payloads[message_id] = self.spool.read(message_id, PAYLOAD)
+                while len(self._payloads) > 32:
+                    self._payloads.popitem(last=False)
+            return data
+
+    def _copy(self, job: Job) -> compose.Copy:
+        """The job's copy: its message, the embargo notice, and what makes it this copy."""
+        lst = self.settings.list
+        notes: list[str] = []
+        extra: tuple[tuple[str, str], ...] = ()
+        if job.advisory is not None and job.kind == MessageKind.POST:
+            notes.append(
+                embargo.embargo_preface(
+                    job.advisory,
+                    self._policy.notice or None,
+                    security_contact=lst.security_contact,
+                )
+            )
+            extra = embargo.protected_fields(job.advisory)
+        if job.kind == MessageKind.POST:
+            notes.append(
+                f"Posted to {lst.address} by {job.poster or 'an authorised sender'}; "
+                f"the relay verified the OpenPGP signature of key {job.signer}.\n"
+            )
+            if job.from_mismatch:
+                notes.append(
+                    f"Note: the post's From header named {job.from_mismatch}, which is not an "
+                    "address of the signer.\n"
+                )
+        notes.append(copy_note(job.recipient, job.reference))
+        return compose.Copy(
+            list_address=lst.address,
+            list_id=lst.list_id_header,
+            to=lst.address if job.to_member else job.recipient,
+            message_id=job.copy_message_id,
+            subject=job.subject,
+            payload=self._payload(job.message_id),
+            preface="\n".join(notes),
+            extra_protected=extra,
+            reference=job.reference,
+            date=job.received_at,
+        )
+
+    def _plain_notice(self, job: Job) -> bytes:
+        lst = self.settings.list
+        return compose.build_plain_notice(
+            list_address=lst.address,
+            list_id=lst.list_id_header,
+            recipient=job.recipient,
+            message_id=job.copy_message_id,
+            subject=job.subject,
+            text=_text_of(self._payload(job.message_id)),
+        )
+
+    def _after_record(self, deliveries: list[Delivery]) -> None:
+        """Log deferrals and failures; tell the security contact about copies given up."""
+        for d in deliveries:
+            fields = dict(id=d.id, msg=d.message_id, rcpt=d.recipient, code=d.last_code)
+            if d.status == DeliveryStatus.DEFERRED:
+                event(log, "deferred", next_attempt=d.next_attempt_at.isoformat(), **fields)
+            else:
+                event(log, "failed", level=logging.WARNING, reason=d.last_reason, **fields)
+                if d.member_id is not None:  # never a notice about a notice
+                    self._notify(
+                        "Delivery failed",
+                        f"The copy of message {d.message_id} for {d.recipient} could not be "
+                        f"delivered and was given up.\n\nCopy Message-ID: {d.copy_message_id}\n"
+                        f"Last error: {d.last_code} {d.last_reason}\n\n"
+                        f"Check the member's address, then run: relay queue retry {d.id}\n",
+                        reason=f"delivery {d.id} failed",
+                    )
+
+    def _hold_for_lift(self, job: Job, stopped: gate.Stopped) -> None:
+        with self.db.transaction() as session:
+            gate.hold(session, self.spool, self.settings, job.delivery_id, stopped, self.clock())
+        event(
+            log,
+            "held",
+            level=logging.WARNING,
+            id=job.delivery_id,
+            msg=job.message_id,
+            rcpt=job.recipient,
+            until_lift_of=stopped.advisory_id,
+            rule=stopped.decision.rule,
+            verdict=stopped.decision.verdict,
+        )
+        if self._loop is not None:  # the leak report and the poster's notice are queued
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _hold_unreachable(
+        self, job: Job, reason: str, remedy: str = "Import a usable key for the member"
+    ) -> None:
+        with self.db.transaction() as session:
+            delivery = session.get_one(Delivery, job.delivery_id)
+            delivery_queue.hold(session, delivery, reason)
+        event(
+            log,
+            "held",
+            level=logging.WARNING,
+            id=job.delivery_id,
+            msg=job.message_id,
+            rcpt=job.recipient,
+            reason=reason,
+        )
+        if job.kind == MessageKind.POST:
+            self._notify(
+                "Member unreachable",
+                f"Member {job.recipient} could not be sent message {job.message_id}: {reason}.\n"
+                f"Nothing was sent to it. The delivery is held (id {job.delivery_id}).\n\n"
+                f"{remedy}, then run: relay queue retry {job.delivery_id}\n",
+                reason=f"delivery {job.delivery_id} held",
+            )
+
+    def _notify(self, title: str, text: str, *, reason: str) -> None:
+        lst = self.settings.list
+        with self.db.transaction() as session:
+            notices.enqueue_notice(
+                session,
+                self.spool,
+                recipients=[lst.security_contact],
+                subject=f"[{lst.name}] {title}",
+                text=text,
+                list_domain=lst.domain,
+                reason=reason,
+            )
+        if self._loop is not None:  # called from a worker thread
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+
+def copy_note(recipient: str, reference: str) -> str:
+    """The last lines of every copy's notice: whose copy this is, and its reference."""
+    line = f"Copy reference {reference}: this copy was made for {recipient} alone."
+    wrapped = textwrap.fill(line, 72, break_long_words=False, break_on_hyphens=False)
+    return f"{wrapped}\nEach copy the list sends is individual, so a leaked copy can be traced.\n"
+
+
+def _other_keys(
+    session: Session, recipient: str, advisory_id: str | None, kind: str
+) -> tuple[tuple[str, ...], bool]:
+    """Keys of a recipient who is not a member (a sender, or a person holding a grant for the
+    advisory), and whether it may still receive the copy. A pending grant gets only its
+    terms (a notice); a revoked grant gets nothing: its copies are cancelled."""
+    sender = sender_by_address(session, recipient)
+    if sender is not None:
+        return tuple(k.fingerprint for k in sender.keys), True
+    grant = grant_for(session, recipient, advisory_id) if advisory_id is not None else None
+    if grant is None:
+        return (), True
+    entitled = grant.state == GrantState.ACCEPTED or (
+        grant.state == GrantState.PENDING and kind == MessageKind.NOTICE
+    )
+    return tuple(grant.fingerprints), entitled
+
+
+def _outcome(delivery_id: int, result: SendResult, keys: list[str]) -> delivery_queue.Outcome:
+    kind = {Outcome.SENT: "sent", Outcome.TEMPORARY: "temporary"}.get(result.outcome, "permanent")
+    return delivery_queue.Outcome(delivery_id, kind, result.code, result.reason, tuple(keys))
+
+
+def _text_of(entity: bytes) -> str:
+    """The decoded text of a notice's text/plain entity."""
+    part = email.message_from_bytes(entity, policy=email.policy.default)
+    return str(part.get_content())
+
+
+def _utc(value: datetime) -> datetime:
+    """Core queries skip the ORM's UTC type on some backends; make the zone explicit."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -1,0 +1,61 @@
+"""Append-only audit trail: every administrative or policy change becomes a row.
+
+Rows say who, what, on which subject, and the old and new values; never message
+content or key material.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from relay.model.tables import AuditEvent
+
+
+def cli_actor() -> str:
+    """The administrator running a CLI command."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def record(session: Session, actor: str, action: str, subject: str, **detail: Any) -> AuditEvent:
+    """Add one audit row in the caller's transaction (so it commits with the change)."""
+    event = AuditEvent(actor=actor, action=action, subject=subject, detail=detail or None)
+    session.add(event)
+    return event
+
+
+@dataclass(frozen=True)
+class AuditView:
+    """An audit row as the listings show it: `old`, `new` and `reason` lifted out."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    old: Any
+    new: Any
+    reason: str | None
+    detail: dict[str, Any]  # whatever else the row records
+
+
+def audit_view(e: AuditEvent) -> AuditView:
+    detail = dict(e.detail or {})
+    return AuditView(
+        id=e.id,
+        at=e.at,
+        actor=e.actor,
+        action=e.action,
+        subject=e.subject,
+        old=detail.pop("old", None),
+        new=detail.pop("new", None),
+        reason=detail.pop("reason", None),
+        detail=detail,
+    )

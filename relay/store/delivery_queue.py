@@ -1,0 +1,778 @@
+"""The durable queue: the only writer of message and delivery state.
+
+States (Postfix names): queued -> active -> sent, or deferred (retried at
+`next_attempt_at`), held (waits for an administrator or a usable key), failed
+(permanent error or queue lifetime exceeded). `accept_post` writes the spool
+files and commits the Message with one Delivery per active member before the
+SMTP edge may answer `250`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from relay.core.database import Database
+from relay.core.errors import RelayError
+from relay.core.spool import PAYLOAD, RAW, Spool
+from relay.model.tables import (
+    Advisory,
+    Delivery,
+    DeliveryStatus,
+    Grant,
+    GrantState,
+    Member,
+    MemberState,
+    Message,
+    MessageKind,
+    Sender,
+    UsedSignature,
+    utcnow,
+)
+from relay.store import audit
+
+RELAY_ACTOR = "relay"
+
+
+def new_id() -> str:
+    return secrets.token_hex(8)
+
+
+def copy_message_id(domain: str) -> str:
+    """A fresh Message-ID for one copy, fixed at accept time so a resend reuses it."""
+    return f"<{secrets.token_hex(12)}@{domain}>"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    message_id: str
+    deliveries: int
+    advisory_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Where an accepted post goes, decided inside the accept transaction."""
+
+    advisory_id: str | None
+    audience: str = "members"  # "members": every active member, and the advisory's accepted
+    # grant holders; "senders": the SRC only; "nobody": a post that only tells the relay something
+    hold: str | None = None  # held at once with this code (e.g. "moderation"), or sent
+    subject: str | None = None  # the copies' Subject, from signed data; None: the post's own
+
+
+MEMBERS, SENDERS, NOBODY = "members", "senders", "nobody"
+MODERATION_HOLD = "moderation"
+REJECTED = "rejected"  # `last_code` of a post's copies a moderator refused
+
+
+class AlreadyReceived(RelayError):
+    """This signature was used before: a replay, refused whatever else the post says."""
+
+    def __init__(self, used: UsedSignature) -> None:
+        super().__init__(
+            f"this signed post was already received (as {used.message_id}, "
+            f"{used.received_at.strftime('%Y-%m-%d %H:%M:%S')} UTC); "
+            "a signature is accepted once"
+        )
+        self.digest = used.digest
+
+
+@dataclass(frozen=True)
+class Post:
+    """A verified post: its exact bytes, what it redistributes, and who signed it."""
+
+    raw: bytes  # as received
+    payload: bytes  # the verified content, keyword lines stripped
+    subject: str  # from signed data only ("" when nothing signed names one)
+    mail_from: str  # the envelope sender: kept as evidence, never used to attribute
+    signer: str  # the signing key's primary fingerprint
+    original_message_id: str | None = None
+    signed_at: datetime | None = None  # the signature's creation time
+    signature: str | None = None  # its identity (relay/inbound/freshness.py): used once
+    poster: str = ""  # the signing key's registered owner (address)
+    from_mismatch: str | None = None  # a From address outside that identity, when flagged
+
+    def store(self, spool: Spool) -> str:
+        """Write the exact bytes (fsynced) under a new message id, before any commit."""
+        message_id = new_id()
+        spool.write(message_id, RAW, self.raw)
+        spool.write(message_id, PAYLOAD, self.payload)
+        return message_id
+
+    def row(
+        self, message_id: str, kind: str, advisory_id: str | None, subject: str | None = None
+    ) -> Message:
+        return Message(
+            advisory_id=advisory_id,
+            id=message_id,
+            kind=kind,
+            mail_from=self.mail_from,
+            signer_fingerprint=self.signer,
+            original_message_id=self.original_message_id,
+            subject=self.subject if subject is None else subject,
+            size=len(self.raw),
+            sha256=hashlib.sha256(self.raw).hexdigest(),
+            poster=self.poster,
+            from_mismatch=self.from_mismatch,
+        )
+
+    def use_signature(self, session: Session, message_id: str) -> None:
+        """Record the signature as used, in the post's own transaction: the unique digest
+        makes a concurrent replay (another connection, another node) fail its commit."""
+        if self.signature is None or self.signed_at is None:
+            return
+        session.add(
+            UsedSignature(
+                digest=self.signature,
+                signer_fingerprint=self.signer,
+                signed_at=self.signed_at,
+                message_id=message_id,
+            )
+        )
+
+
+def used_signature(db: Database, digest: str) -> UsedSignature | None:
+    """The record of a signature already used, if any."""
+    with db.transaction() as session:
+        return session.execute(
+            select(UsedSignature).where(UsedSignature.digest == digest)
+        ).scalar_one_or_none()
+
+
+def count_replay(db: Database, digest: str, now: datetime) -> None:
+    """One more refused replay of a used signature (the operator's evidence of an attack)."""
+    with db.transaction() as session:
+        session.execute(
+            update(UsedSignature)
+            .where(UsedSignature.digest == digest)
+            .values(replays=UsedSignature.replays + 1, last_replay_at=now)
+        )
+
+
+def accept_post(
+    db: Database,
+    spool: Spool,
+    post: Post,
+    *,
+    list_domain: str,
+    route: Callable[[Session, Spool, str], Routing] = lambda session, spool, message_id: Routing(
+        None
+    ),
+) -> Accepted:
+    """Make a verified post durable: spool files fsynced, then one committed transaction.
+
+    `route` runs inside that transaction with the new message id: it names the post's
+    advisory (creating or rescheduling it) and its audience; if it raises, nothing is kept.
+    """
+    message_id = post.store(spool)
+    try:
+        with db.transaction() as session:
+            routing = route(session, spool, message_id)
+            session.add(
+                post.row(message_id, MessageKind.POST, routing.advisory_id, routing.subject)
+            )
+            post.use_signature(session, message_id)
+            count = 0
+            for address, member_id in _audience(session, routing.audience, routing.advisory_id):
+                session.add(
+                    Delivery(
+                        message_id=message_id,
+                        member_id=member_id,
+                        recipient=address,
+                        copy_message_id=copy_message_id(list_domain),
+                        advisory_id=routing.advisory_id,
+                        status=DeliveryStatus.HELD if routing.hold else DeliveryStatus.QUEUED,
+                        last_code=routing.hold,
+                    )
+                )
+                count += 1
+            audit.record(
+                session,
+                f"key:{post.signer}",
+                "message.accepted",
+                message_id,
+                deliveries=count,
+                size=len(post.raw),
+                audience=routing.audience,
+                held=routing.hold,
+                poster=post.poster or None,
+                from_mismatch=post.from_mismatch,
+            )
+    except IntegrityError:
+        spool.remove(message_id)
+        replayed = used_signature(db, post.signature) if post.signature else None
+        if replayed is not None:  # the same signature committed meanwhile: a replay
+            raise AlreadyReceived(replayed) from None
+        raise
+    except BaseException:
+        spool.remove(message_id)
+        raise
+    return Accepted(message_id, count, routing.advisory_id)
+
+
+def keep_refused(
+    db: Database,
+    spool: Spool,
+    post: Post,
+    *,
+    advisory_id: str,
+    record: Callable[[Session, Spool, str], None],
+) -> str:
+    """Keep a post refused for a leak as the evidence of its incidents: spool files and a
+    message row with no delivery, and `record` (the incidents) in the same transaction.
+    The post's advisory may not exist: the refusal kept the post from creating it."""
+    message_id = post.store(spool)
+    try:
+        with db.transaction() as session:
+            known = session.get(Advisory, advisory_id) is not None
+            session.add(post.row(message_id, MessageKind.REFUSED, advisory_id if known else None))
+            # Used too: a replay of the refused post is refused as a replay, not reported again.
+            post.use_signature(session, message_id)
+            session.flush()
+            record(session, spool, message_id)
+            audit.record(
+                session, f"key:{post.signer}", "message.refused", message_id, size=len(post.raw)
+            )
+    except IntegrityError:
+        spool.remove(message_id)
+        replayed = used_signature(db, post.signature) if post.signature else None
+        if replayed is not None:
+            raise AlreadyReceived(replayed) from None
+        raise
+    except BaseException:
+        spool.remove(message_id)
+        raise
+    return message_id
+
+
+def _audience(
+    session: Session, audience: str, advisory_id: str | None = None
+) -> list[tuple[str, int | None]]:
+    if audience == NOBODY:  # a post that only tells the relay something (a vouch)
+        return []
+    if audience == SENDERS:
+        rows = session.execute(select(Sender.address).order_by(Sender.id)).scalars()
+        return [(address, None) for address in rows]
+    members = session.execute(
+        select(Member.address, Member.id)
+        .where(Member.state == MemberState.ACTIVE)
+        .order_by(Member.id)
+    ).all()
+    found: list[tuple[str, int | None]] = [(address, member_id) for address, member_id in members]
+    if advisory_id is not None:
+        # People a member shared the advisory with, once they accepted the list's terms.
+        seen = {address for address, _ in found}
+        found += [(a, None) for a in grant_holders(session, advisory_id) if a not in seen]
+    return found
+
+
+def grant_holders(session: Session, advisory_id: str) -> list[str]:
+    """The addresses holding an accepted grant for the advisory."""
+    rows = session.execute(
+        select(Grant.address)
+        .where(Grant.advisory_id == advisory_id, Grant.state == GrantState.ACCEPTED)
+        .order_by(Grant.id)
+    ).scalars()
+    return list(dict.fromkeys(rows))
+
+
+# Claiming and outcomes
+
+
+def recover(db: Database) -> int:
+    """At start-up: deliveries left active by a crash go back to the queue."""
+    with db.transaction() as session:
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.status == DeliveryStatus.ACTIVE)
+            .values(status=DeliveryStatus.QUEUED, lease_until=None)
+        )
+        return result.rowcount or 0
+
+
+def sweep_orphans(db: Database, spool: Spool, older_than: timedelta) -> int:
+    """At start-up: remove spool files no message row refers to (a crash came between
+    the spool write and the commit, so no one was ever told `250`). Only files older
+    than `older_than`: a command running now may be about to commit its own."""
+    candidates = spool.stored_before(time.time() - older_than.total_seconds())
+    if not candidates:
+        return 0
+    with db.transaction() as session:
+        known = set(session.execute(select(Message.id).where(Message.id.in_(candidates))).scalars())
+    orphans = [message_id for message_id in candidates if message_id not in known]
+    for message_id in orphans:
+        spool.remove(message_id)
+    return len(orphans)
+
+
+def claim_due(db: Database, now: datetime, limit: int, lease_for: timedelta) -> list[int]:
+    """Lease up to `limit` due deliveries to this process, oldest first."""
+    with db.transaction() as session:
+        ids = list(
+            session.execute(
+                select(Delivery.id)
+                .where(
+                    (
+                        Delivery.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED))
+                        & (Delivery.next_attempt_at <= now)
+                    )
+                    | ((Delivery.status == DeliveryStatus.ACTIVE) & (Delivery.lease_until < now))
+                )
+                .order_by(Delivery.next_attempt_at, Delivery.id)
+                .limit(limit)
+            ).scalars()
+        )
+        if ids:
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(ids))
+                .values(status=DeliveryStatus.ACTIVE, lease_until=now + lease_for)
+            )
+        return ids
+
+
+def release(db: Database, delivery_ids: list[int]) -> None:
+    """Give back claimed deliveries that were never started (orderly shutdown)."""
+    with db.transaction() as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.ACTIVE)
+            .values(status=DeliveryStatus.QUEUED, lease_until=None)
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one delivery attempt came to, as reported by the transport."""
+
+    delivery_id: int
+    result: str  # "sent" | "temporary" | "permanent"
+    code: str
+    reason: str
+    fingerprints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The retry schedule: exponential backoff, given up after the queue lifetime."""
+
+    min_backoff: timedelta
+    max_backoff: timedelta
+    lifetime: timedelta
+
+
+def record_outcomes(
+    db: Database, outcomes: list[Outcome], *, now: datetime, retry: Retry
+) -> tuple[list[int], list[Delivery]]:
+    """Record a batch of attempts in one transaction (one fsync for many deliveries).
+
+    Returns the ids recorded as sent and the other deliveries it changed. A
+    delivery no longer active (cancelled meanwhile) keeps the administrator's
+    decision.
+    """
+    sent = [o for o in outcomes if o.result == "sent"]
+    others = [o for o in outcomes if o.result != "sent"]
+    changed: list[Delivery] = []
+    sent_ids: list[int] = []
+    with db.transaction() as session:
+        if sent:
+            # The common case, as one executemany instead of loading ORM objects.
+            table = Delivery.__table__
+            session.connection().execute(
+                update(table)
+                .where(table.c.id == bindparam("did"), table.c.status == DeliveryStatus.ACTIVE)
+                .values(
+                    status=DeliveryStatus.SENT,
+                    attempts=table.c.attempts + 1,
+                    sent_at=now,
+                    lease_until=None,
+                    updated_at=now,
+                    last_code=bindparam("code"),
+                    last_reason=bindparam("reason"),
+                    fingerprints=bindparam("fprs"),
+                ),
+                [
+                    {
+                        "did": o.delivery_id,
+                        "code": o.code,
+                        "reason": o.reason,
+                        "fprs": list(o.fingerprints) or None,
+                    }
+                    for o in sent
+                ],
+            )
+            sent_ids = list(
+                session.execute(
+                    select(Delivery.id).where(
+                        Delivery.id.in_([o.delivery_id for o in sent]),
+                        Delivery.status == DeliveryStatus.SENT,
+                    )
+                ).scalars()
+            )
+        if others:
+            rows = session.execute(
+                select(Delivery).where(Delivery.id.in_([o.delivery_id for o in others]))
+            ).scalars()
+            by_id = {d.id: d for d in rows}
+            for outcome in others:
+                delivery = by_id[outcome.delivery_id]
+                if delivery.status != DeliveryStatus.ACTIVE:
+                    continue
+                if outcome.result == "temporary":
+                    defer(session, delivery, outcome.code, outcome.reason, now=now, retry=retry)
+                else:
+                    fail(session, delivery, outcome.code, outcome.reason)
+                changed.append(delivery)
+    return sent_ids, changed
+
+
+def backoff(attempts: int, minimum: timedelta, maximum: timedelta) -> timedelta:
+    """Exponential backoff: minimum, 2x, 4x ... clamped to maximum."""
+    return min(maximum, minimum * (2 ** max(0, attempts - 1)))
+
+
+def defer(
+    session: Session, delivery: Delivery, code: str, reason: str, *, now: datetime, retry: Retry
+) -> None:
+    """A temporary failure: retry later, or fail once the queue lifetime is over."""
+    delivery.attempts += 1
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = code, reason
+    if now - delivery.created_at >= retry.lifetime:
+        delivery.status = DeliveryStatus.FAILED
+        delivery.last_reason = f"queue lifetime exceeded; last error: {reason}"
+        action = "delivery.failed"
+    else:
+        delivery.status = DeliveryStatus.DEFERRED
+        delivery.next_attempt_at = now + backoff(
+            delivery.attempts, retry.min_backoff, retry.max_backoff
+        )
+        action = "delivery.deferred"
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        action,
+        str(delivery.id),
+        recipient=delivery.recipient,
+        code=code,
+        attempts=delivery.attempts,
+        message=delivery.message_id,
+    )
+
+
+def fail(session: Session, delivery: Delivery, code: str, reason: str) -> None:
+    delivery.status = DeliveryStatus.FAILED
+    delivery.attempts += 1
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = code, reason
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "delivery.failed",
+        str(delivery.id),
+        recipient=delivery.recipient,
+        code=code,
+        message=delivery.message_id,
+    )
+
+
+def hold(
+    session: Session, delivery: Delivery, reason: str, *, code: str = "held", **detail: object
+) -> None:
+    """Hold a delivery in the caller's transaction; it is never sent in plaintext instead."""
+    delivery.status = DeliveryStatus.HELD
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = code, reason
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "delivery.held",
+        str(delivery.id),
+        recipient=delivery.recipient,
+        reason=reason,
+        message=delivery.message_id,
+        **detail,
+    )
+
+
+# Administrative changes
+
+
+def retry(session: Session, delivery_id: int, actor: str) -> Delivery:
+    """Put a held, deferred or failed delivery back in the queue for an attempt now."""
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None:
+        raise RelayError(f"no delivery with id {delivery_id}")
+    if delivery.status == DeliveryStatus.SENT:
+        raise RelayError(f"delivery {delivery_id} was already sent")
+    if delivery.status == DeliveryStatus.ACTIVE:
+        raise RelayError(f"delivery {delivery_id} is being attempted right now")
+    if delivery.member is not None and delivery.member.state != MemberState.ACTIVE:
+        raise RelayError(f"delivery {delivery_id} is for a {delivery.member.state} member")
+    old = delivery.status
+    delivery.status = DeliveryStatus.QUEUED
+    delivery.next_attempt_at = utcnow()
+    audit.record(session, actor, "delivery.retried", str(delivery_id), old=old, new="queued")
+    return delivery
+
+
+_UNSENT = (
+    DeliveryStatus.QUEUED,
+    DeliveryStatus.DEFERRED,
+    DeliveryStatus.HELD,
+    DeliveryStatus.ACTIVE,
+)
+
+
+def cancel_member(session: Session, member_id: int, actor: str, reason: str) -> int:
+    """Stop every unsent delivery to a member at once (removal or suspension)."""
+    deliveries = session.execute(
+        select(Delivery).where(
+            Delivery.member_id == member_id,
+            Delivery.status.in_(_UNSENT),
+        )
+    ).scalars()
+    count = 0
+    for delivery in deliveries:
+        delivery.status = DeliveryStatus.FAILED
+        delivery.lease_until = None
+        delivery.last_code, delivery.last_reason = "cancelled", reason
+        count += 1
+    if count:
+        audit.record(
+            session, actor, "delivery.cancelled", f"member:{member_id}", count=count, reason=reason
+        )
+    return count
+
+
+def cancel_grant(
+    session: Session, advisory_id: str, recipient: str, actor: str, reason: str
+) -> int:
+    """Stop every unsent copy of an advisory's messages to a grant holder at once."""
+    deliveries = session.execute(
+        select(Delivery).where(
+            Delivery.advisory_id == advisory_id,
+            Delivery.recipient == recipient,
+            Delivery.member_id.is_(None),
+            Delivery.status.in_(_UNSENT),
+        )
+    ).scalars()
+    count = 0
+    for delivery in deliveries:
+        delivery.status = DeliveryStatus.FAILED
+        delivery.lease_until = None
+        delivery.last_code, delivery.last_reason = "cancelled", reason
+        count += 1
+    if count:
+        audit.record(
+            session,
+            actor,
+            "delivery.cancelled",
+            f"grant:{advisory_id}:{recipient}",
+            count=count,
+            reason=reason,
+        )
+    return count
+
+
+def deliver_backlog(
+    session: Session, advisory_id: str, recipient: str, list_domain: str, now: datetime
+) -> int:
+    """Queue a new grant holder's copies of the advisory's posts so far, oldest first.
+
+    A post counts if it went to the list's members: a copy held for moderation is held
+    for the grant holder too (the moderator's decision covers it), a rejected one is
+    skipped, and so are posts for the senders only or for nobody. A copy cancelled by an
+    earlier revoked grant is queued again. Returns the number of copies queued or held.
+    """
+    rows = session.execute(
+        select(Message.id, Delivery.status, Delivery.last_code)
+        .join(Delivery, Delivery.message_id == Message.id)
+        .where(
+            Message.advisory_id == advisory_id,
+            Message.kind == MessageKind.POST,
+            Delivery.member_id.is_not(None),
+        )
+        .order_by(Message.received_at, Message.id)
+    ).all()
+    copies: dict[str, list[tuple[str, str | None]]] = {}
+    for message_id, status, last_code in rows:
+        copies.setdefault(message_id, []).append((status, last_code))
+    existing = {
+        d.message_id: d
+        for d in session.execute(
+            select(Delivery).where(
+                Delivery.recipient == recipient,
+                Delivery.advisory_id == advisory_id,
+                Delivery.member_id.is_(None),
+            )
+        ).scalars()
+    }
+    count = 0
+    for message_id, states in copies.items():
+        if all(s == DeliveryStatus.FAILED and c == REJECTED for s, c in states):
+            continue
+        moderated = any(s == DeliveryStatus.HELD and c == MODERATION_HOLD for s, c in states)
+        status = DeliveryStatus.HELD if moderated else DeliveryStatus.QUEUED
+        code = MODERATION_HOLD if moderated else None
+        delivery = existing.get(message_id)
+        if delivery is None:
+            session.add(
+                Delivery(
+                    message_id=message_id,
+                    recipient=recipient,
+                    plaintext_allowed=False,
+                    copy_message_id=copy_message_id(list_domain),
+                    advisory_id=advisory_id,
+                    status=status,
+                    last_code=code,
+                    next_attempt_at=now,
+                )
+            )
+        elif delivery.status == DeliveryStatus.FAILED and delivery.last_code == "cancelled":
+            delivery.status, delivery.next_attempt_at = status, now
+            delivery.last_code, delivery.last_reason = code, None
+        else:
+            continue
+        count += 1
+    if count:
+        audit.record(
+            session,
+            RELAY_ACTOR,
+            "delivery.backlog",
+            f"grant:{advisory_id}:{recipient}",
+            count=count,
+        )
+    return count
+
+
+# Holds until a lift, or until a key
+
+# `last_code` of a delivery held only because its advisory is under embargo.
+EMBARGO_HOLD = "embargo"
+
+
+def hold_for_lift(
+    session: Session, delivery: Delivery, advisory_id: str, reason: str, rule: str
+) -> None:
+    """Hold a copy until `advisory_id` is lifted (its own advisory, or one its text quotes),
+    in the caller's transaction; the lift's `release_embargo_holds` queues it again."""
+    delivery.held_for = None if advisory_id == delivery.advisory_id else advisory_id
+    hold(session, delivery, reason, code=EMBARGO_HOLD, until_lift_of=advisory_id, rule=rule)
+
+
+def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> int:
+    """At the lift: deliveries held only until this advisory's lift go back to the queue
+    (the dispatcher asks the forwarding rules again before it sends them)."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.status == DeliveryStatus.HELD,
+            Delivery.last_code == EMBARGO_HOLD,
+            (Delivery.held_for == advisory_id)
+            | (Delivery.held_for.is_(None) & (Delivery.advisory_id == advisory_id)),
+        )
+        .values(
+            status=DeliveryStatus.QUEUED,
+            next_attempt_at=now,
+            held_for=None,
+            last_reason="released at the lift of the embargo",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    count = result.rowcount or 0
+    if count:
+        audit.record(
+            session,
+            RELAY_ACTOR,
+            "delivery.released",
+            f"advisory:{advisory_id}",
+            count=count,
+            reason="embargo lifted",
+        )
+    return count
+
+
+# Start of `last_reason` of a delivery held because its recipient had no usable key.
+NO_KEY_HOLD = "no usable key"
+
+
+def release_key_holds(session: Session, member_id: int, actor: str, now: datetime) -> int:
+    """A member has a usable key again: its deliveries held for want of one go back to
+    the queue. Deliveries held for any other reason (the embargo) stay held."""
+    result = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.member_id == member_id,
+            Delivery.status == DeliveryStatus.HELD,
+            Delivery.last_reason.startswith(NO_KEY_HOLD),
+        )
+        .values(status=DeliveryStatus.QUEUED, next_attempt_at=now, lease_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    count = result.rowcount or 0
+    if count:
+        audit.record(
+            session,
+            actor,
+            "delivery.released",
+            f"member:{member_id}",
+            count=count,
+            reason="a usable key was imported",
+        )
+    return count
+
+
+def held_posts(session: Session) -> list[tuple[Message, int]]:
+    """Posts waiting for a moderator, with how many copies each holds."""
+    rows = session.execute(
+        select(Message, func.count(Delivery.id))
+        .join(Delivery, Delivery.message_id == Message.id)
+        .where(Delivery.status == DeliveryStatus.HELD, Delivery.last_code == MODERATION_HOLD)
+        .group_by(Message.id)
+        .order_by(Message.received_at)
+    ).all()
+    return [(message, count) for message, count in rows]
+
+
+def moderate(session: Session, message_id: str, actor: str, *, release: bool, reason: str) -> int:
+    """Release a held post to its audience, or reject it: every held copy at once."""
+    deliveries = (
+        session.execute(
+            select(Delivery).where(
+                Delivery.message_id == message_id,
+                Delivery.status == DeliveryStatus.HELD,
+                Delivery.last_code == MODERATION_HOLD,
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not deliveries:
+        raise RelayError(f"no post {message_id} is waiting for moderation")
+    for delivery in deliveries:
+        if release:
+            delivery.status = DeliveryStatus.QUEUED
+            delivery.next_attempt_at = utcnow()
+            delivery.last_code, delivery.last_reason = None, None
+        else:
+            delivery.status = DeliveryStatus.FAILED
+            delivery.last_code, delivery.last_reason = REJECTED, reason
+    audit.record(
+        session,
+        actor,
+        "post.released" if release else "post.rejected",
+        message_id,
+        copies=len(deliveries),
+        reason=reason or None,
+    )
+    return len(deliveries)
