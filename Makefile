@@ -1,5 +1,5 @@
 # `make serve` runs the relay on the example configuration; `make test` runs lint, the import
-# contract (the layering of relay/) and the tests.
+# contract (the layering of relay/), the type check and the tests.
 # Both bootstrap a fresh Debian machine: system packages when missing, then .venv, which is
 # rebuilt whenever pyproject.toml changes (the stamp file records the last install).
 
@@ -17,6 +17,7 @@ serve: $(STAMP) | system-packages
 test: $(STAMP) | system-packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
 # Benchmarks print their tables; they are not part of the test suite.

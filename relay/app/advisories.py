@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from relay.core.config import Settings
+from relay.core.database import rowcount
 from relay.core.errors import RelayError
 from relay.core.times import ACCEPTED_FORMS, WhenError, format_when, parse_when
 from relay.model.tables import (
@@ -322,7 +323,7 @@ def supersede_pending(session: Session, advisory_id: str, actor: str, now: datet
         .values(state=PendingChangeState.SUPERSEDED, decided_by=actor, decided_at=now)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 # Helpers

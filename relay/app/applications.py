@@ -586,7 +586,8 @@ def queue_embargoed(
             earlier.last_code = earlier.last_reason = None
         else:
             continue
-        queued.setdefault(advisory_id, []).append(message_id)
+        if advisory_id is not None:
+            queued.setdefault(advisory_id, []).append(message_id)
     for advisory_id, message_ids in queued.items():
         audit.record(
             session,

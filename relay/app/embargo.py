@@ -27,7 +27,10 @@ from sqlalchemy.orm import Session
 
 from relay.app import advisories
 from relay.core.config import Settings
-from relay.core.database import Database
+from relay.core.database import (
+    Database,
+    rowcount,
+)
 from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.core.times import countdown, format_duration, format_when
@@ -78,7 +81,7 @@ def lift(
         .values(state=AdvisoryState.LIFTED, lifted_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         return None
     advisories.supersede_pending(session, advisory_id, actor, now)
     advisory = session.get_one(Advisory, advisory_id, populate_existing=True)
@@ -137,13 +140,15 @@ def lift_due(db: Database, spool: Spool, settings: Settings, now: datetime) -> l
         ]
     lifted = []
     for advisory_id in due:
-        done = in_transaction(
-            db,
-            spool,
-            lambda session, spool, advisory_id=advisory_id: lift(
+
+        def lift_one(
+            session: Session, spool: Spool, advisory_id: str = advisory_id
+        ) -> Lifted | None:
+            return lift(
                 session, spool, settings, advisory_id, now=now, reason="the lift time was reached"
-            ),
-        )
+            )
+
+        done = in_transaction(db, spool, lift_one)
         if done is not None:
             lifted.append(advisory_id)
             event(log, "lifted", advisory=advisory_id, notices=len(done.notices))

@@ -44,7 +44,16 @@ def held_list(ctx: click.Context, as_json: bool) -> None:
     _table(
         "Held for moderation",
         ["id", "advisory", "from", "received", "copies"],
-        [[r["id"], r["advisory"] or "-", r["from"], r["received"], str(r["copies"])] for r in rows],
+        [
+            [
+                str(r["id"]),
+                str(r["advisory"] or "-"),
+                str(r["from"]),
+                str(r["received"]),
+                str(r["copies"]),
+            ]
+            for r in rows
+        ],
     )
 
 

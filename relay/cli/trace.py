@@ -5,6 +5,8 @@ Part of the `relay` command: importing this module adds the command to `cli`.
 
 from __future__ import annotations
 
+from typing import IO, Any
+
 import click
 
 from relay.cli.root import _app, _print_json, cli
@@ -15,13 +17,13 @@ from relay.leaks import trace
 @click.argument("file", type=click.File("r", encoding="utf-8", errors="replace"))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def trace_command(ctx: click.Context, file, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+def trace_command(ctx: click.Context, file: IO[str], as_json: bool) -> None:
     """Name the advisory a leaked text (a whole message or an excerpt; - for stdin) comes
     from and, where a copy's reference or Message-ID survived, the recipient whose copy
     it was."""
     app = _app(ctx)
     found = trace.trace(app.db, app.spool, file.read(), app.settings.list.domain)
-    data = {
+    data: dict[str, list[dict[str, Any]]] = {
         "advisories": [
             {
                 "advisory": m.advisory_id,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from email.message import EmailMessage
+from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 from aiosmtpd.smtp import Session as SmtpSession
@@ -227,7 +228,7 @@ class RelaySMTP(SMTP):
 
     # Replies
 
-    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+    async def push(self, status: Any) -> None:
         bad = False
         if isinstance(status, str):
             if self._in_ehlo and status == "250 HELP":
@@ -243,7 +244,8 @@ class RelaySMTP(SMTP):
                 self._close_with(TOO_MANY_ERRORS.format(host=self.hostname))
 
     async def handle_exception(self, error: Exception) -> str:
-        log.exception("SMTP session error; answered 451 peer=%s", clean(self.session.peer))
+        peer = self.session.peer if self.session else "-"
+        log.exception("SMTP session error; answered 451 peer=%s", clean(peer))
         return TRY_LATER
 
     @syntax("HELO hostname")
@@ -462,6 +464,7 @@ class ListHandler:
             raise Rejection(550, "5.7.1", _one_line(str(exc))) from None
         change = outcome.change
         for warning in change.warnings if change else ():
+            assert change is not None
             event(
                 log,
                 "policy-warning",

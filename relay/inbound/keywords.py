@@ -24,7 +24,6 @@ from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
-from typing import cast
 
 from relay.core.errors import RelayError
 
@@ -138,7 +137,7 @@ def _field_value(raw: bytes) -> str:
 
 
 def _headers(head: bytes) -> EmailMessage:
-    return cast(EmailMessage, _HEADER_PARSER.parsebytes(head + _CRLF))
+    return _HEADER_PARSER.parsebytes(head + _CRLF)
 
 
 # Finding the first text/plain part

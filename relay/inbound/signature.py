@@ -216,7 +216,7 @@ def _protected_headers(payload: bytes) -> dict[str, str]:
 
     The outer header section is never read: nothing signs it. A field given twice
     inside counts for nothing (two readers could pick different ones)."""
-    root = cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(payload, True))
+    root = BytesParser(policy=policy.default).parsebytes(payload, True)
     marked = _param(root, "hp") in ("clear", "cipher") or _param(root, "protected-headers") == "v1"
     if not marked:
         return {}

@@ -54,7 +54,7 @@ def check_structure(raw: bytes) -> EmailMessage:
     passed the pre-scan (relay/inbound/prescan.py), which bounds parts, nesting, lines
     and header fields, and, for a post, only once its signature was found good."""
     try:
-        message = cast(EmailMessage, BytesParser(policy=policy.default).parsebytes(raw))
+        message = BytesParser(policy=policy.default).parsebytes(raw)
         _check_tree(message)
     except RecursionError:
         # Backstop only: the pre-scan keeps real input far below the interpreter's limit.
@@ -86,7 +86,7 @@ def _check_tree(root: EmailMessage) -> None:
             if depth > MAX_DEPTH:
                 raise _malformed(f"MIME nesting deeper than {MAX_DEPTH} levels")
             _check_container(part)
-            stack.extend((child, depth) for child in part.get_payload())
+            stack.extend((cast(EmailMessage, child), depth) for child in part.get_payload())
         else:
             _check_body(part)
 

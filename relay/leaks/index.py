@@ -57,7 +57,8 @@ class EmbargoedText:
                 Message.signer_fingerprint.in_(senders),
             )
         ).all()
-        for message_id, advisory_id, subject in rows:
+        for message_id, posted_about, subject in rows:
+            advisory_id = str(posted_about)  # not None: selected by advisory_id IN (...)
             if message_id in self._indexed and advisory_id in self._matcher:
                 continue
             self._indexed.add(message_id)

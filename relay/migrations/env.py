@@ -12,7 +12,10 @@ target_metadata = Base.metadata
 def run_migrations() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        engine = create_engine(config.get_main_option("sqlalchemy.url"))
+        url = config.get_main_option("sqlalchemy.url")
+        if url is None:
+            raise RuntimeError("no engine and no sqlalchemy.url to migrate")
+        engine = create_engine(url)
     with engine.begin() as connection:
         context.configure(
             connection=connection,

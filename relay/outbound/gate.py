@@ -294,14 +294,26 @@ def _tell_poster(
         f"lift; the security contact ({lst.security_contact}) was told.\n"
     )
     subject = f"[{lst.name}] {stopped.advisory_id}: a copy of your post was not sent"
-    common = dict(
-        subject=subject,
-        text=text,
-        list_domain=lst.domain,
-        reason=f"delivery {delivery.id} held for {stopped.advisory_id}",
-        advisory_id=stopped.advisory_id,
-    )
+    reason = f"delivery {delivery.id} held for {stopped.advisory_id}"
     if isinstance(poster, Member):
-        notices.enqueue_member_notice(session, spool, members=[poster], **common)
+        notices.enqueue_member_notice(
+            session,
+            spool,
+            members=[poster],
+            subject=subject,
+            text=text,
+            list_domain=lst.domain,
+            reason=reason,
+            advisory_id=stopped.advisory_id,
+        )
     else:
-        notices.enqueue_advisory_notice(session, spool, recipients=[poster.address], **common)
+        notices.enqueue_advisory_notice(
+            session,
+            spool,
+            recipients=[poster.address],
+            subject=subject,
+            text=text,
+            list_domain=lst.domain,
+            reason=reason,
+            advisory_id=stopped.advisory_id,
+        )

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -510,7 +511,9 @@ class Dispatcher:
     def _after_record(self, deliveries: list[Delivery]) -> None:
         """Log deferrals and failures; tell the security contact about copies given up."""
         for d in deliveries:
-            fields = dict(id=d.id, msg=d.message_id, rcpt=d.recipient, code=d.last_code)
+            fields: dict[str, Any] = dict(
+                id=d.id, msg=d.message_id, rcpt=d.recipient, code=d.last_code
+            )
             if d.status == DeliveryStatus.DEFERRED:
                 event(log, "deferred", next_attempt=d.next_attempt_at.isoformat(), **fields)
             else:

@@ -15,12 +15,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import (
+    Table,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from relay.core.database import Database
+from relay.core.database import (
+    Database,
+    rowcount,
+)
 from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, RAW, Spool
 from relay.model.tables import (
@@ -296,7 +306,7 @@ def recover(db: Database) -> int:
             .where(Delivery.status == DeliveryStatus.ACTIVE)
             .values(status=DeliveryStatus.QUEUED, lease_until=None)
         )
-        return result.rowcount or 0
+        return rowcount(result) or 0
 
 
 def sweep_orphans(db: Database, spool: Spool, older_than: timedelta) -> int:
@@ -386,7 +396,7 @@ def record_outcomes(
     with db.transaction() as session:
         if sent:
             # The common case, as one executemany instead of loading ORM objects.
-            table = Delivery.__table__
+            table = cast(Table, Delivery.__table__)
             session.connection().execute(
                 update(table)
                 .where(table.c.id == bindparam("did"), table.c.status == DeliveryStatus.ACTIVE)
@@ -689,7 +699,7 @@ def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> 
         )
         .execution_options(synchronize_session=False)
     )
-    count = result.rowcount or 0
+    count = rowcount(result) or 0
     if count:
         audit.record(
             session,
@@ -719,7 +729,7 @@ def release_key_holds(session: Session, member_id: int, actor: str, now: datetim
         .values(status=DeliveryStatus.QUEUED, next_attempt_at=now, lease_until=None)
         .execution_options(synchronize_session=False)
     )
-    count = result.rowcount or 0
+    count = rowcount(result) or 0
     if count:
         audit.record(
             session,

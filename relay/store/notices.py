@@ -173,7 +173,8 @@ def enqueue_member_notice(
     """Queue a relay notice to some members (each copy encrypted to that member, held if it
     has no usable key), and to the non-members in `also` (grant holders), in the caller's
     transaction; returns the message id and count."""
-    recipients = [(m.address, m.id) for m in members] + [(a, None) for a in also]
+    recipients: list[tuple[str, int | None]] = [(m.address, m.id) for m in members]
+    recipients += [(a, None) for a in also]
     message_id = _write(
         session,
         spool,
