@@ -25,6 +25,7 @@ from relay.model.tables import (
     AuditEvent,
     Delivery,
     DeliveryStatus,
+    HoldReason,
     Member,
     MemberState,
     Message,
@@ -219,8 +220,8 @@ def test_deliveries_held_only_for_the_embargo_are_released_at_the_lift(db, spool
             select(Delivery).where(Delivery.message_id == message_id).order_by(Delivery.id)
         ).scalars()
         for d in (first, second):
-            d.status, d.last_code = DeliveryStatus.HELD, delivery_queue.EMBARGO_HOLD
-        third.status, third.last_code = DeliveryStatus.HELD, "held"  # no usable key: stays
+            delivery_queue.hold_for_lift(s, d, "CVE-2026-7", "under embargo", "outsider")
+        delivery_queue.hold(s, third, "no usable key: expired", why=HoldReason.NO_KEY)  # stays
     embargo.lift_due(db, spool, settings, LIFT)
     statuses = [d.status for d in deliveries(db, message_id)]
     assert sorted(statuses) == sorted(

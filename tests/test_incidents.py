@@ -22,7 +22,15 @@ from relay.core.database import MIGRATIONS_DIR, Database
 from relay.core.errors import RelayError
 from relay.core.spool import Spool
 from relay.leaks.matcher import Match, Matcher
-from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Incident, Member, Message
+from relay.model.tables import (
+    AuditEvent,
+    Delivery,
+    DeliveryStatus,
+    HoldReason,
+    Incident,
+    Member,
+    Message,
+)
 from relay.runners.dispatcher import Dispatcher
 from relay.store import delivery_queue, notices
 from tests.support import keys as test_keys
@@ -218,7 +226,7 @@ def test_the_report_names_the_relay_message_and_counts_repeated_offenses(
         for delivery in s.execute(
             select(Delivery).where(Delivery.message_id != report_id)
         ).scalars():
-            delivery_queue.hold(s, delivery, "not part of this test")
+            delivery_queue.hold(s, delivery, "not part of this test", why=HoldReason.UNKNOWN)
     assert dispatch(home) == 1
     outbox = home.settings.delivery.outbox
     assert outbox is not None

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from relay.app import admin, keyhealth
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.spool import PAYLOAD, Spool
-from relay.model.tables import Delivery, DeliveryStatus, KeyReminder, Message
+from relay.model.tables import Delivery, DeliveryStatus, HoldReason, KeyReminder, Message
 from relay.runners.dispatcher import Dispatcher
 from relay.store import delivery_queue, notices
 from tests.support.keys import KeyFactory
@@ -93,11 +93,13 @@ def test_a_new_key_releases_deliveries_held_for_want_of_one_and_only_those(
             s, spool, subject="s", text="t", list_domain="example.org", reason="test"
         )
         d = s.execute(select(Delivery).where(Delivery.message_id == embargoed)).scalar_one()
-        d.status, d.last_code = DeliveryStatus.HELD, delivery_queue.EMBARGO_HOLD
+        delivery_queue.hold(
+            s, d, "under embargo", why=HoldReason.EMBARGO, code=delivery_queue.EMBARGO_HOLD
+        )
     asyncio.run(Dispatcher(home.settings, home.db, spool, home.crypto).run_once())
     with home.db.transaction() as s:
         held = s.execute(select(Delivery).where(Delivery.message_id == message_id)).scalar_one()
-        assert held.status == DeliveryStatus.HELD
+        assert (held.status, held.hold_reason) == (DeliveryStatus.HELD, HoldReason.NO_KEY)
         assert held.last_reason.startswith("no usable key") and "expired" in held.last_reason
 
     fresh = keys.make("kh-renewed", "security@lapsed.example")

@@ -141,3 +141,54 @@ def test_0007_gives_every_existing_delivery_its_own_reference(
     assert _advisory_foreign_keys(db) == [["advisory_id"]]
     command.upgrade(config, "head")
     assert db.is_current()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0009_turns_the_words_of_each_hold_into_its_reason(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    db: Database = request.getfixturevalue(backend)
+    config = _config(db)
+    command.upgrade(config, "0006")
+    _delivery_rows(db, 8)  # in the 0006 shape; 0007 gives them their references
+    command.upgrade(config, "0008")
+    held = [
+        ("moderation", None),
+        ("embargo", "<x> may not receive CVE-1 before ..."),
+        ("held", "no usable key: key 1234: key has expired"),
+        ("held", "encryption failed: gpg said no"),
+        ("held", "copy not built: a header field is too long"),
+        ("held", "the forwarding check failed (KeyError); held to fail closed"),
+        ("held", "something said long ago"),
+        ("held", "sent since"),
+    ]
+    with db.engine.begin() as conn:
+        ids = conn.execute(text("SELECT id FROM deliveries ORDER BY id")).scalars().all()
+        for delivery_id, (code, reason) in zip(ids, held, strict=True):
+            conn.execute(
+                text(
+                    "UPDATE deliveries SET status = 'held', last_code = :c, last_reason = :r"
+                    " WHERE id = :i"
+                ),
+                {"c": code, "r": reason, "i": delivery_id},
+            )
+        conn.execute(text("UPDATE deliveries SET status = 'sent' WHERE id = :i"), {"i": ids[-1]})
+    command.upgrade(config, "0009")
+    with db.engine.connect() as conn:
+        reasons = conn.execute(text("SELECT hold_reason FROM deliveries ORDER BY id")).scalars()
+        assert list(reasons) == [
+            "moderation",
+            "embargo",
+            "no-key",
+            "encryption-failed",
+            "copy-not-built",
+            "gate-failed",
+            "unknown",  # held, for words no rule knows
+            None,  # not held: no reason
+        ]
+    command.downgrade(config, "0008")
+    assert "hold_reason" not in {c["name"] for c in inspect(db.engine).get_columns("deliveries")}
+    command.upgrade(config, "head")
+    assert db.is_current()

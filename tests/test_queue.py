@@ -11,7 +11,15 @@ from sqlalchemy import select
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, RAW, Spool
-from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Member, MemberState, Message
+from relay.model.tables import (
+    AuditEvent,
+    Delivery,
+    DeliveryStatus,
+    HoldReason,
+    Member,
+    MemberState,
+    Message,
+)
 from relay.store import delivery_queue
 
 
@@ -126,9 +134,12 @@ def test_retry_requeues_held_but_refuses_sent_and_unknown(db, spool):
         db, [delivery_queue.Outcome(a, "sent", "250", "ok", ("F" * 40,))], now=now, retry=retry
     )
     with db.transaction() as s:
-        delivery_queue.hold(s, s.get_one(Delivery, b), "no usable key")
+        delivery_queue.hold(s, s.get_one(Delivery, b), "no usable key", why=HoldReason.NO_KEY)
     with db.transaction() as s:
-        assert delivery_queue.retry(s, b, "cli:test").status == DeliveryStatus.QUEUED
+        held = s.get_one(Delivery, b)
+        assert (held.status, held.hold_reason) == (DeliveryStatus.HELD, HoldReason.NO_KEY)
+        retried = delivery_queue.retry(s, b, "cli:test")
+        assert (retried.status, retried.hold_reason) == (DeliveryStatus.QUEUED, None)
         with pytest.raises(RelayError, match="already sent"):
             delivery_queue.retry(s, a, "cli:test")
         with pytest.raises(RelayError, match="no delivery"):

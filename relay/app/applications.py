@@ -44,6 +44,7 @@ from relay.model.tables import (
     AuditEvent,
     Delivery,
     DeliveryStatus,
+    HoldReason,
     Member,
     MemberState,
     Message,
@@ -542,8 +543,7 @@ def queue_embargoed(
         .where(
             Delivery.message_id == Message.id,
             Delivery.member_id.is_not(None),
-            (Delivery.status != DeliveryStatus.HELD)
-            | Delivery.last_reason.startswith(delivery_queue.NO_KEY_HOLD),
+            (Delivery.status != DeliveryStatus.HELD) | (Delivery.hold_reason == HoldReason.NO_KEY),
         )
         .exists()
     )

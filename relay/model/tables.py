@@ -69,6 +69,19 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"  # permanent error or queue lifetime exceeded
 
 
+class HoldReason(enum.StrEnum):
+    """Why a delivery is held: a closed list, kept in its own column (`hold_reason`), so a
+    release selects exactly its own holds; `last_reason` keeps the words for people."""
+
+    MODERATION = "moderation"  # a member's post waits for a moderator
+    EMBARGO = "embargo"  # until the lift of `held_for` (None: the copy's own advisory)
+    NO_KEY = "no-key"  # the recipient has no usable key; released when one is imported
+    ENCRYPTION_FAILED = "encryption-failed"  # gpg could not sign and encrypt the copy
+    COPY_NOT_BUILT = "copy-not-built"  # the copy could not be composed (fail closed)
+    GATE_FAILED = "gate-failed"  # the forwarding check could not answer (fail closed)
+    UNKNOWN = "unknown"  # held before reasons were recorded, for a reason no longer known
+
+
 PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.ACTIVE, DeliveryStatus.DEFERRED)
 
 
@@ -188,6 +201,7 @@ class Delivery(Base):
     # A copy held (`last_code` "embargo") until this advisory's lift because its text
     # quotes it; None: held for the copy's own advisory.
     held_for: Mapped[str | None] = mapped_column(String(64))
+    hold_reason: Mapped[str | None] = mapped_column(String(32))  # a HoldReason while held
     fingerprints: Mapped[list[str] | None] = mapped_column(JSON)
     last_code: Mapped[str | None] = mapped_column(String(16))
     last_reason: Mapped[str | None] = mapped_column(Text)

@@ -48,6 +48,7 @@ from relay.model.tables import (
     Delivery,
     DeliveryStatus,
     GrantState,
+    HoldReason,
     Member,
     MemberKey,
     MemberState,
@@ -407,7 +408,9 @@ class Dispatcher:
             return delivery_queue.Outcome(job.delivery_id, "permanent", "cancelled", why)
         if isinstance(job.stopped, str):
             remedy = "Look for the error in the relay's log"
-            await asyncio.to_thread(self._hold_unreachable, job, job.stopped, remedy)
+            await asyncio.to_thread(
+                self._hold_unreachable, job, job.stopped, HoldReason.GATE_FAILED, remedy
+            )
             return None
         if job.stopped is not None:
             await asyncio.to_thread(self._hold_for_lift, job, job.stopped)
@@ -418,7 +421,10 @@ class Dispatcher:
             if problem is not None:
                 if not job.plaintext_allowed:
                     await asyncio.to_thread(
-                        self._hold_unreachable, job, f"no usable key: {problem}"
+                        self._hold_unreachable,
+                        job,
+                        f"{delivery_queue.NO_KEY_HOLD}: {problem}",
+                        HoldReason.NO_KEY,
                     )
                     return None
                 data = await loop.run_in_executor(self._crypto_pool, self._plain_notice, job)
@@ -432,10 +438,17 @@ class Dispatcher:
                     keys,
                 )
         except CryptoError as exc:
-            await asyncio.to_thread(self._hold_unreachable, job, f"encryption failed: {exc}")
+            await asyncio.to_thread(
+                self._hold_unreachable,
+                job,
+                f"encryption failed: {exc}",
+                HoldReason.ENCRYPTION_FAILED,
+            )
             return None
         except ValueError as exc:  # compose refused the copy (e.g. a malformed field): fail closed
-            await asyncio.to_thread(self._hold_unreachable, job, f"copy not built: {exc}")
+            await asyncio.to_thread(
+                self._hold_unreachable, job, f"copy not built: {exc}", HoldReason.COPY_NOT_BUILT
+            )
             return None
         event(
             log,
@@ -546,11 +559,15 @@ class Dispatcher:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def _hold_unreachable(
-        self, job: Job, reason: str, remedy: str = "Import a usable key for the member"
+        self,
+        job: Job,
+        reason: str,
+        why: HoldReason,
+        remedy: str = "Import a usable key for the member",
     ) -> None:
         with self.db.transaction() as session:
             delivery = session.get_one(Delivery, job.delivery_id)
-            delivery_queue.hold(session, delivery, reason)
+            delivery_queue.hold(session, delivery, reason, why=why)
         event(
             log,
             "held",

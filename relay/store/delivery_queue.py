@@ -39,6 +39,7 @@ from relay.model.tables import (
     DeliveryStatus,
     Grant,
     GrantState,
+    HoldReason,
     Member,
     MemberState,
     Message,
@@ -75,12 +76,12 @@ class Routing:
     advisory_id: str | None
     audience: str = "members"  # "members": every active member, and the advisory's accepted
     # grant holders; "senders": the SRC only; "nobody": a post that only tells the relay something
-    hold: str | None = None  # held at once with this code (e.g. "moderation"), or sent
+    hold: HoldReason | None = None  # held at once for this reason (moderation), or sent
     subject: str | None = None  # the copies' Subject, from signed data; None: the post's own
 
 
 MEMBERS, SENDERS, NOBODY = "members", "senders", "nobody"
-MODERATION_HOLD = "moderation"
+MODERATION_HOLD = HoldReason.MODERATION
 REJECTED = "rejected"  # `last_code` of a post's copies a moderator refused
 
 
@@ -202,6 +203,7 @@ def accept_post(
                         advisory_id=routing.advisory_id,
                         status=DeliveryStatus.HELD if routing.hold else DeliveryStatus.QUEUED,
                         last_code=routing.hold,
+                        hold_reason=routing.hold,
                     )
                 )
                 count += 1
@@ -496,10 +498,18 @@ def fail(session: Session, delivery: Delivery, code: str, reason: str) -> None:
 
 
 def hold(
-    session: Session, delivery: Delivery, reason: str, *, code: str = "held", **detail: object
+    session: Session,
+    delivery: Delivery,
+    reason: str,
+    *,
+    why: HoldReason,
+    code: str = "held",
+    **detail: object,
 ) -> None:
-    """Hold a delivery in the caller's transaction; it is never sent in plaintext instead."""
+    """Hold a delivery in the caller's transaction; it is never sent in plaintext instead.
+    `why` is what releases it; `reason` says it in words."""
     delivery.status = DeliveryStatus.HELD
+    delivery.hold_reason = why
     delivery.lease_until = None
     delivery.last_code, delivery.last_reason = code, reason
     audit.record(
@@ -509,6 +519,7 @@ def hold(
         str(delivery.id),
         recipient=delivery.recipient,
         reason=reason,
+        hold_reason=why.value,
         message=delivery.message_id,
         **detail,
     )
@@ -530,6 +541,7 @@ def retry(session: Session, delivery_id: int, actor: str) -> Delivery:
         raise RelayError(f"delivery {delivery_id} is for a {delivery.member.state} member")
     old = delivery.status
     delivery.status = DeliveryStatus.QUEUED
+    delivery.hold_reason = None
     delivery.next_attempt_at = utcnow()
     audit.record(session, actor, "delivery.retried", str(delivery_id), old=old, new="queued")
     return delivery
@@ -605,7 +617,7 @@ def deliver_backlog(
     earlier revoked grant is queued again. Returns the number of copies queued or held.
     """
     rows = session.execute(
-        select(Message.id, Delivery.status, Delivery.last_code)
+        select(Message.id, Delivery.status, Delivery.last_code, Delivery.hold_reason)
         .join(Delivery, Delivery.message_id == Message.id)
         .where(
             Message.advisory_id == advisory_id,
@@ -614,9 +626,9 @@ def deliver_backlog(
         )
         .order_by(Message.received_at, Message.id)
     ).all()
-    copies: dict[str, list[tuple[str, str | None]]] = {}
-    for message_id, status, last_code in rows:
-        copies.setdefault(message_id, []).append((status, last_code))
+    copies: dict[str, list[tuple[str, str | None, str | None]]] = {}
+    for message_id, status, last_code, hold_reason in rows:
+        copies.setdefault(message_id, []).append((status, last_code, hold_reason))
     existing = {
         d.message_id: d
         for d in session.execute(
@@ -629,9 +641,11 @@ def deliver_backlog(
     }
     count = 0
     for message_id, states in copies.items():
-        if all(s == DeliveryStatus.FAILED and c == REJECTED for s, c in states):
+        if all(s == DeliveryStatus.FAILED and c == REJECTED for s, c, _ in states):
             continue
-        moderated = any(s == DeliveryStatus.HELD and c == MODERATION_HOLD for s, c in states)
+        moderated = any(
+            s == DeliveryStatus.HELD and h == HoldReason.MODERATION for s, _, h in states
+        )
         status = DeliveryStatus.HELD if moderated else DeliveryStatus.QUEUED
         code = MODERATION_HOLD if moderated else None
         delivery = existing.get(message_id)
@@ -645,12 +659,14 @@ def deliver_backlog(
                     advisory_id=advisory_id,
                     status=status,
                     last_code=code,
+                    hold_reason=code,
                     next_attempt_at=now,
                 )
             )
         elif delivery.status == DeliveryStatus.FAILED and delivery.last_code == "cancelled":
             delivery.status, delivery.next_attempt_at = status, now
             delivery.last_code, delivery.last_reason = code, None
+            delivery.hold_reason = code
         else:
             continue
         count += 1
@@ -667,7 +683,7 @@ def deliver_backlog(
 
 # Holds until a lift, or until a key
 
-# `last_code` of a delivery held only because its advisory is under embargo.
+# `last_code` of a delivery held only because an advisory is under embargo.
 EMBARGO_HOLD = "embargo"
 
 
@@ -677,7 +693,15 @@ def hold_for_lift(
     """Hold a copy until `advisory_id` is lifted (its own advisory, or one its text quotes),
     in the caller's transaction; the lift's `release_embargo_holds` queues it again."""
     delivery.held_for = None if advisory_id == delivery.advisory_id else advisory_id
-    hold(session, delivery, reason, code=EMBARGO_HOLD, until_lift_of=advisory_id, rule=rule)
+    hold(
+        session,
+        delivery,
+        reason,
+        why=HoldReason.EMBARGO,
+        code=EMBARGO_HOLD,
+        until_lift_of=advisory_id,
+        rule=rule,
+    )
 
 
 def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> int:
@@ -687,12 +711,13 @@ def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> 
         update(Delivery)
         .where(
             Delivery.status == DeliveryStatus.HELD,
-            Delivery.last_code == EMBARGO_HOLD,
+            Delivery.hold_reason == HoldReason.EMBARGO,
             (Delivery.held_for == advisory_id)
             | (Delivery.held_for.is_(None) & (Delivery.advisory_id == advisory_id)),
         )
         .values(
             status=DeliveryStatus.QUEUED,
+            hold_reason=None,
             next_attempt_at=now,
             held_for=None,
             last_reason="released at the lift of the embargo",
@@ -713,7 +738,7 @@ def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> 
 
 
 # Start of `last_reason` of a delivery held because its recipient had no usable key.
-NO_KEY_HOLD = "no usable key"
+NO_KEY_HOLD = "no usable key"  # how `last_reason` of a HoldReason.NO_KEY hold begins
 
 
 def release_key_holds(session: Session, member_id: int, actor: str, now: datetime) -> int:
@@ -724,9 +749,11 @@ def release_key_holds(session: Session, member_id: int, actor: str, now: datetim
         .where(
             Delivery.member_id == member_id,
             Delivery.status == DeliveryStatus.HELD,
-            Delivery.last_reason.startswith(NO_KEY_HOLD),
+            Delivery.hold_reason == HoldReason.NO_KEY,
         )
-        .values(status=DeliveryStatus.QUEUED, next_attempt_at=now, lease_until=None)
+        .values(
+            status=DeliveryStatus.QUEUED, hold_reason=None, next_attempt_at=now, lease_until=None
+        )
         .execution_options(synchronize_session=False)
     )
     count = rowcount(result) or 0
@@ -747,7 +774,9 @@ def held_posts(session: Session) -> list[tuple[Message, int]]:
     rows = session.execute(
         select(Message, func.count(Delivery.id))
         .join(Delivery, Delivery.message_id == Message.id)
-        .where(Delivery.status == DeliveryStatus.HELD, Delivery.last_code == MODERATION_HOLD)
+        .where(
+            Delivery.status == DeliveryStatus.HELD, Delivery.hold_reason == HoldReason.MODERATION
+        )
         .group_by(Message.id)
         .order_by(Message.received_at)
     ).all()
@@ -761,7 +790,7 @@ def moderate(session: Session, message_id: str, actor: str, *, release: bool, re
             select(Delivery).where(
                 Delivery.message_id == message_id,
                 Delivery.status == DeliveryStatus.HELD,
-                Delivery.last_code == MODERATION_HOLD,
+                Delivery.hold_reason == HoldReason.MODERATION,
             )
         )
         .scalars()
@@ -770,6 +799,7 @@ def moderate(session: Session, message_id: str, actor: str, *, release: bool, re
     if not deliveries:
         raise RelayError(f"no post {message_id} is waiting for moderation")
     for delivery in deliveries:
+        delivery.hold_reason = None
         if release:
             delivery.status = DeliveryStatus.QUEUED
             delivery.next_attempt_at = utcnow()
