@@ -18,7 +18,7 @@ from relay.core.errors import RelayError
 from relay.core.spool import Spool
 from relay.model.tables import Application, AuditEvent, Delivery, DeliveryStatus, Member, Message
 from relay.policy.timing import NO_RULES
-from relay.store import delivery_queue
+from relay.store import incoming
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import CONTACT
@@ -200,19 +200,17 @@ def test_vouch_by_signed_mail_uses_the_same_rules(relay: Relay) -> None:
     assert [(v["member"], v["actor"]) for v in shown["vouches"]] == [(A, "mail:" + "F" * 40)]
 
 
-def _advisory_with_post(
-    relay: Relay, advisory_id: str, audience: str = delivery_queue.MEMBERS
-) -> str:
+def _advisory_with_post(relay: Relay, advisory_id: str, audience: str = incoming.MEMBERS) -> str:
     now = datetime.now(UTC)
     with relay.db.transaction() as s:
         if advisories.find(s, advisory_id) is None:
             advisories.create(
                 s, advisory_id, "Proxy bypass", now + timedelta(days=7), "t", NO_RULES, now
             )
-    return delivery_queue.accept_post(
+    return incoming.accept_post(
         relay.db,
         Spool(relay.settings.storage.spool_dir),
-        delivery_queue.Post(
+        incoming.Post(
             b"raw\r\n",
             b"payload\r\n",
             f"[EMBARGOED] {advisory_id}: proxy bypass",
@@ -221,7 +219,7 @@ def _advisory_with_post(
             None,
         ),
         list_domain="example.org",
-        route=lambda session, spool, message_id: delivery_queue.Routing(advisory_id, audience),
+        route=lambda session, spool, message_id: incoming.Routing(advisory_id, audience),
     ).message_id
 
 
@@ -229,7 +227,7 @@ def test_approve_with_key_and_send_active_queues_the_embargoed_posts(
     relay: Relay, keys: KeyFactory
 ) -> None:
     embargoed = _advisory_with_post(relay, "CVE-2026-3001")
-    src_only = _advisory_with_post(relay, "CVE-2026-3001", delivery_queue.SENDERS)
+    src_only = _advisory_with_post(relay, "CVE-2026-3001", incoming.SENDERS)
     lifted = _advisory_with_post(relay, "CVE-2026-3002")
     relay("advisory", "lift", "CVE-2026-3002", "--reason", "fixed upstream")
     relay("application", "submit", str(COMPLETE))

@@ -13,7 +13,7 @@ from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, Spool
 from relay.model.tables import AuditEvent, Delivery, StatusReminder
 from relay.policy.timing import NO_RULES
-from relay.store import delivery_queue
+from relay.store import delivery_queue, incoming
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import RelayHome
 
@@ -38,12 +38,12 @@ def advisory(home: RelayHome, advisory_id: str, lift_at: datetime | None) -> Non
 
 def post(home: RelayHome, advisory_id: str) -> None:
     """A post of the advisory accepted and sent to every active member (the real queue)."""
-    delivery_queue.accept_post(
+    incoming.accept_post(
         home.db,
         Spool(home.settings.storage.spool_dir),
-        delivery_queue.Post(b"raw\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, None),
+        incoming.Post(b"raw\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, None),
         list_domain="example.org",
-        route=lambda session, spool, message_id: delivery_queue.Routing(advisory_id),
+        route=lambda session, spool, message_id: incoming.Routing(advisory_id),
     )
     ids = delivery_queue.claim_due(home.db, datetime.now(UTC), 100, timedelta(minutes=5))
     outcomes = [delivery_queue.Outcome(i, "sent", "250", "ok") for i in ids]

@@ -20,7 +20,7 @@ from relay.model.tables import (
     MemberState,
     Message,
 )
-from relay.store import delivery_queue
+from relay.store import delivery_queue, incoming
 
 
 @pytest.fixture
@@ -39,13 +39,11 @@ def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path / "spool")
 
 
-def _accept(db: Database, spool: Spool) -> delivery_queue.Accepted:
-    return delivery_queue.accept_post(
+def _accept(db: Database, spool: Spool) -> incoming.Accepted:
+    return incoming.accept_post(
         db,
         spool,
-        delivery_queue.Post(
-            b"raw bytes\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, "<x@y>"
-        ),
+        incoming.Post(b"raw bytes\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, "<x@y>"),
         list_domain="example.org",
     )
 

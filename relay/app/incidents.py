@@ -49,7 +49,7 @@ from relay.model.tables import (
     MessageKind,
     utcnow,
 )
-from relay.store import audit, delivery_queue, key_owners, notices
+from relay.store import audit, delivery_queue, incoming, key_owners, notices
 
 if TYPE_CHECKING:
     from relay.leaks.matcher import Match
@@ -111,7 +111,7 @@ def record_refusal(
     db: Database,
     spool: Spool,
     settings: Settings,
-    post: delivery_queue.Post,
+    post: incoming.Post,
     *,
     leaks: Iterable[LeakAttempt],
     now: datetime,
@@ -129,7 +129,7 @@ def record_refusal(
             incident = record_attempt(session, spool, settings, leak, message_id, now)
             recorded.append(incident.id)
 
-    delivery_queue.keep_refused(db, spool, post, advisory_id=leaks[0].advisory_id, record=record)
+    incoming.keep_refused(db, spool, post, advisory_id=leaks[0].advisory_id, record=record)
     return recorded
 
 

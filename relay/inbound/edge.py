@@ -46,7 +46,7 @@ from relay.inbound.data import read_data
 from relay.inbound.limits import Busy, ConnectionLimits, WorkPool
 from relay.leaks.index import EmbargoedText
 from relay.model.tables import utcnow
-from relay.store import delivery_queue
+from relay.store import incoming
 from relay.store.key_owners import Owner, owner_of
 
 log = logging.getLogger("relay.smtp")
@@ -424,7 +424,7 @@ class ListHandler:
 
     def _accept(
         self, raw: bytes, mail_from: str, authenticated: Authenticated | None = None
-    ) -> tuple[delivery_queue.Accepted, router.Outcome]:
+    ) -> tuple[incoming.Accepted, router.Outcome]:
         """Validate, verify and commit; raises Rejection for anything refused.
 
         `authenticated`: the signature check of `raw`, when the caller made it already."""
@@ -438,7 +438,7 @@ class ListHandler:
         verified = replace(verified, payload=payload)
         outcome = router.Outcome()
         try:
-            accepted = delivery_queue.accept_post(
+            accepted = incoming.accept_post(
                 self.db,
                 self.spool,
                 verified,
@@ -453,10 +453,10 @@ class ListHandler:
                 incidents.record_refusal(
                     self.db, self.spool, self.settings, verified, leaks=refusal.leaks, now=utcnow()
                 )
-            except delivery_queue.AlreadyReceived as exc:
+            except incoming.AlreadyReceived as exc:
                 raise self._replayed(exc.digest, str(exc)) from None
             raise
-        except delivery_queue.AlreadyReceived as exc:
+        except incoming.AlreadyReceived as exc:
             raise self._replayed(exc.digest, str(exc)) from None
         except advisories.EmbargoTimeUnreadable as exc:
             raise Rejection(550, "5.6.0", _one_line(str(exc))) from None
@@ -476,7 +476,7 @@ class ListHandler:
 
     def _believe(
         self, raw: bytes, post: VerifiedPost, message: EmailMessage, mail_from: str
-    ) -> delivery_queue.Post:
+    ) -> incoming.Post:
         """What the relay believes of a verified post, and nothing more: the signature is
         fresh and used for the first time, and the post is attributed to the signing key's
         registered owner, whose From address it must carry. Raises Rejection otherwise."""
@@ -485,9 +485,9 @@ class ListHandler:
         freshness.check_fresh(
             post.signed_at, arrived, max_age=intake.max_signature_age, skew=intake.max_clock_skew
         )
-        used = delivery_queue.used_signature(self.db, post.identity)
+        used = incoming.used_signature(self.db, post.identity)
         if used is not None:
-            raise self._replayed(used.digest, str(delivery_queue.AlreadyReceived(used)))
+            raise self._replayed(used.digest, str(incoming.AlreadyReceived(used)))
         with self.db.transaction() as session:
             owner = owner_of(session, post.signer)
         if owner is None:  # authorised a moment ago, removed since
@@ -500,7 +500,7 @@ class ListHandler:
                 f"From: {mismatch} is not an address of the signer (key {post.signer} "
                 f"belongs to {owner.address}); send from your registered address",
             )
-        return delivery_queue.Post(
+        return incoming.Post(
             raw=raw,
             payload=post.payload,
             subject=post.subject,
@@ -516,7 +516,7 @@ class ListHandler:
     def _replayed(self, digest: str, text: str) -> Rejection:
         """Refuse a replay: counted on the signature's record, changing nothing else."""
         try:
-            delivery_queue.count_replay(self.db, digest, utcnow())
+            incoming.count_replay(self.db, digest, utcnow())
         except Exception:  # the count is evidence, not a condition of the refusal
             log.exception("could not count a replay")
         self.replays_refused += 1

@@ -72,7 +72,7 @@ from relay.model.tables import (
 )
 from relay.policy import forwarding
 from relay.policy.posting import MemberPosts, posting_for
-from relay.store import delivery_queue, notices, parties
+from relay.store import delivery_queue, incoming, notices, parties
 from relay.store.key_owners import grants_for_key, member_for, sender_for
 
 _MESSAGE_ID = re.compile(r"<[^<>\s]+>")
@@ -93,7 +93,7 @@ class ReportedRefusal(Rejection):
 class Outcome:
     """What routing one post did, for the SMTP edge to log and schedule."""
 
-    routing: delivery_queue.Routing | None = None
+    routing: incoming.Routing | None = None
     change: advisories.Change | None = None
     member: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -135,10 +135,10 @@ class PostRouter:
         message_id: str,
         post: VerifiedPost,
         found: dict[str, str],
-        intake: delivery_queue.Post,
+        intake: incoming.Post,
         message: EmailMessage,
         outcome: Outcome,
-    ) -> delivery_queue.Routing:
+    ) -> incoming.Routing:
         """Route a verified post, attributed to its signing key's registered owner
         (`intake.poster`) alone: the envelope sender and the From header are unsigned.
 
@@ -168,10 +168,10 @@ class PostRouter:
         message_id: str,
         post: VerifiedPost,
         found: dict[str, str],
-        intake: delivery_queue.Post,
+        intake: incoming.Post,
         member: Member | None,
         outcome: Outcome,
-    ) -> delivery_queue.Routing:
+    ) -> incoming.Routing:
         if sender_for(session, post.signer) is not None:
             return self._sender_post(session, spool, post, found, message_id, outcome)
         if member is not None:
@@ -186,7 +186,7 @@ class PostRouter:
         session: Session,
         advisory_id: str | None,
         member: Member | None,
-        intake: delivery_queue.Post,
+        intake: incoming.Post,
         to: external_copies.Addressed,
     ) -> tuple[list[external_copies.LeakAttempt], forwarding.Decision | None]:
         if not to:
@@ -210,7 +210,7 @@ class PostRouter:
         spool: Spool,
         advisory_id: str | None,
         member: Member | None,
-        intake: delivery_queue.Post,
+        intake: incoming.Post,
         to: external_copies.Addressed,
         message_id: str,
         outcome: Outcome,
@@ -246,7 +246,7 @@ class PostRouter:
         found: dict[str, str],
         message_id: str,
         outcome: Outcome,
-    ) -> delivery_queue.Routing:
+    ) -> incoming.Routing:
         """An authorised sender's post: its advisory is created or its lift changes, as
         its signed keyword lines say (relative times count from the signature's time)."""
         actor = f"key:{post.signer}"
@@ -270,7 +270,7 @@ class PostRouter:
         else:
             change = self._move(session, spool, existing, lift_at, actor, message_id, now)
         outcome.change = change
-        outcome.routing = delivery_queue.Routing(
+        outcome.routing = incoming.Routing(
             change.advisory.id, subject=_copy_subject(post, found, change.advisory)
         )
         return outcome.routing
@@ -360,7 +360,7 @@ class PostRouter:
         found: dict[str, str],
         advisory_id: str,
         outcome: Outcome,
-    ) -> delivery_queue.Routing:
+    ) -> incoming.Routing:
         """`X-Confirm: ID` from a sender other than the one who asked: the pending change
         is made. The post is an instruction to the relay; it goes to nobody."""
         if keywords.EMBARGO_UNTIL in found or keywords.LIFT in found:
@@ -387,9 +387,7 @@ class PostRouter:
         if done.change is not None:
             outcome.change = done.change
         outcome.notes.append(f"confirmed change {done.pending.id} of {done.pending.advisory_id}")
-        outcome.routing = delivery_queue.Routing(
-            done.pending.advisory_id, audience=delivery_queue.NOBODY
-        )
+        outcome.routing = incoming.Routing(done.pending.advisory_id, audience=incoming.NOBODY)
         return outcome.routing
 
     def _member_post(
@@ -401,7 +399,7 @@ class PostRouter:
         payload: bytes,
         member: Member,
         outcome: Outcome,
-    ) -> delivery_queue.Routing:
+    ) -> incoming.Routing:
         if keywords.EMBARGO_UNTIL in found:
             raise Rejection(550, "5.7.1", "only the list's authorised senders set embargo times")
         if keywords.ACCEPT in found:
@@ -415,7 +413,7 @@ class PostRouter:
                 raise Rejection(550, "5.6.0", f"X-Vouch: {exc}") from None
             outcome.notes.append(f"vouched for application {application}")
             if keywords.ADVISORY not in found and keywords.STATUS not in found:
-                outcome.routing = delivery_queue.Routing(None, audience=delivery_queue.NOBODY)
+                outcome.routing = incoming.Routing(None, audience=incoming.NOBODY)
                 return outcome.routing
         advisory = self._advisory_of(session, found, post, payload)
         if (status := found.get(keywords.STATUS)) is not None:
@@ -433,14 +431,14 @@ class PostRouter:
             outcome.notes.append(f"status {status}")
         if (person := found.get(keywords.SHARE)) is not None:
             self._share(session, spool, advisory, member, person, payload, actor, outcome)
-            outcome.routing = delivery_queue.Routing(advisory.id, audience=delivery_queue.NOBODY)
+            outcome.routing = incoming.Routing(advisory.id, audience=incoming.NOBODY)
             return outcome.routing
         mode = self.posting.member_posts
         hold = delivery_queue.MODERATION_HOLD if mode == MemberPosts.MODERATE else None
-        audience = delivery_queue.SENDERS if mode == MemberPosts.SRC else delivery_queue.MEMBERS
+        audience = incoming.SENDERS if mode == MemberPosts.SRC else incoming.MEMBERS
         if hold:
             self._tell_moderators(session, spool, advisory, member)
-        outcome.routing = delivery_queue.Routing(
+        outcome.routing = incoming.Routing(
             advisory.id, audience=audience, hold=hold, subject=_copy_subject(post, found, advisory)
         )
         return outcome.routing
@@ -526,7 +524,7 @@ class PostRouter:
 
     def _acceptance(
         self, session: Session, post: VerifiedPost, found: dict[str, str], outcome: Outcome
-    ) -> delivery_queue.Routing:
+    ) -> incoming.Routing:
         """A grant's key signed this: the person accepts the terms, and may do nothing else."""
         token = found.get(keywords.ACCEPT)
         if token is None:
@@ -543,7 +541,7 @@ class PostRouter:
         except RelayError as exc:
             raise Rejection(550, "5.7.1", f"X-Accept: {exc}") from None
         outcome.notes.append(f"grant {grant.id} accepted; {backlog} earlier posts queued")
-        outcome.routing = delivery_queue.Routing(grant.advisory_id, audience=delivery_queue.NOBODY)
+        outcome.routing = incoming.Routing(grant.advisory_id, audience=incoming.NOBODY)
         return outcome.routing
 
     def _advisory_of(
