@@ -15,7 +15,7 @@ from relay.core.config import Settings, load
 from relay.core.crypto import GnuPG
 from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
-from relay.model.tables import AuditEvent, MemberKey
+from relay.model import AuditEvent, MemberKey
 from tests.support.keys import KeyFactory
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from relay.core import config as relay_config
 from relay.core.database import MIGRATIONS_DIR, Database
 from relay.core.spool import Spool
 from relay.core.times import ACCEPTED_FORMS
-from relay.model.tables import AdvisoryState, AuditEvent
+from relay.model import AdvisoryState, AuditEvent
 from relay.policy.timing import NO_RULES, load_policy
 from tests.support.relayhome import write_config
 

@@ -16,7 +16,7 @@ from relay.app.applications import parse_application
 from relay.cli.root import cli
 from relay.core.errors import RelayError
 from relay.core.spool import Spool
-from relay.model.tables import Application, AuditEvent, Delivery, DeliveryStatus, Member, Message
+from relay.model import Application, AuditEvent, Delivery, DeliveryStatus, Member, Message
 from relay.policy.timing import NO_RULES
 from relay.store import incoming
 from tests.support.cli import CliRelay, set_up

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from relay.cli.root import cli
 from relay.core.config import load
 from relay.core.database import Database
-from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Member, Message
+from relay.model import AuditEvent, Delivery, DeliveryStatus, Member, Message
 from tests.support.keys import KeyFactory
 
 ROOT = Path(__file__).resolve().parent.parent

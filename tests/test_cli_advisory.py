@@ -25,7 +25,7 @@ from relay.app import admin
 from relay.cli.root import cli
 from relay.core.spool import PAYLOAD, Spool
 from relay.core.times import format_when
-from relay.model.tables import AuditEvent, Delivery, Message, MessageKind
+from relay.model import AuditEvent, Delivery, Message, MessageKind
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from relay.cli.root import cli
-from relay.model.tables import AuditEvent, Delivery, Member
+from relay.model import AuditEvent, Delivery, Member
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from relay.app import advisories, advisory_admin, contributions, membership
 from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, Spool
-from relay.model.tables import AuditEvent, Delivery, StatusReminder
+from relay.model import AuditEvent, Delivery, StatusReminder
 from relay.policy.timing import NO_RULES
 from relay.store import delivery_queue, incoming
 from tests.support.keys import KeyFactory

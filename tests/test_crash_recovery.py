@@ -20,7 +20,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import select
 
-from relay.model.tables import Delivery, DeliveryStatus
+from relay.model import Delivery, DeliveryStatus
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay.model.tables import Delivery, DeliveryStatus, Message, MessageKind
+from relay.model import Delivery, DeliveryStatus, Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import CONTACT, LIST, OffsetClock, RelayHome, RelayThread

@@ -19,7 +19,7 @@ from relay.core.config import EmbargoSettings
 from relay.core.crypto import GnuPG
 from relay.core.database import Database
 from relay.core.spool import PAYLOAD, Spool
-from relay.model.tables import (
+from relay.model import (
     Advisory,
     AdvisoryState,
     AuditEvent,

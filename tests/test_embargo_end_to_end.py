@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from relay.model.tables import Advisory, AdvisoryState, AuditEvent, Delivery, Message, MessageKind
+from relay.model import Advisory, AdvisoryState, AuditEvent, Delivery, Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, OffsetClock, RelayHome, RelayThread, distributors

@@ -14,7 +14,7 @@ import aiosmtplib
 import pytest
 from sqlalchemy import func, select, text
 
-from relay.model.tables import Delivery, DeliveryStatus, Message, MessageKind
+from relay.model import Delivery, DeliveryStatus, Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import CONTACT, LIST, RelayHome, RelayThread, distributors

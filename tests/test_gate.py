@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from relay.cli.root import cli
-from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Grant, Incident
+from relay.model import AuditEvent, Delivery, DeliveryStatus, Grant, Incident
 from relay.store import delivery_queue, notices
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, crlf, pgp_mime_signed, text_entity

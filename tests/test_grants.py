@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from relay.cli.root import cli
-from relay.model.tables import AuditEvent, Delivery, Grant, GrantState, Incident, Message
+from relay.model import AuditEvent, Delivery, Grant, GrantState, Incident, Message
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, crlf, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome, RelayThread, distributors

@@ -22,7 +22,7 @@ from relay.core.database import MIGRATIONS_DIR, Database
 from relay.core.errors import RelayError
 from relay.core.spool import Spool
 from relay.leaks.matcher import Match, Matcher
-from relay.model.tables import (
+from relay.model import (
     AuditEvent,
     Delivery,
     DeliveryStatus,

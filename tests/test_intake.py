@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from relay.cli.root import cli
-from relay.model.tables import (
+from relay.model import (
     Advisory,
     AdvisoryState,
     AuditEvent,

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from relay.app import admin, keyhealth
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.spool import PAYLOAD, Spool
-from relay.model.tables import Delivery, DeliveryStatus, HoldReason, KeyReminder, Message
+from relay.model import Delivery, DeliveryStatus, HoldReason, KeyReminder, Message
 from relay.runners.dispatcher import Dispatcher
 from relay.store import delivery_queue, notices
 from tests.support.keys import KeyFactory

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from relay.cli.root import cli
-from relay.model.tables import Contribution, Delivery, DeliveryStatus, Message
+from relay.model import Contribution, Delivery, DeliveryStatus, Message
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome, RelayThread, distributors
@@ -232,7 +232,7 @@ def _cc_post(home: RelayHome, keys: KeyFactory, cc: str) -> bytes:
 def test_post_copied_to_an_outsider_is_refused_under_the_kubernetes_policy(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
-    from relay.model.tables import Advisory, Incident, MessageKind
+    from relay.model import Advisory, Incident, MessageKind
 
     home = _home(tmp_path, keys, sink, policy="kubernetes-distributors.toml")
     contact = keys.make("contact", "security@example.org")
@@ -260,7 +260,7 @@ def test_post_copied_to_an_outsider_is_refused_under_the_kubernetes_policy(
 def test_post_copied_to_an_outsider_is_distributed_and_the_leak_reported_by_default(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
-    from relay.model.tables import Incident
+    from relay.model import Incident
 
     home = _home(tmp_path, keys, sink)
     contact = keys.make("contact", "security@example.org")
@@ -349,7 +349,7 @@ def test_unlabelled_member_post_quoting_embargoed_text_is_attributed_to_its_advi
 def test_the_same_copied_post_after_the_lift_is_no_leak(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
-    from relay.model.tables import Incident
+    from relay.model import Incident
 
     home = _home(tmp_path, keys, sink, policy="kubernetes-distributors.toml")
     with RelayThread(home.settings) as relay:
@@ -375,7 +375,7 @@ def test_the_same_copied_post_after_the_lift_is_no_leak(
 def test_a_post_about_a_lifted_advisory_that_quotes_an_embargoed_one_is_a_leak_of_that_one(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink
 ):
-    from relay.model.tables import Incident
+    from relay.model import Incident
 
     home = _home(tmp_path, keys, sink)  # the built-in default: distribute and report
     contact = keys.make("contact", "security@example.org")
@@ -417,7 +417,7 @@ def test_a_refusal_whose_leak_cannot_be_recorded_is_a_temporary_failure(
     tmp_path: Path, keys: KeyFactory, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
 ):
     from relay.app import incidents
-    from relay.model.tables import Incident
+    from relay.model import Incident
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from relay.app import admin, membership
 from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, Spool
-from relay.model.tables import AuditEvent, Delivery, DeliveryStatus, Member, Message
+from relay.model import AuditEvent, Delivery, DeliveryStatus, Member, Message
 from relay.runners.dispatcher import Dispatcher
 from relay.store import notices
 from tests.support.keys import KeyFactory

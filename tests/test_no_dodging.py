@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from relay.cli.root import cli
-from relay.model.tables import Advisory, Delivery, DeliveryStatus, Grant, Incident, Member, Message
+from relay.model import Advisory, Delivery, DeliveryStatus, Grant, Incident, Member, Message
 from tests.support import evasion
 from tests.support import keys as support
 from tests.support.keys import KeyFactory
@@ -142,7 +142,7 @@ def test_every_path_out_is_checked(tmp_path: Path, keys: KeyFactory, sink: SmtpS
         submitted = runner.invoke(cli, [*config, "application", "submit", str(application)])
         assert submitted.exit_code == 0, submitted.output
         with home.db.transaction() as s:
-            from relay.model.tables import Application
+            from relay.model import Application
 
             app_id = s.execute(select(Application.id)).scalar_one()
         paths = {
@@ -167,7 +167,7 @@ def test_every_path_out_is_checked(tmp_path: Path, keys: KeyFactory, sink: SmtpS
     assert len(found) == len(paths)
     assert {(advisory, member) for advisory, member, *_ in found} == {(quoted, distro0.address)}
     with home.db.transaction() as s:  # the refused vouch changed nothing
-        from relay.model.tables import Application
+        from relay.model import Application
 
         assert s.execute(select(Application.vouches)).scalar_one() == []
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, RAW, Spool
-from relay.model.tables import (
+from relay.model import (
     AuditEvent,
     Delivery,
     DeliveryStatus,

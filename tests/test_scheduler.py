@@ -15,7 +15,7 @@ from relay.app import advisories
 from relay.core import config as relay_config
 from relay.core.database import Database
 from relay.core.spool import Spool
-from relay.model.tables import AdvisoryState, AuditEvent, Member, Message
+from relay.model import AdvisoryState, AuditEvent, Member, Message
 from relay.policy.timing import NO_RULES
 from relay.runners.scheduler import CHECK_JOB, JOB_TABLE, EmbargoScheduler
 from tests.support.relayhome import write_config

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from relay.model.tables import Message, MessageKind
+from relay.model import Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy
 from tests.support.relayhome import CONTACT, RelayHome, RelayThread

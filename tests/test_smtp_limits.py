@@ -21,7 +21,7 @@ from relay.core.config import Settings, load
 from relay.core.errors import ConfigError
 from relay.inbound.limits import Busy, WorkPool
 from relay.inbound.prescan import MAX_FIELDS, MAX_PARTS
-from relay.model.tables import Message
+from relay.model import Message
 from tests.support.keys import KeyFactory
 from tests.support.mail import pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome, RelayThread, distributors, smtp_post

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from relay.cli.root import cli
-from relay.model.tables import Delivery
+from relay.model import Delivery
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome, RelayThread

@@ -27,7 +27,7 @@ from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.logs import event
 from relay.core.spool import Spool
-from relay.model.tables import (
+from relay.model import (
     Delivery,
     DeliveryStatus,
     Incident,

@@ -24,7 +24,7 @@ from relay.core.config import Settings
 from relay.core.database import rowcount
 from relay.core.errors import RelayError
 from relay.core.times import ACCEPTED_FORMS, WhenError, format_when, parse_when
-from relay.model.tables import (
+from relay.model import (
     Advisory,
     AdvisoryState,
     AuditEvent,

@@ -22,7 +22,7 @@ from relay.core.errors import RelayError
 from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.core.times import WhenError, parse_when
-from relay.model.tables import Advisory, AdvisoryState, AuditEvent, Delivery, Message, utcnow
+from relay.model import Advisory, AdvisoryState, AuditEvent, Delivery, Message, utcnow
 from relay.store import audit
 
 log = logging.getLogger("relay.admin")

@@ -27,7 +27,7 @@ from relay.app import advisories, embargo
 from relay.core.config import Settings
 from relay.core.spool import Spool
 from relay.core.times import format_when
-from relay.model.tables import Advisory, PendingChange, PendingChangeState, Sender
+from relay.model import Advisory, PendingChange, PendingChangeState, Sender
 from relay.policy.timing import TimingPolicy
 from relay.store import audit, notices
 from relay.store.key_owners import sender_for

@@ -32,7 +32,7 @@ from relay.core.errors import RelayError
 from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.core.times import countdown, format_when
-from relay.model.tables import (
+from relay.model import (
     Advisory,
     AdvisoryState,
     Contribution,

@@ -34,7 +34,7 @@ from relay.core.database import (
 from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.core.times import countdown, format_duration, format_when
-from relay.model.tables import Advisory, AdvisoryReminder, AdvisoryState, Sender
+from relay.model import Advisory, AdvisoryReminder, AdvisoryState, Sender
 from relay.policy.timing import TimingPolicy
 from relay.store import audit, delivery_queue, notices
 

@@ -39,7 +39,7 @@ from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.core.times import format_when
 from relay.leaks.external_copies import LeakAttempt
-from relay.model.tables import (
+from relay.model import (
     Advisory,
     AdvisoryState,
     Incident,

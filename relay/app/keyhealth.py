@@ -27,7 +27,7 @@ from relay.core.database import Database
 from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.core.times import countdown, format_duration, format_when
-from relay.model.tables import KeyReminder, Member, MemberState
+from relay.model import KeyReminder, Member, MemberState
 from relay.store import notices
 
 log = logging.getLogger("relay.keyhealth")

@@ -34,7 +34,7 @@ from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.logs import event
 from relay.core.spool import Spool
-from relay.model.tables import AuditEvent, Member, MemberState
+from relay.model import AuditEvent, Member, MemberState
 from relay.store import audit, delivery_queue, notices
 
 log = logging.getLogger("relay.membership")

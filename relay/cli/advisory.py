@@ -25,7 +25,7 @@ from relay.app.advisory_admin import AdvisoryChange, AdvisoryView
 from relay.cli.root import _app, _print_json, _table, cli
 from relay.core.logs import clean
 from relay.core.times import ACCEPTED_FORMS, countdown, format_when
-from relay.model.tables import AdvisoryState, utcnow
+from relay.model import AdvisoryState, utcnow
 from relay.store import audit
 from relay.store.audit import AuditView
 

@@ -20,7 +20,7 @@ from relay.cli.root import _app, _print_json, _table, key, member
 from relay.core.errors import RelayError
 from relay.core.logs import clean
 from relay.core.times import format_when
-from relay.model.tables import ContributionStatus, utcnow
+from relay.model import ContributionStatus, utcnow
 from relay.store import audit
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

@@ -45,7 +45,7 @@ from relay.inbound import (
 from relay.inbound.data import read_data
 from relay.inbound.limits import Busy, ConnectionLimits, WorkPool
 from relay.leaks.index import EmbargoedText
-from relay.model.tables import utcnow
+from relay.model import utcnow
 from relay.store import incoming
 from relay.store.key_owners import Owner, owner_of
 

@@ -60,7 +60,7 @@ from relay.inbound import Rejection, VerifiedPost, keywords
 from relay.leaks import external_copies
 from relay.leaks.content import read_content
 from relay.leaks.index import EmbargoedText
-from relay.model.tables import (
+from relay.model import (
     Advisory,
     AdvisoryState,
     Delivery,

@@ -31,7 +31,7 @@ from relay.core import addresses
 from relay.leaks.content import Content
 from relay.leaks.index import EmbargoedText
 from relay.leaks.matcher import Match
-from relay.model.tables import Advisory, AdvisoryState, IncidentKind, Member
+from relay.model import Advisory, AdvisoryState, IncidentKind, Member
 from relay.policy import forwarding
 from relay.store import parties
 

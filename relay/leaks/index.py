@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from relay.core.spool import PAYLOAD, Spool
 from relay.leaks.content import read_content
 from relay.leaks.matcher import Match, Matcher
-from relay.model.tables import Advisory, AdvisoryState, Message, MessageKind, SenderKey
+from relay.model import Advisory, AdvisoryState, Message, MessageKind, SenderKey
 
 
 class EmbargoedText:

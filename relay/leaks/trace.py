@@ -20,7 +20,7 @@ from relay.core.references import find_references
 from relay.core.spool import Spool
 from relay.leaks.index import EmbargoedText
 from relay.leaks.matcher import Match
-from relay.model.tables import AdvisoryState, Delivery, Message
+from relay.model import AdvisoryState, Delivery, Message
 
 _MESSAGE_ID = re.compile(r"<([^<>\s@]+)@([^<>\s@]+)>")
 

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from relay.model.tables import Base
+from relay.model import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -33,7 +33,7 @@ from relay.core.spool import Spool
 from relay.leaks.content import Content
 from relay.leaks.index import EmbargoedText
 from relay.leaks.matcher import Match
-from relay.model.tables import (
+from relay.model import (
     Advisory,
     AdvisoryState,
     Delivery,

@@ -43,7 +43,7 @@ from relay.core.logs import event
 from relay.core.spool import PAYLOAD, Spool
 from relay.leaks.content import read_content
 from relay.leaks.index import EmbargoedText
-from relay.model.tables import (
+from relay.model import (
     Advisory,
     Delivery,
     DeliveryStatus,

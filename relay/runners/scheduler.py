@@ -40,7 +40,7 @@ from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.logs import event
 from relay.core.spool import Spool
-from relay.model.tables import Advisory, AdvisoryState, utcnow
+from relay.model import Advisory, AdvisoryState, utcnow
 
 log = logging.getLogger("relay.scheduler")
 

@@ -23,7 +23,7 @@ from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.inbound.edge import ListHandler, make_server_factory
 from relay.leaks.index import EmbargoedText
-from relay.model.tables import utcnow
+from relay.model import utcnow
 from relay.outbound.transport import Transport
 from relay.runners.dispatcher import Dispatcher
 from relay.runners.scheduler import EmbargoScheduler

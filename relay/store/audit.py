@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from relay.model.tables import AuditEvent
+from relay.model import AuditEvent
 
 
 def cli_actor() -> str:

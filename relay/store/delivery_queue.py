@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from relay.core.database import Database, rowcount
 from relay.core.errors import RelayError
 from relay.core.spool import Spool
-from relay.model.tables import (
+from relay.model import (
     Delivery,
     DeliveryStatus,
     HoldReason,

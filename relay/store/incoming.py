@@ -27,7 +27,7 @@ from relay.core.database import (
 )
 from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, RAW, Spool
-from relay.model.tables import (
+from relay.model import (
     Advisory,
     Delivery,
     DeliveryStatus,

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from relay.core.crypto import Crypto, KeyInfo
 from relay.core.errors import KeyProblem
-from relay.model.tables import Grant, GrantState, Member, MemberKey, MemberState, Sender, SenderKey
+from relay.model import Grant, GrantState, Member, MemberKey, MemberState, Sender, SenderKey
 
 
 def list_key(crypto: Crypto) -> KeyInfo:

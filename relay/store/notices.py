@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from relay.core.mime import text_part
 from relay.core.spool import PAYLOAD, Spool
-from relay.model.tables import Delivery, Member, MemberState, Message, MessageKind
+from relay.model import Delivery, Member, MemberState, Message, MessageKind
 from relay.store import audit
 from relay.store.delivery_queue import RELAY_ACTOR, copy_message_id, new_id
 from relay.store.incoming import grant_holders

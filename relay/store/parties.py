@@ -18,7 +18,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay.model.tables import GrantState, Member, MemberState, Sender
+from relay.model import GrantState, Member, MemberState, Sender
 from relay.policy.forwarding import Kind
 from relay.store.key_owners import grant_for, team_domains
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from relay.core import config as relay_config
 from relay.core.crypto import GnuPG
 from relay.core.database import Database
-from relay.model.tables import Member, MemberKey, Sender, SenderKey
+from relay.model import Member, MemberKey, Sender, SenderKey
 from relay.runners.service import Relay
 from tests.support.keys import KeyFactory, Keyring, TestKey
 
