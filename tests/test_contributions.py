@@ -46,7 +46,7 @@ def post(home: RelayHome, advisory_id: str) -> None:
         route=lambda session, spool, message_id: incoming.Routing(advisory_id),
     )
     ids = delivery_queue.claim_due(home.db, datetime.now(UTC), 100, timedelta(minutes=5))
-    outcomes = [delivery_queue.Outcome(i, "sent", "250", "ok") for i in ids]
+    outcomes = [delivery_queue.Attempt(i, "sent", "250", "ok") for i in ids]
     delivery_queue.record_outcomes(home.db, outcomes, now=NOW, retry=RETRY)
 
 

@@ -112,7 +112,7 @@ def test_defer_schedules_retry_then_fails_after_lifetime(db, spool):
     now = datetime.now(UTC)
     (did, *_) = delivery_queue.claim_due(db, now, 10, timedelta(minutes=10))
     retry = delivery_queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
-    outcome = delivery_queue.Outcome(did, "temporary", "451", "try later")
+    outcome = delivery_queue.Attempt(did, "temporary", "451", "try later")
     _, (deferred,) = delivery_queue.record_outcomes(db, [outcome], now=now, retry=retry)
     assert deferred.status == DeliveryStatus.DEFERRED
     assert deferred.next_attempt_at == now + timedelta(minutes=5)
@@ -129,7 +129,7 @@ def test_retry_requeues_held_but_refuses_sent_and_unknown(db, spool):
     a, b, _ = sorted(delivery_queue.claim_due(db, now, 10, timedelta(minutes=10)))
     retry = delivery_queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
     delivery_queue.record_outcomes(
-        db, [delivery_queue.Outcome(a, "sent", "250", "ok", ("F" * 40,))], now=now, retry=retry
+        db, [delivery_queue.Attempt(a, "sent", "250", "ok", ("F" * 40,))], now=now, retry=retry
     )
     with db.transaction() as s:
         delivery_queue.hold(s, s.get_one(Delivery, b), "no usable key", why=HoldReason.NO_KEY)
@@ -167,7 +167,7 @@ def test_outcome_for_a_cancelled_delivery_does_not_undo_the_cancel(db, spool):
         ).scalar_one()
     retry = delivery_queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
     sent, _ = delivery_queue.record_outcomes(
-        db, [delivery_queue.Outcome(i, "sent", "250", "ok") for i in ids], now=now, retry=retry
+        db, [delivery_queue.Attempt(i, "sent", "250", "ok") for i in ids], now=now, retry=retry
     )
     assert sorted(sent) == sorted(i for i in ids if i != member_delivery)
     with db.transaction() as s:

@@ -424,7 +424,7 @@ class ListHandler:
 
     def _accept(
         self, raw: bytes, mail_from: str, authenticated: Authenticated | None = None
-    ) -> tuple[incoming.Accepted, router.Outcome]:
+    ) -> tuple[incoming.Accepted, router.RouteReport]:
         """Validate, verify and commit; raises Rejection for anything refused.
 
         `authenticated`: the signature check of `raw`, when the caller made it already."""
@@ -436,7 +436,7 @@ class ListHandler:
         except keywords.KeywordError as exc:
             raise Rejection(550, "5.6.0", f"keyword lines: {exc}") from None
         verified = replace(verified, payload=payload)
-        outcome = router.Outcome()
+        outcome = router.RouteReport()
         try:
             accepted = incoming.accept_post(
                 self.db,

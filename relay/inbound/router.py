@@ -90,7 +90,7 @@ class ReportedRefusal(Rejection):
 
 
 @dataclass
-class Outcome:
+class RouteReport:
     """What routing one post did, for the SMTP edge to log and schedule."""
 
     routing: incoming.Routing | None = None
@@ -137,7 +137,7 @@ class PostRouter:
         found: dict[str, str],
         intake: incoming.Post,
         message: EmailMessage,
-        outcome: Outcome,
+        outcome: RouteReport,
     ) -> incoming.Routing:
         """Route a verified post, attributed to its signing key's registered owner
         (`intake.poster`) alone: the envelope sender and the From header are unsigned.
@@ -170,7 +170,7 @@ class PostRouter:
         found: dict[str, str],
         intake: incoming.Post,
         member: Member | None,
-        outcome: Outcome,
+        outcome: RouteReport,
     ) -> incoming.Routing:
         if sender_for(session, post.signer) is not None:
             return self._sender_post(session, spool, post, found, message_id, outcome)
@@ -213,7 +213,7 @@ class PostRouter:
         intake: incoming.Post,
         to: external_copies.Addressed,
         message_id: str,
-        outcome: Outcome,
+        outcome: RouteReport,
     ) -> None:
         """Refuse or report the copies sent outside the list, per the forwarding policy;
         an address that is not plain refuses the post (550 5.1.3) either way."""
@@ -245,7 +245,7 @@ class PostRouter:
         post: VerifiedPost,
         found: dict[str, str],
         message_id: str,
-        outcome: Outcome,
+        outcome: RouteReport,
     ) -> incoming.Routing:
         """An authorised sender's post: its advisory is created or its lift changes, as
         its signed keyword lines say (relative times count from the signature's time)."""
@@ -359,7 +359,7 @@ class PostRouter:
         post: VerifiedPost,
         found: dict[str, str],
         advisory_id: str,
-        outcome: Outcome,
+        outcome: RouteReport,
     ) -> incoming.Routing:
         """`X-Confirm: ID` from a sender other than the one who asked: the pending change
         is made. The post is an instruction to the relay; it goes to nobody."""
@@ -398,7 +398,7 @@ class PostRouter:
         found: dict[str, str],
         payload: bytes,
         member: Member,
-        outcome: Outcome,
+        outcome: RouteReport,
     ) -> incoming.Routing:
         if keywords.EMBARGO_UNTIL in found:
             raise Rejection(550, "5.7.1", "only the list's authorised senders set embargo times")
@@ -452,7 +452,7 @@ class PostRouter:
         person: str,
         payload: bytes,
         actor: str,
-        outcome: Outcome,
+        outcome: RouteReport,
     ) -> None:
         try:
             person = addresses.plain(person)
@@ -523,7 +523,7 @@ class PostRouter:
         )
 
     def _acceptance(
-        self, session: Session, post: VerifiedPost, found: dict[str, str], outcome: Outcome
+        self, session: Session, post: VerifiedPost, found: dict[str, str], outcome: RouteReport
     ) -> incoming.Routing:
         """A grant's key signed this: the person accepts the terms, and may do nothing else."""
         token = found.get(keywords.ACCEPT)

@@ -101,7 +101,7 @@ class Ready:
     keys: list[str]
 
 
-WorkItem = tuple[Job, "asyncio.Task[Ready | delivery_queue.Outcome | None]"]
+WorkItem = tuple[Job, "asyncio.Task[Ready | delivery_queue.Attempt | None]"]
 
 
 class Dispatcher:
@@ -154,7 +154,7 @@ class Dispatcher:
         """Claim and deliver until `stop` is set; unstarted claims go back to the delivery_queue."""
         self._loop = asyncio.get_running_loop()
         work: asyncio.Queue[WorkItem] = asyncio.Queue()
-        outcomes: asyncio.Queue[delivery_queue.Outcome | None] = asyncio.Queue()
+        outcomes: asyncio.Queue[delivery_queue.Attempt | None] = asyncio.Queue()
         recorder = asyncio.create_task(self._recorder(outcomes), name="delivery-recorder")
         senders = [
             asyncio.create_task(self._sender(work, outcomes), name=f"delivery-sender-{n}")
@@ -202,7 +202,7 @@ class Dispatcher:
         done = 0
         while jobs := await self._claim():
             work: asyncio.Queue[WorkItem] = asyncio.Queue()
-            outcomes: asyncio.Queue[delivery_queue.Outcome | None] = asyncio.Queue()
+            outcomes: asyncio.Queue[delivery_queue.Attempt | None] = asyncio.Queue()
             for job in jobs:
                 work.put_nowait(self._start(job))
             recorder = asyncio.create_task(self._recorder(outcomes))
@@ -220,7 +220,7 @@ class Dispatcher:
         return done
 
     async def _sender(
-        self, work: asyncio.Queue[WorkItem], outcomes: asyncio.Queue[delivery_queue.Outcome | None]
+        self, work: asyncio.Queue[WorkItem], outcomes: asyncio.Queue[delivery_queue.Attempt | None]
     ) -> None:
         transport = self._transport_factory()
         try:
@@ -250,7 +250,7 @@ class Dispatcher:
     def _start(self, job: Job) -> WorkItem:
         return job, asyncio.create_task(self._prepare(job))
 
-    async def _recorder(self, outcomes: asyncio.Queue[delivery_queue.Outcome | None]) -> None:
+    async def _recorder(self, outcomes: asyncio.Queue[delivery_queue.Attempt | None]) -> None:
         """Commit outcomes in batches: whatever arrived while the last commit ran."""
         finished = False
         while not finished:
@@ -400,12 +400,12 @@ class Dispatcher:
 
     # One delivery
 
-    async def _prepare(self, job: Job) -> Ready | delivery_queue.Outcome | None:
+    async def _prepare(self, job: Job) -> Ready | delivery_queue.Attempt | None:
         """Build the job's copy (or settle it: cancelled, held); runs ahead of sending, so the
         crypto workers always have the next copies queued while others are on the wire."""
         if not job.member_active:
             why = "member is not active" if job.to_member else "recipient holds no accepted grant"
-            return delivery_queue.Outcome(job.delivery_id, "permanent", "cancelled", why)
+            return delivery_queue.Attempt(job.delivery_id, "permanent", "cancelled", why)
         if isinstance(job.stopped, str):
             remedy = "Look for the error in the relay's log"
             await asyncio.to_thread(
@@ -627,9 +627,9 @@ def _other_keys(
     return tuple(grant.fingerprints), entitled
 
 
-def _outcome(delivery_id: int, result: SendResult, keys: list[str]) -> delivery_queue.Outcome:
+def _outcome(delivery_id: int, result: SendResult, keys: list[str]) -> delivery_queue.Attempt:
     kind = {Outcome.SENT: "sent", Outcome.TEMPORARY: "temporary"}.get(result.outcome, "permanent")
-    return delivery_queue.Outcome(delivery_id, kind, result.code, result.reason, tuple(keys))
+    return delivery_queue.Attempt(delivery_id, kind, result.code, result.reason, tuple(keys))
 
 
 def _text_of(entity: bytes) -> str:

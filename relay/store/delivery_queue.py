@@ -113,7 +113,7 @@ def release(db: Database, delivery_ids: list[int]) -> None:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Attempt:
     """What one delivery attempt came to, as reported by the transport."""
 
     delivery_id: int
@@ -133,7 +133,7 @@ class Retry:
 
 
 def record_outcomes(
-    db: Database, outcomes: list[Outcome], *, now: datetime, retry: Retry
+    db: Database, outcomes: list[Attempt], *, now: datetime, retry: Retry
 ) -> tuple[list[int], list[Delivery]]:
     """Record a batch of attempts in one transaction (one fsync for many deliveries).
 
