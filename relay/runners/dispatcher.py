@@ -19,22 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
 import logging
-import textwrap
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay.app import advisories, embargo
+from relay.app import advisories
 from relay.core.config import Settings
 from relay.core.crypto import Crypto, KeyInfo
 from relay.core.database import Database
@@ -47,50 +43,22 @@ from relay.model import (
     Advisory,
     Delivery,
     DeliveryStatus,
-    GrantState,
     HoldReason,
-    Member,
-    MemberKey,
-    MemberState,
-    Message,
     MessageKind,
     utcnow,
 )
-from relay.outbound import compose, gate
+from relay.outbound import compose, gate, preparation
+from relay.outbound.preparation import Job
 from relay.outbound.transport import Outcome, SendResult, Transport, make_transport
 from relay.policy import forwarding
 from relay.store import delivery_queue, key_owners, notices
-from relay.store.key_owners import grant_for, list_key, sender_by_address
+from relay.store.key_owners import list_key
 
 log = logging.getLogger("relay.dispatch")
 
 CLAIM_BATCH = 64
 RECORD_BATCH = 128
 RECORD_LINGER = 0.05  # seconds
-
-
-@dataclass(frozen=True)
-class Job:
-    """A snapshot of one claimed delivery, read in one transaction."""
-
-    delivery_id: int
-    message_id: str
-    kind: str
-    recipient: str
-    member_active: bool
-    copy_message_id: str
-    reference: str
-    subject: str
-    poster: str  # the signing key's registered owner
-    from_mismatch: str | None
-    signer: str | None
-    received_at: datetime
-    plaintext_allowed: bool
-    fingerprints: tuple[str, ...]
-    to_member: bool  # a copy of a list-wide message (To: the list), not a one-off notice
-    advisory: Advisory | None = None  # as loaded with the claim (detached snapshot)
-    # The gate's reason to hold it until a lift, or why the gate could not answer.
-    stopped: gate.Stopped | str | None = None
 
 
 @dataclass(frozen=True)
@@ -299,80 +267,15 @@ class Dispatcher:
         return await asyncio.to_thread(self._load, ids)
 
     def _load(self, ids: list[int]) -> list[Job]:
-        """Read the claimed deliveries in two plain queries (no ORM objects: hot path)."""
         self._keys = {k.fingerprint: k for k in self.crypto.list_keys()}
-        d, m, mem = Delivery.__table__, Message.__table__, Member.__table__
-        with self.db.transaction() as session:
-            rows = session.execute(
-                select(
-                    d.c.id,
-                    d.c.message_id,
-                    d.c.recipient,
-                    d.c.member_id,
-                    d.c.copy_message_id,
-                    d.c.reference,
-                    d.c.plaintext_allowed,
-                    m.c.kind,
-                    m.c.subject,
-                    m.c.poster,
-                    m.c.from_mismatch,
-                    m.c.signer_fingerprint,
-                    m.c.received_at,
-                    m.c.advisory_id,
-                    mem.c.state,
-                )
-                .select_from(
-                    d.join(m, m.c.id == d.c.message_id).outerjoin(mem, mem.c.id == d.c.member_id)
-                )
-                .where(d.c.id.in_(ids))
-                .order_by(d.c.id)
-            ).all()
-            member_ids = {r.member_id for r in rows if r.member_id is not None}
-            member_keys: dict[int, list[str]] = {}
-            for member_id, fpr in session.execute(
-                select(MemberKey.member_id, MemberKey.fingerprint).where(
-                    MemberKey.member_id.in_(member_ids)
-                )
-            ):
-                member_keys.setdefault(member_id, []).append(fpr)
-            advisory_ids = {r.advisory_id for r in rows if r.advisory_id is not None}
-            found = session.execute(select(Advisory).where(Advisory.id.in_(advisory_ids)))
-            by_id = {a.id: a for a in found.scalars()}
-            jobs = []
-            now = self.clock()
-            for r in rows:
-                stopped = None
-                if r.member_id is not None:
-                    fingerprints = tuple(member_keys.get(r.member_id, ()))
-                    active = r.state == MemberState.ACTIVE
-                else:
-                    fingerprints, active = _other_keys(session, r.recipient, r.advisory_id, r.kind)
-                    # A member's copy of a list post needs no question: members read it all.
-                    stopped = self._ask_gate(
-                        session, r.id, r.recipient, r.message_id, by_id.get(r.advisory_id), now
-                    )
-                jobs.append(
-                    Job(
-                        delivery_id=r.id,
-                        message_id=r.message_id,
-                        kind=r.kind,
-                        recipient=r.recipient,
-                        member_active=active,
-                        copy_message_id=r.copy_message_id,
-                        reference=r.reference,
-                        subject=r.subject,
-                        poster=r.poster,
-                        from_mismatch=r.from_mismatch,
-                        signer=r.signer_fingerprint,
-                        received_at=_utc(r.received_at),
-                        plaintext_allowed=r.plaintext_allowed,
-                        fingerprints=fingerprints,
-                        to_member=r.member_id is not None,
-                        advisory=by_id.get(r.advisory_id),
-                        stopped=stopped,
-                    )
-                )
-        return jobs
+        return preparation.load_jobs(self.db, ids, self.clock(), self._ask_gate)
+
+    def _copy(self, job: Job) -> compose.Copy:
+        payload = self._payload(job.message_id)
+        return preparation.build_copy(self.settings, self._policy.notice or None, job, payload)
+
+    def _plain_notice(self, job: Job) -> bytes:
+        return preparation.plain_notice(self.settings, job, self._payload(job.message_id))
 
     def _ask_gate(
         self,
@@ -472,55 +375,6 @@ class Dispatcher:
                     self._payloads.popitem(last=False)
             return data
 
-    def _copy(self, job: Job) -> compose.Copy:
-        """The job's copy: its message, the embargo notice, and what makes it this copy."""
-        lst = self.settings.list
-        notes: list[str] = []
-        extra: tuple[tuple[str, str], ...] = ()
-        if job.advisory is not None and job.kind == MessageKind.POST:
-            notes.append(
-                embargo.embargo_preface(
-                    job.advisory,
-                    self._policy.notice or None,
-                    security_contact=lst.security_contact,
-                )
-            )
-            extra = embargo.protected_fields(job.advisory)
-        if job.kind == MessageKind.POST:
-            notes.append(
-                f"Posted to {lst.address} by {job.poster or 'an authorised sender'}; "
-                f"the relay verified the OpenPGP signature of key {job.signer}.\n"
-            )
-            if job.from_mismatch:
-                notes.append(
-                    f"Note: the post's From header named {job.from_mismatch}, which is not an "
-                    "address of the signer.\n"
-                )
-        notes.append(copy_note(job.recipient, job.reference))
-        return compose.Copy(
-            list_address=lst.address,
-            list_id=lst.list_id_header,
-            to=lst.address if job.to_member else job.recipient,
-            message_id=job.copy_message_id,
-            subject=job.subject,
-            payload=self._payload(job.message_id),
-            preface="\n".join(notes),
-            extra_protected=extra,
-            reference=job.reference,
-            date=job.received_at,
-        )
-
-    def _plain_notice(self, job: Job) -> bytes:
-        lst = self.settings.list
-        return compose.build_plain_notice(
-            list_address=lst.address,
-            list_id=lst.list_id_header,
-            recipient=job.recipient,
-            message_id=job.copy_message_id,
-            subject=job.subject,
-            text=_text_of(self._payload(job.message_id)),
-        )
-
     def _after_record(self, deliveries: list[Delivery]) -> None:
         """Log deferrals and failures; tell the security contact about copies given up."""
         for d in deliveries:
@@ -534,10 +388,7 @@ class Dispatcher:
                 if d.member_id is not None:  # never a notice about a notice
                     self._notify(
                         "Delivery failed",
-                        f"The copy of message {d.message_id} for {d.recipient} could not be "
-                        f"delivered and was given up.\n\nCopy Message-ID: {d.copy_message_id}\n"
-                        f"Last error: {d.last_code} {d.last_reason}\n\n"
-                        f"Check the member's address, then run: relay queue retry {d.id}\n",
+                        notices.failed_copy_text(d),
                         reason=f"delivery {d.id} failed",
                     )
 
@@ -580,9 +431,9 @@ class Dispatcher:
         if job.kind == MessageKind.POST:
             self._notify(
                 "Member unreachable",
-                f"Member {job.recipient} could not be sent message {job.message_id}: {reason}.\n"
-                f"Nothing was sent to it. The delivery is held (id {job.delivery_id}).\n\n"
-                f"{remedy}, then run: relay queue retry {job.delivery_id}\n",
+                notices.unreachable_text(
+                    job.recipient, job.message_id, job.delivery_id, reason, remedy
+                ),
                 reason=f"delivery {job.delivery_id} held",
             )
 
@@ -602,42 +453,6 @@ class Dispatcher:
             self._loop.call_soon_threadsafe(self._wake.set)
 
 
-def copy_note(recipient: str, reference: str) -> str:
-    """The last lines of every copy's notice: whose copy this is, and its reference."""
-    line = f"Copy reference {reference}: this copy was made for {recipient} alone."
-    wrapped = textwrap.fill(line, 72, break_long_words=False, break_on_hyphens=False)
-    return f"{wrapped}\nEach copy the list sends is individual, so a leaked copy can be traced.\n"
-
-
-def _other_keys(
-    session: Session, recipient: str, advisory_id: str | None, kind: str
-) -> tuple[tuple[str, ...], bool]:
-    """Keys of a recipient who is not a member (a sender, or a person holding a grant for the
-    advisory), and whether it may still receive the copy. A pending grant gets only its
-    terms (a notice); a revoked grant gets nothing: its copies are cancelled."""
-    sender = sender_by_address(session, recipient)
-    if sender is not None:
-        return tuple(k.fingerprint for k in sender.keys), True
-    grant = grant_for(session, recipient, advisory_id) if advisory_id is not None else None
-    if grant is None:
-        return (), True
-    entitled = grant.state == GrantState.ACCEPTED or (
-        grant.state == GrantState.PENDING and kind == MessageKind.NOTICE
-    )
-    return tuple(grant.fingerprints), entitled
-
-
 def _outcome(delivery_id: int, result: SendResult, keys: list[str]) -> delivery_queue.Attempt:
     kind = {Outcome.SENT: "sent", Outcome.TEMPORARY: "temporary"}.get(result.outcome, "permanent")
     return delivery_queue.Attempt(delivery_id, kind, result.code, result.reason, tuple(keys))
-
-
-def _text_of(entity: bytes) -> str:
-    """The decoded text of a notice's text/plain entity."""
-    part = email.message_from_bytes(entity, policy=email.policy.default)
-    return str(part.get_content())
-
-
-def _utc(value: datetime) -> datetime:
-    """Core queries skip the ORM's UTC type on some backends; make the zone explicit."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -188,3 +188,27 @@ def enqueue_member_notice(
         reason=reason,
     )
     return message_id, len(recipients)
+
+
+# The words of the notices the dispatcher sends the security contact
+
+
+def failed_copy_text(delivery: Delivery) -> str:
+    """A member's copy was given up (permanent error, or the queue lifetime passed)."""
+    return (
+        f"The copy of message {delivery.message_id} for {delivery.recipient} could not be "
+        f"delivered and was given up.\n\nCopy Message-ID: {delivery.copy_message_id}\n"
+        f"Last error: {delivery.last_code} {delivery.last_reason}\n\n"
+        f"Check the member's address, then run: relay queue retry {delivery.id}\n"
+    )
+
+
+def unreachable_text(
+    recipient: str, message_id: str, delivery_id: int, reason: str, remedy: str
+) -> str:
+    """A copy is held because it cannot be made for its recipient (no key, say)."""
+    return (
+        f"Member {recipient} could not be sent message {message_id}: {reason}.\n"
+        f"Nothing was sent to it. The delivery is held (id {delivery_id}).\n\n"
+        f"{remedy}, then run: relay queue retry {delivery_id}\n"
+    )
