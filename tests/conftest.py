@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from relay.core.crypto import stop_agent
+from tests.support import template
 from tests.support.keys import KeyFactory
+from tests.support.relayhome import write_config
 from tests.support.smtpsink import SmtpSink
 
 
@@ -43,3 +45,11 @@ def _agents_stopped(request: pytest.FixtureRequest):
 def _all_agents_stopped(tmp_path_factory: pytest.TempPathFactory):
     yield
     _stop_agents(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _set_up_templates(tmp_path_factory: pytest.TempPathFactory):
+    """Relay folders copy the set-up made once here (tests/support/template.py)."""
+    template.start_session(template.Templates(tmp_path_factory.mktemp("templates"), write_config))
+    yield
+    template.end_session()

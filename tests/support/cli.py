@@ -15,6 +15,7 @@ from relay.app import admin
 from relay.cli.root import cli
 from relay.core.config import Settings, load
 from relay.core.database import Database
+from tests.support import template
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import write_config
 
@@ -43,6 +44,13 @@ class CliRelay:
 
 R = TypeVar("R", bound=CliRelay)
 
+# What `relay init` creates.
+_INIT_PARTS = ("database", "gnupg", "spool", "outbox")
+
+
+def _init(settings: Settings) -> str:
+    return admin.init_relay(settings, ACTOR).fingerprint
+
 
 def set_up(
     root: Path,
@@ -55,7 +63,9 @@ def set_up(
     """`relay init` and `member add` for each (key name, address, member name)."""
     config = write_config(root, extra=extra)
     settings = load(config)
-    admin.init_relay(settings, ACTOR)
+    # A copy of what `relay init` left in the session's template, else `relay init` here.
+    if template.copy_set_up("initialised", settings, root, _INIT_PARTS, _init) is None:
+        _init(settings)
     db = admin.open_database(settings)
     crypto = admin.open_keyring(settings)
     for key_name, address, name in members:

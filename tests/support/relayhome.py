@@ -13,6 +13,7 @@ from relay.core.crypto import GnuPG
 from relay.core.database import Database
 from relay.model import Member, MemberKey, Sender, SenderKey
 from relay.runners.service import Relay
+from tests.support import template
 from tests.support.keys import KeyFactory, Keyring, TestKey
 
 LIST = "distributors@example.org"
@@ -57,6 +58,16 @@ home = "state/gnupg"
     return path
 
 
+def _migrate_and_make_key(settings: relay_config.Settings) -> str:
+    """An empty database at the newest revision and the list key; the key's fingerprint."""
+    db = Database(settings.storage.database_url)
+    try:
+        db.upgrade()
+    finally:
+        db.dispose()  # closing the last connection checkpoints the WAL into the file
+    return GnuPG(settings.gnupg.home).generate_key("Test distributors", LIST)
+
+
 class RelayHome:
     def __init__(
         self, root: Path, keys: KeyFactory, *, smarthost: str | None = None, extra: str = ""
@@ -65,10 +76,12 @@ class RelayHome:
         self.keys = keys
         self.config_path = write_config(root, smarthost=smarthost, extra=extra)
         self.settings = relay_config.load(self.config_path)
+        # A copy of the session's template (made once), else made here.
+        self.list_fpr = template.copy_set_up(
+            "migrated", self.settings, root, ("database", "gnupg"), _migrate_and_make_key
+        ) or _migrate_and_make_key(self.settings)
         self.db = Database(self.settings.storage.database_url)
-        self.db.upgrade()
         self.crypto = GnuPG(self.settings.gnupg.home)
-        self.list_fpr = self.crypto.generate_key("Test distributors", LIST)
         self.list_public = self.crypto.export_public(self.list_fpr)
 
     def add_sender(self, key: TestKey, address: str | None = None) -> None:
