@@ -27,10 +27,10 @@ from relay.app import advisories, embargo
 from relay.core.config import Settings
 from relay.core.spool import Spool
 from relay.core.times import format_when
-from relay.model import Advisory, PendingChange, PendingChangeState, Sender
+from relay.model import Advisory, PendingChange, PendingChangeState
 from relay.policy.timing import TimingPolicy
 from relay.store import audit, notices
-from relay.store.key_owners import sender_for
+from relay.store.key_owners import sender_addresses, sender_for
 
 
 class ConfirmationError(advisories.AdvisoryError):
@@ -168,8 +168,7 @@ def _tell(
     session: Session, spool: Spool, settings: Settings, advisory: Advisory, change: PendingChange
 ) -> None:
     lst = settings.list
-    senders = [*session.execute(select(Sender.address).order_by(Sender.id)).scalars()]
-    recipients = list(dict.fromkeys([*senders, lst.security_contact]))
+    recipients = sender_addresses(session, lst.security_contact)
     asked = (
         "to lift the embargo now"
         if change.lift_at is None

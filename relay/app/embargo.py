@@ -34,9 +34,9 @@ from relay.core.database import (
 from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.core.times import countdown, format_duration, format_when
-from relay.model import Advisory, AdvisoryReminder, AdvisoryState, Sender
+from relay.model import Advisory, AdvisoryReminder, AdvisoryState
 from relay.policy.timing import TimingPolicy
-from relay.store import audit, delivery_queue, notices
+from relay.store import audit, delivery_queue, key_owners, notices
 
 log = logging.getLogger("relay.embargo")
 
@@ -334,8 +334,7 @@ def send_due_reminders(
                 select(Advisory).where(Advisory.state == AdvisoryState.EMBARGOED)
             ).scalars()
         ]
-        recipients = [*session.execute(select(Sender.address).order_by(Sender.id)).scalars()]
-    recipients.append(settings.list.security_contact)
+        recipients = key_owners.sender_addresses(session, settings.list.security_contact)
     sent = []
     for advisory in candidates:
         if advisory.lift_at is None:

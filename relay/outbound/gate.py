@@ -55,7 +55,7 @@ from relay.policy.forwarding import (
     decide,
 )
 from relay.store import delivery_queue, notices, parties
-from relay.store.key_owners import grant_for, member_for, sender_for
+from relay.store.key_owners import grant_for, member_for, sender_addresses, sender_for
 
 # Recipients who may read everything the list carries.
 _LIST_PARTIES = (Kind.MEMBER, Kind.SENDER)
@@ -209,7 +209,6 @@ def _tell_senders(
 ) -> None:
     """A public text held at its lift: the senders must know it did not go out."""
     lst = settings.list
-    senders = [*session.execute(select(Sender.address).order_by(Sender.id)).scalars()]
     why = "quotes the embargoed advisory" if stopped.match is not None else "may carry the advisory"
     text = (
         f"The public text sent at the lift ({message.subject}) was not sent to\n"
@@ -221,7 +220,7 @@ def _tell_senders(
     notices.enqueue_advisory_notice(
         session,
         spool,
-        recipients=list(dict.fromkeys([*senders, lst.security_contact])),
+        recipients=sender_addresses(session, lst.security_contact),
         subject=f"[{lst.name}] public text held: it carries {stopped.advisory_id}",
         text=text,
         list_domain=lst.domain,

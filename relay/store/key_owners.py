@@ -62,6 +62,13 @@ def sender_for(session: Session, fingerprint: str) -> Sender | None:
     return row.sender if row else None
 
 
+def sender_addresses(session: Session, *also: str) -> list[str]:
+    """Every authorised sender's address, oldest first, then `also` (the security contact,
+    who is told whether or not it is registered), each once."""
+    senders = session.execute(select(Sender.address).order_by(Sender.id)).scalars()
+    return list(dict.fromkeys([*senders, *also]))
+
+
 def sender_by_address(session: Session, address: str) -> Sender | None:
     return session.execute(
         select(Sender).where(Sender.address == address.lower())
