@@ -433,3 +433,35 @@ def test_relay_share_takes_a_plain_address_only(tmp_path: Path, keys: KeyFactory
     assert result.exit_code == 1 and "routes mail elsewhere" in result.output
     with home.db.transaction() as s:
         assert s.execute(select(Grant)).scalars().all() == []
+
+
+def test_a_share_outside_the_team_also_reports_the_copies_it_names(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+):
+    """One refusal, two leaks: the share with an outsider and the outsider in Cc."""
+    home = _home(tmp_path, keys, sink)
+    distro0 = keys.make("distro0", "security@distro0.example")
+    boss = keys.make("boss-key", OUTSIDER)
+    advisory = ADVISORIES[FILES[0]]
+    boundary = "share-2"
+    entity = crlf(
+        f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n--{boundary}\n'.encode()
+    )
+    entity += text_entity(f"X-Advisory: {advisory}\nX-Share: {OUTSIDER}\n\nFor the boss.\n")
+    entity += crlf(
+        f"\n--{boundary}\nContent-Type: application/pgp-keys\n\n".encode()
+        + boss.public
+        + f"\n--{boundary}--\n".encode()
+    )
+    with RelayThread(home.settings) as relay:
+        _announce(home, keys, relay)
+        post = _sign(home, distro0, entity, Cc="cfo@corp.example")
+        code, reply = relay.run(_post(relay.port, post, sender=distro0.address))
+    assert code == 550 and reply.startswith("5.7.1"), reply
+    found = sorted((a, m, tuple(r)) for a, m, r, _ in _incidents(home))
+    assert found == sorted(
+        [
+            (advisory, distro0.address, (OUTSIDER,)),
+            (advisory, distro0.address, ("cfo@corp.example",)),
+        ]
+    )

@@ -149,10 +149,17 @@ class PostRouter:
         to = external_copies.addressed(message, post.protected, self.settings.list.address)
         try:
             routing = self._route(session, spool, message_id, post, found, intake, member, outcome)
-        except ReportedRefusal:
+        except ReportedRefusal as refused:
+            # Refused for its own leak (a share outside the team): the copies its mail
+            # system sent outside the list are reported with it.
+            leaks, _ = self._leaks(session, _named(session, found), member, intake, to)
+            if leaks:
+                raise ReportedRefusal(
+                    refused.text, [*refused.leaks, *leaks], status=refused.status
+                ) from None
             raise
         except Rejection as refused:
-            leaks, _ = self._leaks(session, None, member, intake, to)
+            leaks, _ = self._leaks(session, _named(session, found), member, intake, to)
             if leaks:
                 raise ReportedRefusal(refused.text, leaks, status=refused.status) from None
             raise
@@ -611,6 +618,13 @@ class PostRouter:
             reason=f"member post on {advisory.id} held for moderation",
             advisory_id=advisory.id,
         )
+
+
+def _named(session: Session, found: dict[str, str]) -> str | None:
+    """The advisory a refused post names (X-Advisory), if this list has it."""
+    named = found.get(keywords.ADVISORY)
+    advisory = advisories.find(session, named) if named is not None else None
+    return advisory.id if advisory is not None else None
 
 
 def _joined(first: str | None, second: str) -> str:
