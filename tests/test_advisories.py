@@ -25,7 +25,7 @@ from relay.core.spool import Spool
 from relay.core.times import ACCEPTED_FORMS
 from relay.model import AdvisoryState, AuditEvent
 from relay.policy.timing import NO_RULES, load_policy
-from tests.support.relayhome import write_config
+from tests.support.relayhome import migrated_database, write_config
 
 POLICIES = Path(__file__).resolve().parent.parent / "relay" / "policies"
 K8S = load_policy(POLICIES / "kubernetes-distributors.toml")
@@ -38,9 +38,7 @@ FPR = "A" * 40
 
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'relay.db'}")
-    database.upgrade()
-    return database
+    return migrated_database(tmp_path, relay_config.load(write_config(tmp_path)))
 
 
 def audit_rows(db: Database, advisory_id: str) -> list[AuditEvent]:

@@ -37,7 +37,7 @@ from relay.runners.dispatcher import Dispatcher
 from relay.store import delivery_queue, notices
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy
-from tests.support.relayhome import CONTACT, RelayHome, write_config
+from tests.support.relayhome import CONTACT, RelayHome, migrated_database, write_config
 
 POLICIES = Path(__file__).resolve().parent.parent / "relay" / "policies"
 K8S = load_policy(POLICIES / "kubernetes-distributors.toml")
@@ -53,9 +53,8 @@ def settings(tmp_path: Path) -> relay_config.Settings:
 
 
 @pytest.fixture
-def db(settings: relay_config.Settings) -> Database:
-    database = Database(settings.storage.database_url)
-    database.upgrade()
+def db(tmp_path: Path, settings: relay_config.Settings) -> Database:
+    database = migrated_database(tmp_path, settings)
     with database.transaction() as s:
         for n in range(3):
             s.add(Member(address=f"m{n}@distro.example", name=f"M{n}"))

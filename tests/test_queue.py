@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from relay.core import config as relay_config
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, RAW, Spool
@@ -21,12 +22,12 @@ from relay.model import (
     Message,
 )
 from relay.store import delivery_queue, incoming
+from tests.support.relayhome import migrated_database, write_config
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'relay.db'}")
-    database.upgrade()
+    database = migrated_database(tmp_path, relay_config.load(write_config(tmp_path)))
     with database.transaction() as s:
         for n in range(3):
             s.add(Member(address=f"m{n}@example.net", name=f"M{n}"))

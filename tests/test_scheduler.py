@@ -18,7 +18,7 @@ from relay.core.spool import Spool
 from relay.model import AdvisoryState, AuditEvent, Member, Message
 from relay.policy.timing import NO_RULES
 from relay.runners.scheduler import CHECK_JOB, JOB_TABLE, EmbargoScheduler
-from tests.support.relayhome import write_config
+from tests.support.relayhome import migrated_database, write_config
 
 # Far enough ahead of the real clock that APScheduler fires nothing by itself.
 BASE = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
@@ -38,9 +38,8 @@ def settings(tmp_path: Path) -> relay_config.Settings:
 
 
 @pytest.fixture
-def db(settings: relay_config.Settings) -> Database:
-    database = Database(settings.storage.database_url)
-    database.upgrade()
+def db(tmp_path: Path, settings: relay_config.Settings) -> Database:
+    database = migrated_database(tmp_path, settings)
     with database.transaction() as s:
         s.add(Member(address="m@distro.example", name="M"))
     return database

@@ -58,14 +58,28 @@ home = "state/gnupg"
     return path
 
 
-def _migrate_and_make_key(settings: relay_config.Settings) -> str:
-    """An empty database at the newest revision and the list key; the key's fingerprint."""
+def _migrate(settings: relay_config.Settings) -> str:
+    """An empty database at the newest revision; no list key (its fingerprint is "")."""
     db = Database(settings.storage.database_url)
     try:
         db.upgrade()
     finally:
         db.dispose()  # closing the last connection checkpoints the WAL into the file
+    return ""
+
+
+def _migrate_and_make_key(settings: relay_config.Settings) -> str:
+    """An empty database at the newest revision and the list key; the key's fingerprint."""
+    _migrate(settings)
     return GnuPG(settings.gnupg.home).generate_key("Test distributors", LIST)
+
+
+def migrated_database(root: Path, settings: relay_config.Settings) -> Database:
+    """The database of `settings` (from `write_config(root)`) at the newest revision: a copy
+    of the session's migrated one, else migrated here. For tests that need no keys."""
+    if template.copy_set_up("database", settings, root, ("database",), _migrate) is None:
+        _migrate(settings)
+    return Database(settings.storage.database_url)
 
 
 class RelayHome:
