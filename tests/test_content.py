@@ -13,9 +13,11 @@ import zipfile
 
 import pytest
 
-from relay.leaks import content
-from relay.leaks.content import MAX_DEPTH, MAX_MEMBERS, html_text, read_content
+from relay.leaks import archives, content
+from relay.leaks.archives import MAX_DEPTH, MAX_MEMBERS
+from relay.leaks.content import read_content
 from relay.leaks.index import text_of
+from relay.leaks.markup import html_text
 
 SECRET = "The kubelet clones the repository and runs its hooks as root on the node."
 
@@ -238,7 +240,7 @@ def test_a_zip_bomb_is_unreadable_member_by_member() -> None:
 
 
 def test_the_budget_of_expanded_bytes_is_per_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(content, "MAX_EXPANDED", 4 * len(SECRET))
+    monkeypatch.setattr(archives, "MAX_EXPANDED", 4 * len(SECRET))
     archive = zipped({f"{n}.txt": SECRET.encode() for n in range(6)}, zipfile.ZIP_STORED)
 
     found = read_content(message(part("application/zip", archive, name="z.zip")))
