@@ -3,29 +3,8 @@
 One in-memory index over every embargoed advisory (its bodies and attached patches) answers,
 for any text, which advisories it quotes, how strongly, and with which excerpts. The cost of a
 scan grows with the size of the text, not with the number of advisories: each fingerprint of the
-text is one dictionary lookup, never a loop over advisories.
-
-Text is compared by winnowing (Schleimer, Wilkerson, Aiken, "Winnowing: local algorithms for
-document fingerprinting", SIGMOD 2003) over hashes of word shingles:
-
-- Every text, indexed or scanned, is first normalised by relay/normalise.py (compatibility
-  forms, invisible characters, Unicode spaces, homoglyphs, case, letter-spacing), so a quote
-  matches whatever dress it wears. Tokenising then works on its UTF-8 bytes through one
-  translation table: quoting marks (``>``, ``|``), brackets, quotes, commas, colons and all other
-  punctuation become spaces, so re-quoting, re-wrapping and changed whitespace leave the same
-  words. ``. - / _ @`` stay inside words, so ``CVE-2026-1234``, ``v1.30.4``,
-  ``pkg/volume/git_repo.go`` and ``git_repo.SetUp`` stay single tokens (a sentence's final
-  period is dropped). English function words and one-character tokens are skipped: they carry
-  no evidence, and without them a shingle spans about twice as many words of running text.
-- A shingle is K consecutive remaining tokens. K = 4 is six to eight words of prose: long
-  enough that texts which only share vocabulary (the same topic) rarely share a shingle.
-- Winnowing keeps the smallest shingle hash of every window of W shingles. W = 4 keeps about
-  2/(W+1) = 40 % of the shingles and guarantees that any shared run of W+K-1 = 7 tokens (about
-  a dozen words) yields a shared fingerprint, so three quoted sentences give several. Measured
-  on the public Kubernetes advisories: a 50-word excerpt shares 5 to 19 fingerprints with its
-  advisory, two different advisories of the same project share at most 4, in passages of at
-  most 4: their template ("if you find evidence that this vulnerability has been exploited,
-  please contact ...") and CVSS vector.
+text is one dictionary lookup, never a loop over advisories. Texts become fingerprints by
+winnowing word shingles (relay/leaks/winnowing.py, which says why K and W are what they are).
 
 Scanning has two steps. The pre-screen hashes every shingle of the text and looks it up in a
 set of the index's fingerprints (cheaper in pure Python than computing window minima, and a
@@ -44,12 +23,8 @@ in one passage of the text: two or three sentences quoted in a reply several tim
 are a leak too, though their share of the message is small. Exact identifiers
 (advisory IDs, CVE IDs, the subjects of the relay's messages) match on their own.
 
-Hashes are deterministic, so a text scores the same in every process: each token is hashed
-once with CRC-32 (in C, over the token's bytes), and a shingle's hash is Python's ``hash`` of the
-tuple of its tokens' CRCs, which for integers is unsalted and computed in C. Both stay out of
-Python bytecode, which is what makes 20 MB/s possible; the index is still never persisted
-(the tuple hash may change between Python versions): the relay rebuilds it from the
-advisories' texts when it starts.
+The index is never persisted (a shingle's hash may change between Python versions): the relay
+rebuilds it from the advisories' texts when it starts.
 """
 
 from __future__ import annotations
@@ -60,10 +35,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import filterfalse
 
-from relay.core.normalise import Origins, normalise, normalise_mapped, normalise_utf8
+from relay.core.normalise import Origins, normalise, normalise_mapped
+from relay.leaks.winnowing import (
+    STOP,
+    K,
+    W,
+    blank_punctuation,
+    fingerprints_of,
+    shingle_hashes,
+    token_spans,
+    tokens_of,
+    winnow,
+    word_bytes,
+)
 
-K = 4  # tokens per shingle
-W = 4  # shingles per winnowing window
 MIN_MATCHED = 5  # fewest shared fingerprints that count as quoted text
 MIN_SCORE = 0.2  # default share of the text's fingerprints found in one advisory
 STRONG_MATCHED = 12  # this many shared fingerprints match whatever their share
@@ -75,37 +60,7 @@ EXCERPT_CHARS = 300
 BODY = "body"
 ATTACHMENT = "attachment:"
 
-_WORD_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789._-/@"
-_TABLE = bytes(
-    c + 32 if 65 <= c <= 90 else c if c >= 128 or c in _WORD_BYTES else 32 for c in range(256)
-)
-_FUNCTION_WORDS = """
-about above after all also am an and any are as at be been before being both but by can could did
-do does doing down during each few for from further had has have having he her here hers him his
-how however if in into is it its itself just more most my no nor not now of off on once only or
-other our ours out over own same she should so some such than that the their theirs them then there
-these they this those through to too under until up very was we were what when where which while
-who whom why will with would you your yours -- --- ---- ----- ------ ------- -------- ... ..
-"""
 _crc32 = zlib.crc32
-# Skipped tokens, by their CRC: the scan never needs a token's bytes hashed twice.
-_STOP = frozenset(map(_crc32, [w.encode() for w in _FUNCTION_WORDS.split()])) | frozenset(
-    _crc32(bytes([c])) for c in _WORD_BYTES
-)
-
-# Lines that are a mail's envelope rather than its content, quoted or not: header fields,
-# forward banners, attributions, and a signature (its delimiter and up to four lines).
-_NOISE = re.compile(
-    rb"^[ \t>|]*(?:"
-    rb"(?:from|to|cc|bcc|date|sent|subject|reply-to|message-id|in-reply-to|references"
-    rb"|return-path|received|mime-version|content-[a-z-]+|x-[a-z0-9-]+)[ \t]*:[^\n]*"
-    rb"|-{2,}[ \t]*(?:forwarded|original)[ \t]+message[^\n]*"
-    rb"|on [^\n]{0,200}wrote:[ \t\r]*$"
-    rb"|--[ \t]?\r?$(?:\n[ \t>|]*\S[^\n]*){0,4}"
-    rb")",
-    re.IGNORECASE | re.MULTILINE,
-)
-_TOKEN = re.compile(rb"\S+")
 _CVE = re.compile(r"\bCVE-\d{4}-\d{4,}\b", re.IGNORECASE)
 _REPLY_PREFIX = re.compile(r"^(?:\s*(?:re|fwd?|aw|wg|sv|tr|antw)\s*:|\s*\[[^\]]*\])+", re.I)
 _QUOTED_BREAK = re.compile(r"\s*\n[ \t>|]*")
@@ -229,7 +184,7 @@ class Matcher:
         Its fingerprints never match, and CVE IDs it mentions no longer match advisories
         that merely mention them too (an advisory's own IDs and subjects still do).
         """
-        public = _fingerprints(_tokens(_normalised(text, strip_noise=True)))
+        public = fingerprints_of(tokens_of(word_bytes(text, strip_noise=True)))
         self._public |= public
         touched: set[int] = set()
         for fingerprint in public:
@@ -239,14 +194,14 @@ class Matcher:
             document = self._documents[number]
             kept = tuple(filterfalse(public.__contains__, document.fingerprints))
             self._documents[number] = _Document(document.advisory, document.source, kept)
-        self._public_ids.update(_tokens(_normalised(" ".join(_CVE.findall(normalise(text))))))
+        self._public_ids.update(tokens_of(word_bytes(" ".join(_CVE.findall(normalise(text))))))
 
     def match(self, text: str, *, min_score: float = MIN_SCORE) -> list[Match]:
         """The advisories this text quotes or names, strongest first."""
         if not self._advisories:
             return []
-        data = _normalised(text)
-        crcs = list(filterfalse(_STOP.__contains__, map(_crc32, data.split())))
+        data = word_bytes(text)
+        crcs = list(filterfalse(STOP.__contains__, map(_crc32, data.split())))
         # a list, not a stream: probed back to back, the CPU overlaps the probes' waits on
         # memory (measured faster at 1,000 advisories, as fast at 10)
         shingles = list(map(hash, zip(*(crcs[i:] for i in range(K)), strict=False)))
@@ -259,11 +214,11 @@ class Matcher:
     # -- analysis of a text that passed the pre-screen
 
     def _analyse(self, text: str, data: bytes, min_score: float, *, named: bool) -> list[Match]:
-        names = self._named(_tokens(data)) if named else {}
+        names = self._named(tokens_of(data)) if named else {}
         folded, origins = normalise_mapped(text)
-        spans = _spans(_tokenised(folded, strip_noise=True))
-        hashes = _shingle_hashes([token for token, _, _ in spans])
-        fingerprints = _winnow(hashes) - self._public
+        spans = token_spans(blank_punctuation(folded, strip_noise=True))
+        hashes = shingle_hashes([token for token, _, _ in spans])
+        fingerprints = winnow(hashes) - self._public
         found: dict[str, set[int]] = {}
         sources: dict[str, set[str]] = {}
         index = self._index
@@ -320,8 +275,8 @@ class Matcher:
         return self._advisories[key]
 
     def _add_document(self, advisory: _Advisory, source: str, text: str) -> None:
-        tokens = _tokens(_normalised(text, strip_noise=True))
-        fingerprints = tuple(_fingerprints(tokens) - self._public)
+        tokens = tokens_of(word_bytes(text, strip_noise=True))
+        fingerprints = tuple(fingerprints_of(tokens) - self._public)
         number = self._next_document
         self._next_document += 1
         self._documents[number] = _Document(_key(advisory.advisory_id), source, fingerprints)
@@ -348,11 +303,11 @@ class Matcher:
 
     def _add_subject(self, advisory: _Advisory, subject: str) -> None:
         core = _REPLY_PREFIX.sub("", subject).strip()
-        if len(_tokens(_normalised(core))) >= MIN_SUBJECT_TOKENS:
+        if len(tokens_of(word_bytes(core))) >= MIN_SUBJECT_TOKENS:
             self._add_phrase(advisory, core, f"subject: {_SPACES.sub(' ', core)}", public=False)
 
     def _add_phrase(self, advisory: _Advisory, text: str, label: str, *, public: bool) -> None:
-        tokens = tuple(_tokens(_normalised(text)))
+        tokens = tuple(tokens_of(word_bytes(text)))
         if not tokens or any(p.label == label for p in advisory.phrases):
             return
         anchor = max(range(len(tokens)), key=lambda i: len(tokens[i]))
@@ -368,50 +323,6 @@ def _key(advisory_id: str) -> str:
 
 def _numbers(held: int | tuple[int, ...]) -> tuple[int, ...]:
     return (held,) if isinstance(held, int) else held
-
-
-def _normalised(text: str, *, strip_noise: bool = False) -> bytes:
-    """The normalised text's bytes with punctuation and quoting blanked."""
-    return _tokenised(normalise_utf8(text), strip_noise=strip_noise)
-
-
-def _tokenised(data: bytes, *, strip_noise: bool = False) -> bytes:
-    """Normalised bytes with punctuation and quoting blanked; byte offsets are kept."""
-    if strip_noise:
-        data = _NOISE.sub(lambda m: b" " * len(m.group()), data)
-    return (data + b" ").translate(_TABLE).replace(b". ", b"  ")
-
-
-def _tokens(data: bytes) -> list[bytes]:
-    stop = _STOP
-    return [token for token in data.split() if _crc32(token) not in stop]
-
-
-def _spans(data: bytes) -> list[tuple[bytes, int, int]]:
-    """The tokens of normalised bytes with their offsets (same tokens as ``_tokens``)."""
-    spans = []
-    stop = _STOP
-    for m in _TOKEN.finditer(data):
-        token = m.group()
-        if _crc32(token) not in stop:
-            spans.append((token, m.start(), m.end()))
-    return spans
-
-
-def _shingle_hashes(tokens: list[bytes]) -> list[int]:
-    crcs = list(map(_crc32, tokens))
-    return list(map(hash, zip(*(crcs[i:] for i in range(K)), strict=False)))
-
-
-def _winnow(hashes: list[int]) -> set[int]:
-    """The minimum of every window of W shingle hashes (one window if the text is shorter)."""
-    if len(hashes) <= W:
-        return {min(hashes)} if hashes else set()
-    return set(map(min, zip(*(hashes[i:] for i in range(W)), strict=False)))
-
-
-def _fingerprints(tokens: list[bytes]) -> set[int]:
-    return _winnow(_shingle_hashes(tokens))
 
 
 def _occurs(phrase: _Phrase, tokens: list[bytes]) -> bool:
