@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from relay.app import advisories, embargo
+from relay.app import advisories, embargo, reminders
 from relay.core import config as relay_config
 from relay.core.config import EmbargoSettings
 from relay.core.crypto import GnuPG
@@ -32,6 +32,7 @@ from relay.model import (
     MessageKind,
     Sender,
 )
+from relay.outbound.preface import embargo_preface, protected_fields
 from relay.policy.timing import NO_RULES, load_policy
 from relay.runners.dispatcher import Dispatcher
 from relay.store import delivery_queue, notices
@@ -289,12 +290,12 @@ def reminder_messages(db: Database) -> list[Message]:
 
 def test_reminders_go_to_senders_and_contact_each_exactly_once(db, spool, settings):
     create(db, "CVE-2026-11", LIFT)
-    assert embargo.send_due_reminders(db, spool, settings, LIFT - timedelta(hours=49), K8S) == []
+    assert reminders.send_due_reminders(db, spool, settings, LIFT - timedelta(hours=49), K8S) == []
     at_48h = LIFT - timedelta(hours=47)
-    assert embargo.send_due_reminders(db, spool, settings, at_48h, K8S) == [
+    assert reminders.send_due_reminders(db, spool, settings, at_48h, K8S) == [
         "CVE-2026-11:remind-48h"
     ]
-    assert embargo.send_due_reminders(db, spool, settings, at_48h, K8S) == []
+    assert reminders.send_due_reminders(db, spool, settings, at_48h, K8S) == []
     [first] = reminder_messages(db)
     assert first.subject == "[Test distributors] Reminder: CVE-2026-11 lifts in 48h"
     rows = deliveries(db, first.id)
@@ -309,18 +310,20 @@ def test_reminders_go_to_senders_and_contact_each_exactly_once(db, spool, settin
     assert "second notice with the final public text is due by 2026-12-02 16:00 UTC" in text
     assert "Public text: NOT attached yet" in text
     at_1h = LIFT - timedelta(minutes=30)
-    assert embargo.send_due_reminders(db, spool, settings, at_1h, K8S) == ["CVE-2026-11:remind-1h"]
-    assert embargo.send_due_reminders(db, spool, settings, at_1h, K8S) == []
+    assert reminders.send_due_reminders(db, spool, settings, at_1h, K8S) == [
+        "CVE-2026-11:remind-1h"
+    ]
+    assert reminders.send_due_reminders(db, spool, settings, at_1h, K8S) == []
     _, last = reminder_messages(db)
     assert "second notice" not in text_of(spool, last.id)  # only the one before the deadline
-    assert embargo.send_due_reminders(db, spool, settings, LIFT, K8S) == []
+    assert reminders.send_due_reminders(db, spool, settings, LIFT, K8S) == []
 
 
 def test_reminder_says_when_the_public_text_is_attached(db, spool, settings):
     create(db, "CVE-2026-12", LIFT)
     with db.transaction() as s:
         advisories.set_public_text(s, "CVE-2026-12", "Public.\n", "cli:t")
-    embargo.send_due_reminders(db, spool, settings, LIFT - timedelta(hours=40), K8S)
+    reminders.send_due_reminders(db, spool, settings, LIFT - timedelta(hours=40), K8S)
     [reminder] = reminder_messages(db)
     assert f"Public text: attached (8 characters); it goes to {PUBLIC} at the lift." in text_of(
         spool, reminder.id
@@ -330,31 +333,31 @@ def test_reminder_says_when_the_public_text_is_attached(db, spool, settings):
 def test_missed_reminders_collapse_into_the_nearest_one(db, spool, settings):
     create(db, "CVE-2026-13", LIFT)
     late = LIFT - timedelta(minutes=20)  # the relay was down through the 48h reminder
-    assert embargo.send_due_reminders(db, spool, settings, late, K8S) == ["CVE-2026-13:remind-1h"]
-    assert embargo.send_due_reminders(db, spool, settings, late + timedelta(minutes=5), K8S) == []
+    assert reminders.send_due_reminders(db, spool, settings, late, K8S) == ["CVE-2026-13:remind-1h"]
+    assert reminders.send_due_reminders(db, spool, settings, late + timedelta(minutes=5), K8S) == []
     assert len(reminder_messages(db)) == 1
 
 
 def test_moving_a_lift_brings_its_reminders_back(db, spool, settings):
     create(db, "CVE-2026-14", LIFT)
-    embargo.send_due_reminders(db, spool, settings, LIFT - timedelta(hours=40), K8S)
+    reminders.send_due_reminders(db, spool, settings, LIFT - timedelta(hours=40), K8S)
     later = LIFT + timedelta(days=7)
     with db.transaction() as s:
         advisories.schedule(
             s, "CVE-2026-14", later, "cli:t", None, NO_RULES, LIFT - timedelta(hours=39)
         )
-    sent = embargo.send_due_reminders(db, spool, settings, later - timedelta(hours=47), K8S)
+    sent = reminders.send_due_reminders(db, spool, settings, later - timedelta(hours=47), K8S)
     assert sent == ["CVE-2026-14:remind-48h"]
 
 
 def test_missing_lift_time_warning_once_after_the_configured_age(db, spool, settings):
     create(db, "CVE-2026-15", None)
-    assert embargo.send_due_reminders(db, spool, settings, NOW + timedelta(days=2), K8S) == []
+    assert reminders.send_due_reminders(db, spool, settings, NOW + timedelta(days=2), K8S) == []
     later = NOW + timedelta(days=3, minutes=1)
-    assert embargo.send_due_reminders(db, spool, settings, later, K8S) == [
+    assert reminders.send_due_reminders(db, spool, settings, later, K8S) == [
         "CVE-2026-15:missing-lift"
     ]
-    assert embargo.send_due_reminders(db, spool, settings, later + timedelta(days=1), K8S) == []
+    assert reminders.send_due_reminders(db, spool, settings, later + timedelta(days=1), K8S) == []
     [warning] = notices_about(db, "CVE-2026-15")
     assert warning.subject == "[Test distributors] CVE-2026-15 has no lift time yet"
     text = text_of(spool, warning.id)
@@ -377,22 +380,20 @@ def test_reminder_settings_are_validated():
 
 def test_preface_and_protected_fields_name_the_time_in_utc_and_the_rules():
     advisory = Advisory(id="CVE-2026-16", title="t", state=AdvisoryState.EMBARGOED, lift_at=LIFT)
-    preface = embargo.embargo_preface(
+    preface = embargo_preface(
         advisory, "List rules: kubernetes-distributors.", security_contact=CONTACT
     )
     assert preface.startswith("EMBARGOED until 2026-12-03 16:00 UTC (advisory CVE-2026-16).\n")
     assert "within your team, on a need-to-know basis" in preface
     assert f"tell {CONTACT} at once: exactly what leaked and to whom" in preface
     assert preface.endswith("List rules: kubernetes-distributors.\n")
-    assert embargo.protected_fields(advisory) == (
+    assert protected_fields(advisory) == (
         ("X-Advisory", "CVE-2026-16"),
         ("X-Embargo-Until", "2026-12-03T16:00:00Z"),
     )
     unset = Advisory(id="ADV-2026-0001", title="", state=AdvisoryState.EMBARGOED, lift_at=None)
-    assert "EMBARGOED until further notice" in embargo.embargo_preface(
-        unset, security_contact=CONTACT
-    )
-    assert embargo.protected_fields(unset) == (("X-Advisory", "ADV-2026-0001"),)
+    assert "EMBARGOED until further notice" in embargo_preface(unset, security_contact=CONTACT)
+    assert protected_fields(unset) == (("X-Advisory", "ADV-2026-0001"),)
 
 
 # A member reads the notice

@@ -99,6 +99,11 @@ def subject(advisory_id: str) -> str:
     return f"advisory:{advisory_id}"
 
 
+def titled(advisory: Advisory) -> str:
+    """'ID (title)', or the ID alone: how the relay's notices name an advisory."""
+    return f"{advisory.id} ({advisory.title})" if advisory.title else advisory.id
+
+
 # Reading
 
 

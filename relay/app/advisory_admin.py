@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relay.app import advisories, confirmations, contributions, embargo
+from relay.app.transactions import in_transaction
 from relay.core.config import Settings
 from relay.core.database import Database
 from relay.core.errors import RelayError
@@ -125,7 +126,7 @@ def create_advisory(
         change = advisories.create(session, advisory_id, title, lift_at, actor, policy, now)
         return _announced(session, spool, settings, change, reason=None)
 
-    view = embargo.in_transaction(db, spool, work)
+    view = in_transaction(db, spool, work)
     event(log, "advisory.created", advisory=view.advisory.id, lift_at=view.new)
     return view
 
@@ -149,7 +150,7 @@ def schedule_advisory(
         change = advisories.schedule(session, advisory_id, lift_at, actor, reason, policy, now)
         return _announced(session, spool, settings, change, reason)
 
-    view = embargo.in_transaction(db, spool, work)
+    view = in_transaction(db, spool, work)
     if view.moved:
         event(log, "advisory.scheduled", advisory=view.advisory.id, old=view.old, new=view.new)
     return view
@@ -263,7 +264,7 @@ def confirm_change(
         view = PendingChangeView(p.id, p.lift_at, p.old_lift_at, p.requested_by, p.requested_at)
         return view, _advisory_view(advisories.get(session, p.advisory_id))
 
-    pending, advisory = embargo.in_transaction(db, spool, work)
+    pending, advisory = in_transaction(db, spool, work)
     event(log, "advisory.change_confirmed", advisory=advisory.id, pending=pending.id)
     return pending, advisory
 

@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 
 from relay.app import admin, advisories
 from relay.app.admin import MemberView, _member_view
-from relay.app.embargo import in_transaction
 from relay.app.membership import _tell_contact
+from relay.app.transactions import in_transaction
 from relay.core import addresses
 from relay.core.config import Settings
 from relay.core.crypto import Crypto

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from relay.app import advisories
-from relay.app.embargo import in_transaction
+from relay.app.transactions import in_transaction
 from relay.core.config import Settings
 from relay.core.database import Database
 from relay.core.errors import RelayError

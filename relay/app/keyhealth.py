@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from relay.app.admin import key_status
-from relay.app.embargo import in_transaction
+from relay.app.transactions import in_transaction
 from relay.core.config import Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database

@@ -27,7 +27,7 @@ from relay.app.admin import (
     key_status,
     normalise_address,
 )
-from relay.app.embargo import in_transaction
+from relay.app.transactions import in_transaction
 from relay.core.config import Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database

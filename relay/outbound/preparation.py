@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +15,6 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay.app import embargo
 from relay.core.config import Settings
 from relay.core.database import Database
 from relay.model import (
@@ -29,7 +27,7 @@ from relay.model import (
     Message,
     MessageKind,
 )
-from relay.outbound import compose, gate
+from relay.outbound import compose, gate, preface
 from relay.store.key_owners import grant_for, sender_by_address
 
 # The gate's answer for one copy (delivery id, recipient, message id, its advisory, now):
@@ -145,24 +143,12 @@ def build_copy(settings: Settings, notice: str | None, job: Job, payload: bytes)
     extra: tuple[tuple[str, str], ...] = ()
     if job.advisory is not None and job.kind == MessageKind.POST:
         notes.append(
-            embargo.embargo_preface(
-                job.advisory,
-                notice,
-                security_contact=lst.security_contact,
-            )
+            preface.embargo_preface(job.advisory, notice, security_contact=lst.security_contact)
         )
-        extra = embargo.protected_fields(job.advisory)
+        extra = preface.protected_fields(job.advisory)
     if job.kind == MessageKind.POST:
-        notes.append(
-            f"Posted to {lst.address} by {job.poster or 'an authorised sender'}; "
-            f"the relay verified the OpenPGP signature of key {job.signer}.\n"
-        )
-        if job.from_mismatch:
-            notes.append(
-                f"Note: the post's From header named {job.from_mismatch}, which is not an "
-                "address of the signer.\n"
-            )
-    notes.append(copy_note(job.recipient, job.reference))
+        notes += preface.poster_notes(lst.address, job.poster, job.signer, job.from_mismatch)
+    notes.append(preface.copy_note(job.recipient, job.reference))
     return compose.Copy(
         list_address=lst.address,
         list_id=lst.list_id_header,
@@ -188,13 +174,6 @@ def plain_notice(settings: Settings, job: Job, payload: bytes) -> bytes:
         subject=job.subject,
         text=_text_of(payload),
     )
-
-
-def copy_note(recipient: str, reference: str) -> str:
-    """The last lines of every copy's notice: whose copy this is, and its reference."""
-    line = f"Copy reference {reference}: this copy was made for {recipient} alone."
-    wrapped = textwrap.fill(line, 72, break_long_words=False, break_on_hyphens=False)
-    return f"{wrapped}\nEach copy the list sends is individual, so a leaked copy can be traced.\n"
 
 
 def _other_keys(

@@ -2,11 +2,11 @@
 
 The database is the source of truth, not the jobs. A job only says "look now":
 it calls `tick()`, which lifts what is due and sends due reminders by the
-injected clock, each exactly once (see relay.embargo). So a job that fires late,
-twice, or after a restart does no harm, and one that is missing only delays work
-until the next check. Jobs live in the `apscheduler_jobs` table next to the
-queue, so they survive restarts; `misfire_grace_time=None` and `coalesce=True`
-make a job that fell due while the relay was down run once at the next start
+injected clock, each exactly once (relay/app/embargo.py, relay/app/reminders.py).
+So a job that fires late, twice, or after a restart does no harm, and one that is
+missing only delays work until the next check. Jobs live in the `apscheduler_jobs`
+table next to the queue, so they survive restarts; `misfire_grace_time=None` and
+`coalesce=True` make a job that fell due while the relay was down run once at the next start
 (APScheduler's default grace of one second would drop it).
 
 Jobs per advisory: `lift:<ID>` at the lift time and `remind:<ID>:<offset>` before
@@ -34,7 +34,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import select
 
-from relay.app import contributions, embargo, keyhealth
+from relay.app import contributions, embargo, keyhealth, reminders
 from relay.core.config import Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database
@@ -70,7 +70,7 @@ def lift_job_id(advisory_id: str) -> str:
 
 
 def reminder_job_id(advisory_id: str, offset: timedelta) -> str:
-    return f"remind:{advisory_id}:{embargo.label(offset)}"
+    return f"remind:{advisory_id}:{reminders.label(offset)}"
 
 
 class EmbargoScheduler:
@@ -202,7 +202,7 @@ class EmbargoScheduler:
         with self._tick_lock:
             now = self.clock()
             lifted = embargo.lift_due(self.db, self.spool, self.settings, now)
-            reminded = embargo.send_due_reminders(self.db, self.spool, self.settings, now)
+            reminded = reminders.send_due_reminders(self.db, self.spool, self.settings, now)
             reminded += contributions.send_status_reminders(self.db, self.spool, self.settings, now)
             if self.crypto is not None and (
                 self._keys_checked_at is None or now - self._keys_checked_at >= KEY_CHECK_EVERY
