@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select
 
-from relay.app import admin, advisories, incidents
+from relay.app import admin, advisories, incidents, leak_report
 from relay.core.database import MIGRATIONS_DIR, Database
 from relay.core.errors import RelayError
 from relay.core.spool import Spool
@@ -191,7 +191,7 @@ def test_record_leak_keeps_the_incident_and_the_contact_decrypts_an_exact_report
     assert f"TO WHOM {OUTSIDER} {COLLEAGUE} SENT BY {DISTRO}" in text
     assert f"Member {DISTRO}" in text
     assert "Incidents recorded against this member: 1 (this one included)" in text
-    assert incidents.POLICY_WARNING in text
+    assert leak_report.POLICY_WARNING in text
     assert f"relay incidents resolve {incident_id} --note TEXT" in text
 
     [row] = audit_rows(home.db, "incident.recorded")
