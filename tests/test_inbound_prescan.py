@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from relay.inbound import Prescan, Rejection, check_structure, prescan
-from relay.inbound.prescan import MAX_FIELDS, MAX_PARAMETERS, MAX_PARTS, Shape
+from relay.inbound.mime_fields import MAX_PARAMETERS
+from relay.inbound.prescan import MAX_FIELDS, MAX_PARTS, Shape
 from tests.test_inbound_structure import HEAD, leaf, nested_messages, nested_multipart
 
 

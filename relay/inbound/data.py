@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.inbound import Prescan, Rejection, Shape, check_wire
-from relay.inbound.prescan import has_long_line
+from relay.inbound.wire import has_long_line
 
 CHUNK = 1 << 20  # read what arrived, up to this much at a time
 _END = b"\r\n.\r\n"

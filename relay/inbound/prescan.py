@@ -12,8 +12,8 @@ refuses it (554 5.6.0) when it exceeds what an announcement needs:
 - header fields per header section, octets per field and in all header sections;
 - a Content-Type that is not of the plain form `type/subtype; name=value ...` (no
   comments, at most 16 parameters, at most 1,000 octets) or a Content-Transfer-Encoding
-  that is not one word: the fields the parser reads to split and decode, and whose
-  header objects the signature check builds;
+  that is not one word (mime_fields.py): the fields the parser reads to split and
+  decode, and whose header objects the signature check builds;
 - the structural faults the strict parse (structure.py) would refuse anyway, with the
   same words, where they show on the way: a multipart without a boundary, whose
   boundary never occurs or is never closed, two Content-Type fields, a header line
@@ -25,8 +25,9 @@ refuses it (554 5.6.0) when it exceeds what an announcement needs:
 so a refused post is never kept); `prescan(raw)` scans bytes already held. Input has
 CRLF line ends only (`check_wire` first). Python-level work happens only for header
 lines and delimiter lines, both bounded by the limits; body lines are skipped by C
-searches for the boundaries in force. The scan models the parser only as far as
-bounding it needs; the strict parse stays the judge of structure.
+searches for the boundaries in force and for lines too long (wire.py). The scan models
+the parser only as far as bounding it needs; the strict parse stays the judge of
+structure.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
+from relay.inbound.mime_fields import check_content_type, check_transfer_encoding, media_of
 from relay.inbound.structure import MAX_DEPTH, SINGLE_FIELDS
-from relay.inbound.wire import Rejection, printable
+from relay.inbound.wire import has_long_line, malformed
 
 MAX_PARTS = 250  # entities: the message, each body part, each encapsulated message
 MAX_LINES = 250_000  # lines in the post (a 10 MiB base64 attachment has 140,000)
@@ -44,28 +46,12 @@ MAX_LINE = 998  # octets in a line, CRLF excluded (RFC 5322 section 2.1.1)
 MAX_FIELDS = 128  # header fields in one header section
 MAX_FIELD = 8 * 1024  # octets in one header field, its folded lines included
 MAX_HEADER_BYTES = 128 * 1024  # octets in all header sections of the post together
-MAX_MIME_FIELD = 1000  # octets in a Content-Type or Content-Transfer-Encoding value
-MAX_PARAMETERS = 16  # parameters of one Content-Type
 
-_CHECKPOINT = 512  # less than the shortest line too long to allow: every such line has one
 # The standard library's test for a header line (email.feedparser.headerRE).
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):")
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_QUOTED = rb'"(?:[^"\\]|\\.)*"'
-_PARAMETER = rb";[ \t]*(" + _TOKEN + rb")[ \t]*=[ \t]*(" + _TOKEN + rb"|" + _QUOTED + rb")[ \t]*"
-_CONTENT_TYPE = re.compile(
-    rb"[ \t]*(" + _TOKEN + rb"/" + _TOKEN + rb")[ \t]*((?:" + _PARAMETER + rb")*);?[ \t]*",
-    re.DOTALL,
-)
-_PARAMETERS = re.compile(_PARAMETER, re.DOTALL)
-_ONE_WORD = re.compile(rb"[ \t]*" + _TOKEN + rb"[ \t]*")
 _BOUNDARY = re.compile(rb"[\x20-\x7e]{1,200}")  # structure.py's rule for a boundary
 _MIME_FIELDS = (b"content-type", b"content-transfer-encoding")
 _SINGLE = frozenset(name.encode() for name in SINGLE_FIELDS)
-
-
-def _malformed(why: str) -> Rejection:
-    return Rejection(554, "5.6.0", f"malformed message: {why}")
 
 
 @dataclass(frozen=True)
@@ -139,14 +125,14 @@ class Prescan:
         end = data.rfind(b"\n") + 1
         self._carry = data[end:]
         if len(self._carry) > MAX_LINE + 1:  # its CR may already be here
-            raise _malformed(f"a line longer than {MAX_LINE} octets")
+            raise malformed(f"a line longer than {MAX_LINE} octets")
         if end:
             self._block(data[:end] if end < len(data) else data)
 
     def close(self) -> Shape:
         if self._carry:  # a last line without CRLF
             if len(self._carry) > MAX_LINE:
-                raise _malformed(f"a line longer than {MAX_LINE} octets")
+                raise malformed(f"a line longer than {MAX_LINE} octets")
             self._block(self._carry)
             self._carry = b""
         if self._mode is _Mode.HEADER:
@@ -169,7 +155,7 @@ class Prescan:
 
     def _block(self, block: bytes) -> None:
         if has_long_line(block, MAX_LINE):
-            raise _malformed(f"a line longer than {MAX_LINE} octets")
+            raise malformed(f"a line longer than {MAX_LINE} octets")
         self._next.clear()
         pos, size = 0, len(block)
         while pos < size:
@@ -183,7 +169,7 @@ class Prescan:
             pos = after
         self._lines += block.count(b"\n")
         if self._lines > MAX_LINES:
-            raise _malformed(f"more than {MAX_LINES} lines")
+            raise malformed(f"more than {MAX_LINES} lines")
 
     def _next_candidate(self, block: bytes, pos: int) -> int:
         """Where the next line starting with an open boundary begins (else the end)."""
@@ -213,7 +199,7 @@ class Prescan:
                 self._on_delimiter(*hit)
                 return
             if self._mode is _Mode.BODY:
-                raise _malformed("a line begins with a multipart boundary but is not a delimiter")
+                raise malformed("a line begins with a multipart boundary but is not a delimiter")
         if self._mode is _Mode.HEADER:
             self._header_line(content, len(line))
         elif self._mode is _Mode.REPORT:
@@ -253,7 +239,7 @@ class Prescan:
         assert isinstance(frame, _Multipart)
         if close:
             if not frame.delimiters:
-                raise _malformed("multipart boundary declared but never found")
+                raise malformed("multipart boundary declared but never found")
             frame.closed = True
             self._mode = _Mode.BODY
             self._entity = None
@@ -264,15 +250,15 @@ class Prescan:
     def _ended(self, frame: _Frame) -> None:
         if isinstance(frame, _Multipart) and not frame.closed:
             if not frame.delimiters:
-                raise _malformed("multipart boundary declared but never found")
-            raise _malformed("multipart without its close delimiter")
+                raise malformed("multipart boundary declared but never found")
+            raise malformed("multipart without its close delimiter")
 
     # Header sections
 
     def _begin(self, default_type: bytes) -> None:
         self._parts += 1
         if self._parts > MAX_PARTS:
-            raise _malformed(f"more than {MAX_PARTS} MIME parts")
+            raise malformed(f"more than {MAX_PARTS} MIME parts")
         self._entity = _Entity(default_type)
         self._mode = _Mode.HEADER
 
@@ -287,36 +273,36 @@ class Prescan:
         assert entity is not None
         self._header_bytes += size
         if self._header_bytes > MAX_HEADER_BYTES:
-            raise _malformed(f"header sections larger than {MAX_HEADER_BYTES} octets in all")
+            raise malformed(f"header sections larger than {MAX_HEADER_BYTES} octets in all")
         if content[:1] in (b" ", b"\t"):
             if not entity.fields:
-                raise _malformed("the header section starts with a continuation")
+                raise malformed("the header section starts with a continuation")
             entity.field_size += size
             if entity.field_size > MAX_FIELD:
-                raise _malformed(f"a header field longer than {MAX_FIELD} octets")
+                raise malformed(f"a header field longer than {MAX_FIELD} octets")
             if entity.collecting is not None:
                 entity.pieces.append(content)
             return
         self._finish_field(entity)
         if content.startswith(b"From "):
             if entity.any_line:
-                raise _malformed("a 'From ' line inside the header section")
+                raise malformed("a 'From ' line inside the header section")
             entity.any_line = True  # an mbox separator before the fields
             return
         found = _FIELD.match(content)
         if found is None:
-            raise _malformed("a line in the header section is not a field")
+            raise malformed("a line in the header section is not a field")
         entity.any_line = True
         entity.fields += 1
         if entity.fields > MAX_FIELDS:
-            raise _malformed(f"more than {MAX_FIELDS} header fields in one header section")
+            raise malformed(f"more than {MAX_FIELDS} header fields in one header section")
         entity.field_size = size
         if entity.field_size > MAX_FIELD:
-            raise _malformed(f"a header field longer than {MAX_FIELD} octets")
+            raise malformed(f"a header field longer than {MAX_FIELD} octets")
         name = found[1].lower()
         if name in _SINGLE:
             if name in entity.seen:
-                raise _malformed(f"more than one {name.decode()} header field")
+                raise malformed(f"more than one {name.decode()} header field")
             entity.seen.add(name)
         if name in _MIME_FIELDS:
             entity.collecting = name
@@ -329,36 +315,26 @@ class Prescan:
         value = b"".join(entity.pieces)
         entity.pieces = []
         if name == b"content-transfer-encoding":
-            if len(value) > MAX_MIME_FIELD or not _ONE_WORD.fullmatch(value):
-                shown = printable(value.decode("latin-1").strip(" \t"), 40)
-                raise _malformed(f"unknown Content-Transfer-Encoding {shown!r}")
-            return
-        if (
-            len(value) > MAX_MIME_FIELD
-            or not _CONTENT_TYPE.fullmatch(value)
-            or len(_PARAMETERS.findall(value)) > MAX_PARAMETERS
-        ):
-            raise _malformed(
-                "a Content-Type not of the plain form 'type/subtype; name=value' "
-                f"(no comments, at most {MAX_PARAMETERS} parameters, {MAX_MIME_FIELD} octets)"
-            )
-        entity.content_type = value
+            check_transfer_encoding(value)
+        else:
+            check_content_type(value)
+            entity.content_type = value
 
     def _end_headers(self) -> None:
         entity = self._entity
         assert entity is not None
         self._finish_field(entity)
         self._entity = None
-        media, boundary = _media(entity.content_type, entity.default_type)
+        media, boundary = media_of(entity.content_type, entity.default_type)
         self._types.add(media.decode("ascii"))
         if self._top is None:
             self._top = (media.decode("ascii"), boundary.decode("latin-1") if boundary else None)
         maintype = media.partition(b"/")[0]
         if maintype == b"multipart":
             if boundary is None:
-                raise _malformed("multipart without a boundary parameter")
+                raise malformed("multipart without a boundary parameter")
             if not _BOUNDARY.fullmatch(boundary):
-                raise _malformed("invalid multipart boundary")
+                raise malformed("invalid multipart boundary")
             self._push(_Multipart(boundary, digest=media == b"multipart/digest"))
             self._mode = _Mode.BODY
         elif maintype == b"message":
@@ -374,7 +350,7 @@ class Prescan:
         self._stack.append(frame)
         self._depth = max(self._depth, len(self._stack))
         if len(self._stack) > MAX_DEPTH:
-            raise _malformed(f"MIME nesting deeper than {MAX_DEPTH} levels")
+            raise malformed(f"MIME nesting deeper than {MAX_DEPTH} levels")
 
     # message/delivery-status: blocks of fields separated by empty lines
 
@@ -385,7 +361,7 @@ class Prescan:
         if self._entity is None:
             self._parts += 1
             if self._parts > MAX_PARTS:
-                raise _malformed(f"more than {MAX_PARTS} MIME parts")
+                raise malformed(f"more than {MAX_PARTS} MIME parts")
             self._entity = _Entity(b"text/plain")
         self._field_line(content, size)
 
@@ -393,41 +369,6 @@ class Prescan:
         if self._entity is not None:
             self._finish_field(self._entity)
             self._entity = None
-
-
-def _media(value: bytes | None, default: bytes) -> tuple[bytes, bytes | None]:
-    """The media type and boundary the standard library reads from a (plain-form)
-    Content-Type value: the text before the first `;`, lower-cased, else `text/plain`
-    when it has not exactly one `/`; the first `boundary` parameter, unquoted."""
-    if value is None:
-        return default, None
-    media = value.partition(b";")[0].strip(b" \t").lower()
-    if media.count(b"/") != 1:
-        media = b"text/plain"
-    boundary = None
-    for name, raw in _PARAMETERS.findall(value):
-        if name.lower() == b"boundary":
-            if raw.startswith(b'"'):
-                raw = raw[1:-1].replace(b"\\\\", b"\\").replace(b'\\"', b'"')
-            boundary = raw.rstrip()
-            break
-    return media, boundary
-
-
-def has_long_line(block: bytes, limit: int) -> bool:
-    """Whether a line of `block` (which begins a line) holds more than `limit` octets
-    before its CRLF. In C searches from a checkpoint every 512 octets: a line too long
-    holds one, and each search looks no further than the longest line allowed."""
-    width = limit + 2  # octets from one LF to the next, CR included, in a line allowed
-    size = len(block)
-    for here in range(0, size, _CHECKPOINT):
-        low = max(0, here - width)
-        left = block.rfind(b"\n", low, here)
-        if left < 0 and low > 0:
-            return True
-        if block.find(b"\n", here, left + width + 1) < 0 and left + width + 1 <= size:
-            return True
-    return False
 
 
 def prescan(raw: bytes) -> Shape:

@@ -27,13 +27,9 @@ from typing import cast
 
 from relay.inbound.prescan import MAX_PARTS, Shape, prescan
 from relay.inbound.structure import check_part
-from relay.inbound.wire import Rejection
+from relay.inbound.wire import Rejection, malformed
 
 _READ_PARTS = ("multipart/signed", "multipart/encrypted")
-
-
-def _malformed(why: str) -> Rejection:
-    return Rejection(554, "5.6.0", f"malformed message: {why}")
 
 
 def read_top(data: bytes, shape: Shape | None = None) -> EmailMessage:
@@ -49,14 +45,14 @@ def read_top(data: bytes, shape: Shape | None = None) -> EmailMessage:
     except Rejection:
         raise
     except Exception:  # the header parser raises assorted errors on hostile input
-        raise _malformed("a header field cannot be parsed") from None
+        raise malformed("a header field cannot be parsed") from None
 
 
 def _read(head: bytes, body: bytes, shape: Shape) -> EmailMessage:
     top = _parse_head(head, policy.default)
     media, boundary = top.get_content_type(), top.get_boundary()
     if media != shape.top_type or boundary != shape.top_boundary:
-        raise _malformed("the Content-Type reads two ways")
+        raise malformed("the Content-Type reads two ways")
     if top.get_content_maintype() != "multipart":
         top.set_payload(body.decode("ascii", "surrogateescape"))
         check_part(top)

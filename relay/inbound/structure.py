@@ -19,7 +19,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import cast
 
-from relay.inbound.wire import Rejection, printable
+from relay.inbound.wire import malformed, printable
 
 MAX_DEPTH = 20  # multipart and message/* levels
 
@@ -43,10 +43,6 @@ _BAD_QP_ESCAPE = re.compile(r"=(?![0-9A-Fa-f]{2}|[ \t]*(?:\r\n|\n|\Z))")
 _BOUNDARY = re.compile(r"[\x20-\x7e]{1,200}")
 
 
-def _malformed(why: str) -> Rejection:
-    return Rejection(554, "5.6.0", f"malformed message: {why}")
-
-
 def check_structure(raw: bytes) -> EmailMessage:
     """Parse `raw` with the default policy and refuse it unless its MIME tree is sound.
 
@@ -58,7 +54,7 @@ def check_structure(raw: bytes) -> EmailMessage:
         _check_tree(message)
     except RecursionError:
         # Backstop only: the pre-scan keeps real input far below the interpreter's limit.
-        raise _malformed(f"MIME nesting deeper than {MAX_DEPTH} levels") from None
+        raise malformed(f"MIME nesting deeper than {MAX_DEPTH} levels") from None
     return message
 
 
@@ -84,7 +80,7 @@ def _check_tree(root: EmailMessage) -> None:
         if part.is_multipart():  # multipart/* and message/*
             depth += 1
             if depth > MAX_DEPTH:
-                raise _malformed(f"MIME nesting deeper than {MAX_DEPTH} levels")
+                raise malformed(f"MIME nesting deeper than {MAX_DEPTH} levels")
             _check_container(part)
             stack.extend((cast(EmailMessage, child), depth) for child in part.get_payload())
         else:
@@ -96,34 +92,34 @@ def _check_entity(part: EmailMessage) -> None:
     names = [name.lower() for name in part]
     for name in SINGLE_FIELDS:
         if names.count(name) > 1:
-            raise _malformed(f"more than one {name} header field")
+            raise malformed(f"more than one {name} header field")
     try:
         # Header objects are built lazily; build them now, so that a field the
         # parser chokes on fails here and not in whatever code reads it later.
         part.items()
     except Exception:  # the header parser raises assorted errors on hostile input
-        raise _malformed("a header field cannot be parsed") from None
+        raise malformed("a header field cannot be parsed") from None
 
 
 def _check_defects(part: EmailMessage) -> None:
     for defect in part.defects:
         for kind, why in _FATAL_DEFECTS.items():
             if isinstance(defect, kind):
-                raise _malformed(why)
+                raise malformed(why)
 
 
 def _check_container(part: EmailMessage) -> None:
     if _cte(part) not in _IDENTITY_CTES:
-        raise _malformed("a multipart or message part has a transfer encoding")
+        raise malformed("a multipart or message part has a transfer encoding")
     if part.get_content_maintype() != "multipart":
         return
     # An unquoted "=" in a boundary is read one way here and another way by most
     # mail clients, so the Content-Type of a multipart must parse cleanly.
     header = part["content-type"]
     if any(not isinstance(d, errors.ObsoleteHeaderDefect) for d in header.defects):
-        raise _malformed("invalid Content-Type on a multipart")
+        raise malformed("invalid Content-Type on a multipart")
     if not _BOUNDARY.fullmatch(part.get_boundary() or ""):
-        raise _malformed("invalid multipart boundary")
+        raise malformed("invalid multipart boundary")
 
 
 def _check_body(part: EmailMessage) -> None:
@@ -135,12 +131,12 @@ def _check_body(part: EmailMessage) -> None:
         try:
             binascii.a2b_base64(_BASE64_SPACE.sub(b"", body.encode("ascii")), strict_mode=True)
         except (UnicodeEncodeError, binascii.Error):
-            raise _malformed("invalid base64 content") from None
+            raise malformed("invalid base64 content") from None
     elif cte == "quoted-printable":
         if _BAD_QP_ESCAPE.search(body):
-            raise _malformed("invalid quoted-printable content")
+            raise malformed("invalid quoted-printable content")
     else:
-        raise _malformed(f"unknown Content-Transfer-Encoding {printable(cte, 40)!r}")
+        raise malformed(f"unknown Content-Transfer-Encoding {printable(cte, 40)!r}")
 
 
 def _cte(part: EmailMessage) -> str:
