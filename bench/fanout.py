@@ -7,7 +7,7 @@ lean SMTP sink (`bench/sink.py`, standing in for the next-hop MTA) as
 another; the clock starts when the client reads the relay's `250` and stops
 when the sink accepts the last copy. Beside it, in the same run
 and on the same keys, the floor: the bare cost of producing the same signed and
-encrypted copies with the same crypto backend (`relay.crypto.GnuPG`) and the
+encrypted copies with the same crypto backend (`relay.core.gpg.GnuPG`) and the
 same number of workers, with nothing else around it. The ratio relay/floor shows
 what the relay's own work (database, MIME, SMTP) adds to the cryptography.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from relay.core.crypto import GnuPG
+from relay.core.gpg import GnuPG
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.mail import pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome

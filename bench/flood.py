@@ -33,7 +33,7 @@ from pathlib import Path
 import aiosmtplib
 
 from bench.fanout import start_relay, start_sink
-from relay.core.crypto import GnuPG
+from relay.core.gpg import GnuPG
 from tests.support.keys import KeyFactory
 from tests.support.mail import pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome

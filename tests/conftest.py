@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.core.crypto import stop_agent
+from relay.core.gpg import stop_agent
 from tests.support import template
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import write_config

@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from relay.app import admin
 from relay.core.config import Settings, load
-from relay.core.crypto import GnuPG
 from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
+from relay.core.gpg import GnuPG
 from relay.model import AuditEvent, MemberKey
 from tests.support.keys import KeyFactory
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.core.crypto import GnuPG
 from relay.core.errors import CryptoError
+from relay.core.gpg import GnuPG
 from relay.outbound.compose import (
     OBSCURED_SUBJECT,
     Copy,

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.core.crypto import GnuPG, Signature
+from relay.core.crypto import Signature
 from relay.core.errors import CryptoError, KeyProblem
+from relay.core.gpg import GnuPG
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.keys import TestKey as Key
 

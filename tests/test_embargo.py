@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from relay.app import advisories, embargo, reminders
 from relay.core import config as relay_config
 from relay.core.config import EmbargoSettings
-from relay.core.crypto import GnuPG
 from relay.core.database import Database
+from relay.core.gpg import GnuPG
 from relay.core.spool import PAYLOAD, Spool
 from relay.model import (
     Advisory,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.core.crypto import GnuPG
+from relay.core.gpg import GnuPG
 from relay.inbound import (
     Rejection,
     VerifiedPost,

@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session, object_session
 
 from relay.core.addresses import normalise_address
 from relay.core.config import Address, Settings
-from relay.core.crypto import MIN_RSA_BITS, Crypto, GnuPG, KeyInfo
+from relay.core.crypto import MIN_RSA_BITS, Crypto, KeyInfo
 from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
+from relay.core.gpg import GnuPG
 from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.model import (

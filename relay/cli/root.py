@@ -25,9 +25,9 @@ from rich.text import Text
 from relay.app import admin
 from relay.core import addresses
 from relay.core.config import ENV_VAR, Settings, load
-from relay.core.crypto import GnuPG
 from relay.core.database import Database
 from relay.core.errors import RelayError
+from relay.core.gpg import GnuPG
 from relay.core.logs import clean
 from relay.core.spool import Spool
 from relay.store import audit

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from relay.core.config import Settings
-from relay.core.crypto import GnuPG
 from relay.core.database import Database
 from relay.core.errors import RelayError
+from relay.core.gpg import GnuPG
 from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.inbound.edge import ListHandler, make_server_factory

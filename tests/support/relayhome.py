@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from relay.core import config as relay_config
-from relay.core.crypto import GnuPG
 from relay.core.database import Database
+from relay.core.gpg import GnuPG
 from relay.model import Member, MemberKey, Sender, SenderKey
 from relay.runners.service import Relay
 from tests.support import template

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from relay.core.config import Settings, load
-from relay.core.crypto import stop_agent
+from relay.core.gpg import stop_agent
 
 # gpg's run-time files: agent sockets, lock files, the seed it rewrites at every run.
 _NOT_COPIED = ("S.*", ".#lk*", "*.lock", "random_seed", "relay.toml")
