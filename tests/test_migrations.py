@@ -192,3 +192,69 @@ def test_0009_turns_the_words_of_each_hold_into_its_reason(
     assert "hold_reason" not in {c["name"] for c in inspect(db.engine).get_columns("deliveries")}
     command.upgrade(config, "head")
     assert db.is_current()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0010_turns_the_words_of_each_failure_into_its_reason(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    db: Database = request.getfixturevalue(backend)
+    config = _config(db)
+    command.upgrade(config, "0006")
+    _delivery_rows(db, 10)  # in the 0006 shape, no member: a grant holder's or a notice
+    command.upgrade(config, "0009")
+    failed = [
+        ("451", "queue lifetime exceeded; last error: try later", False),
+        ("rejected", "off topic", True),
+        ("cancelled", "member removed: left the list", True),
+        ("cancelled", "recipient holds no accepted grant", False),
+        ("addr", "unusable address 'b\\r\\n@x'", True),
+        ("550", "5.1.1 No such mailbox", True),
+        ("554", "5.7.1 Refused", False),
+        ("conn", "something said long ago", True),
+        (None, None, False),
+        ("250", "sent since", True),
+    ]
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO members (address, name, state, created_at, updated_at) VALUES"
+                " ('m@x.example', 'M', 'active', '2026-11-24 10:00:00', '2026-11-24 10:00:00')"
+            )
+        )
+        member_id = conn.execute(text("SELECT id FROM members")).scalar_one()
+        ids = conn.execute(text("SELECT id FROM deliveries ORDER BY id")).scalars().all()
+        for delivery_id, (code, reason, to_member) in zip(ids, failed, strict=True):
+            conn.execute(
+                text(
+                    "UPDATE deliveries SET status = 'failed', last_code = :c, last_reason = :r,"
+                    " member_id = :m WHERE id = :i"
+                ),
+                {"c": code, "r": reason, "m": member_id if to_member else None, "i": delivery_id},
+            )
+        conn.execute(text("UPDATE deliveries SET status = 'sent' WHERE id = :i"), {"i": ids[-1]})
+    command.upgrade(config, "0010")
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT failure_reason, last_code, last_reason FROM deliveries ORDER BY id")
+        ).all()
+    assert [r.failure_reason for r in rows] == [
+        "expired",
+        "moderator-rejected",
+        "removed",  # a member's copy, cancelled
+        "grant-revoked",  # a copy to someone else, cancelled
+        "unusable-address",
+        "rejected",
+        "rejected",
+        "unknown",  # failed, for words no rule knows
+        "unknown",
+        None,  # not failed: no reason
+    ]
+    assert [(r.last_code, r.last_reason) for r in rows] == [(c, r) for c, r, _ in failed]
+    command.downgrade(config, "0009")
+    columns = {c["name"] for c in inspect(db.engine).get_columns("deliveries")}
+    assert "failure_reason" not in columns and "last_code" in columns
+    command.upgrade(config, "head")
+    assert db.is_current()

@@ -21,7 +21,7 @@ from relay.model import (
     MemberState,
     Message,
 )
-from relay.store import delivery_queue, incoming
+from relay.store import delivery_queue, incoming, recipients
 from tests.support.relayhome import migrated_database, write_config
 
 
@@ -149,7 +149,7 @@ def test_cancel_member_stops_its_pending_deliveries(db, spool):
     _accept(db, spool)
     with db.transaction() as s:
         member = s.execute(select(Member).where(Member.address == "m1@example.net")).scalar_one()
-        assert delivery_queue.cancel_member(s, member.id, "cli:test", "removed") == 1
+        assert recipients.cancel_member(s, member.id, "cli:test", "removed") == 1
     with db.transaction() as s:
         statuses = {d.recipient: d.status for d in s.execute(select(Delivery)).scalars()}
     assert statuses["m1@example.net"] == DeliveryStatus.FAILED
@@ -162,7 +162,7 @@ def test_outcome_for_a_cancelled_delivery_does_not_undo_the_cancel(db, spool):
     ids = delivery_queue.claim_due(db, now, 10, timedelta(minutes=10))
     with db.transaction() as s:
         member = s.execute(select(Member).where(Member.address == "m0@example.net")).scalar_one()
-        delivery_queue.cancel_member(s, member.id, "cli:test", "removed")
+        recipients.cancel_member(s, member.id, "cli:test", "removed")
         member_delivery = s.execute(
             select(Delivery.id).where(Delivery.member_id == member.id)
         ).scalar_one()

@@ -39,7 +39,7 @@ from relay.model import (
     SenderKey,
     utcnow,
 )
-from relay.store import audit, delivery_queue, key_owners
+from relay.store import audit, delivery_queue, key_owners, recipients
 
 log = logging.getLogger("relay.admin")
 
@@ -286,7 +286,7 @@ def remove_member(db: Database, address: str, actor: str, reason: str | None = N
         old = member.state
         member.state = MemberState.REMOVED
         why = reason or "member removed"
-        cancelled = delivery_queue.cancel_member(session, member.id, actor, why)
+        cancelled = recipients.cancel_member(session, member.id, actor, why)
         audit.record(
             session, actor, "member.removed", address, old=old, reason=why, cancelled=cancelled
         )
@@ -369,7 +369,7 @@ def add_member_keys(
             audit.record(session, actor, "key.imported", fpr, owner=f"member {address}")
         released = 0
         if member.state == MemberState.ACTIVE:
-            released = delivery_queue.release_key_holds(session, member.id, actor, now or utcnow())
+            released = recipients.release_key_holds(session, member.id, actor, now or utcnow())
         view = _member_view(crypto, member)
     event(log, "member.keys_added", address=address, keys=len(added), released=released)
     return KeyImport(view, added, released)

@@ -42,16 +42,11 @@ from relay.model import (
     Application,
     ApplicationState,
     AuditEvent,
-    Delivery,
-    DeliveryStatus,
-    HoldReason,
     Member,
     MemberState,
-    Message,
-    MessageKind,
     utcnow,
 )
-from relay.store import audit, delivery_queue
+from relay.store import audit, recipients
 
 log = logging.getLogger("relay.applications")
 
@@ -531,63 +526,14 @@ def approve(
 def queue_embargoed(
     session: Session, member: Member, list_domain: str, actor: str
 ) -> list[SentEmbargoed]:
-    """Queue for a new member every post of the advisories still under embargo that the
-    members were sent, in the caller's transaction, audited under each advisory.
-
-    A post counts as sent to the members when some member's copy of it is not held, or
-    is held only for want of a key: posts kept from the members (for the SRC only, or
-    waiting for a moderator) are left out. A copy the member already has is left as it
-    is, except one cancelled when it was removed, which is queued again."""
-    to_members = (
-        select(Delivery.id)
-        .where(
-            Delivery.message_id == Message.id,
-            Delivery.member_id.is_not(None),
-            (Delivery.status != DeliveryStatus.HELD) | (Delivery.hold_reason == HoldReason.NO_KEY),
-        )
-        .exists()
+    """Queue for a new member its backlog (relay/store/recipients.py) of the advisories
+    still under embargo, in the caller's transaction, audited under each advisory."""
+    embargoed = session.execute(
+        select(Advisory.id).where(Advisory.state == AdvisoryState.EMBARGOED)
+    ).scalars()
+    queued = recipients.queue_backlog(
+        session, list(embargoed), member.address, list_domain, utcnow(), member_id=member.id
     )
-    rows = session.execute(
-        select(Message.id, Message.advisory_id)
-        .join(Advisory, Message.advisory_id == Advisory.id)
-        .where(
-            Message.kind == MessageKind.POST,
-            Advisory.state == AdvisoryState.EMBARGOED,
-            to_members,
-        )
-        .order_by(Message.advisory_id, Message.received_at, Message.id)
-    ).all()
-    had = {
-        d.message_id: d
-        for d in session.execute(
-            select(Delivery).where(
-                Delivery.recipient == member.address,
-                Delivery.message_id.in_([r.id for r in rows]),
-            )
-        ).scalars()
-    }
-    now = utcnow()
-    queued: dict[str, list[str]] = {}
-    for message_id, advisory_id in rows:
-        earlier = had.get(message_id)
-        if earlier is None:
-            session.add(
-                Delivery(
-                    message_id=message_id,
-                    member_id=member.id,
-                    recipient=member.address,
-                    copy_message_id=delivery_queue.copy_message_id(list_domain),
-                    advisory_id=advisory_id,
-                )
-            )
-        elif earlier.status == DeliveryStatus.FAILED and earlier.last_code == "cancelled":
-            earlier.member_id, earlier.status = member.id, DeliveryStatus.QUEUED
-            earlier.next_attempt_at, earlier.lease_until = now, None
-            earlier.last_code = earlier.last_reason = None
-        else:
-            continue
-        if advisory_id is not None:
-            queued.setdefault(advisory_id, []).append(message_id)
     for advisory_id, message_ids in queued.items():
         audit.record(
             session,

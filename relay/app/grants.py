@@ -51,7 +51,7 @@ from relay.model import (
     SenderKey,
     utcnow,
 )
-from relay.store import audit, delivery_queue, key_owners, notices, parties
+from relay.store import audit, key_owners, notices, parties, recipients
 
 log = logging.getLogger("relay.grants")
 
@@ -338,7 +338,7 @@ def accept(
         old=GrantState.PENDING,
         new=GrantState.ACCEPTED,
     )
-    backlog = delivery_queue.deliver_backlog(
+    backlog = recipients.deliver_backlog(
         session, grant.advisory_id, grant.address, settings.list.domain, now
     )
     event(log, "grant.accepted", id=grant.id, advisory=grant.advisory_id, backlog=backlog)
@@ -367,7 +367,7 @@ def revoke(db: Database, grant_id: int, actor: str, reason: str | None) -> tuple
         old = grant.state
         grant.state, grant.revoked_at = GrantState.REVOKED, utcnow()
         grant.revoked_by, grant.reason = actor, reason
-        cancelled = delivery_queue.cancel_grant(
+        cancelled = recipients.cancel_grant(
             session, grant.advisory_id, grant.address, actor, reason or f"grant {grant_id} revoked"
         )
         audit.record(

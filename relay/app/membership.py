@@ -35,7 +35,7 @@ from relay.core.errors import RelayError
 from relay.core.logs import event
 from relay.core.spool import Spool
 from relay.model import AuditEvent, Member, MemberState
-from relay.store import audit, delivery_queue, notices
+from relay.store import audit, notices, recipients
 
 log = logging.getLogger("relay.membership")
 
@@ -103,7 +103,7 @@ def change_state(db: Database, address: str, move: str, actor: str, reason: str)
         member.state = target
         cancelled = 0
         if target != MemberState.ACTIVE:
-            cancelled = delivery_queue.cancel_member(
+            cancelled = recipients.cancel_member(
                 session, member.id, actor, f"member {target}: {reason}"
             )
         audit.record(
@@ -337,7 +337,7 @@ def apply_sync(
         for address in plan.removed:
             member = _find(session, address)
             reason = f"not in the {why} (ReconcileMembers)"
-            cancelled = delivery_queue.cancel_member(session, member.id, actor, reason)
+            cancelled = recipients.cancel_member(session, member.id, actor, reason)
             audit.record(
                 session,
                 actor,

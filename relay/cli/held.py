@@ -9,7 +9,7 @@ import click
 
 from relay.cli.root import _app, _print_json, _table, cli
 from relay.core.times import format_when
-from relay.store import audit, delivery_queue
+from relay.store import audit, moderation
 
 
 @cli.group()
@@ -33,7 +33,7 @@ def held_list(ctx: click.Context, as_json: bool) -> None:
                 "received": format_when(message.received_at),
                 "copies": copies,
             }
-            for message, copies in delivery_queue.held_posts(session)
+            for message, copies in moderation.held_posts(session)
         ]
     if as_json:
         _print_json(rows)
@@ -63,9 +63,7 @@ def held_list(ctx: click.Context, as_json: bool) -> None:
 def held_release(ctx: click.Context, message_id: str) -> None:
     """Send a held post on to its audience."""
     with _app(ctx).db.transaction() as session:
-        count = delivery_queue.moderate(
-            session, message_id, audit.cli_actor(), release=True, reason=""
-        )
+        count = moderation.moderate(session, message_id, audit.cli_actor(), release=True, reason="")
     click.echo(f"released: {message_id} ({count} copies queued)")
 
 
@@ -76,7 +74,7 @@ def held_release(ctx: click.Context, message_id: str) -> None:
 def held_reject(ctx: click.Context, message_id: str, reason: str) -> None:
     """Refuse a held post: none of its copies is sent."""
     with _app(ctx).db.transaction() as session:
-        count = delivery_queue.moderate(
+        count = moderation.moderate(
             session, message_id, audit.cli_actor(), release=False, reason=reason
         )
     click.echo(f"rejected: {message_id} ({count} copies dropped)")

@@ -29,7 +29,7 @@ class DeliveryStatus(enum.StrEnum):
     DEFERRED = "deferred"  # temporary failure, retried at next_attempt_at
     HELD = "held"  # waits for an administrator or a key (never sent in plaintext)
     SENT = "sent"  # accepted by the next hop
-    FAILED = "failed"  # permanent error or queue lifetime exceeded
+    FAILED = "failed"  # settled unsent: its `FailureReason` says why
 
 
 class HoldReason(enum.StrEnum):
@@ -43,6 +43,22 @@ class HoldReason(enum.StrEnum):
     COPY_NOT_BUILT = "copy-not-built"  # the copy could not be composed (fail closed)
     GATE_FAILED = "gate-failed"  # the forwarding check could not answer (fail closed)
     UNKNOWN = "unknown"  # held before reasons were recorded, for a reason no longer known
+
+
+class FailureReason(enum.StrEnum):
+    """Why a delivery failed for good: a closed list, kept in its own column
+    (`failure_reason`), so what selects failed copies by their cause (a backlog queues
+    again only those its recipient was withdrawn from) never reads words; `last_code`
+    keeps the next hop's code and `last_reason` the words for people."""
+
+    REJECTED = "rejected"  # the next hop refused the copy for good (an SMTP 5xx reply)
+    UNUSABLE_ADDRESS = "unusable-address"  # an address the transport cannot put on the wire
+    EXPIRED = "expired"  # temporary failures only, until the queue lifetime was over
+    REMOVED = "removed"  # its member was removed or suspended before the copy went out
+    GRANT_REVOKED = "grant-revoked"  # its recipient no longer holds an accepted grant
+    MODERATOR_REJECTED = "moderator-rejected"  # a moderator refused the post
+    INTERNAL_ERROR = "internal-error"  # reserved: the copy's preparation kept raising
+    UNKNOWN = "unknown"  # failed before reasons were recorded, for a reason no longer known
 
 
 PENDING_STATUSES = (DeliveryStatus.QUEUED, DeliveryStatus.ACTIVE, DeliveryStatus.DEFERRED)
@@ -111,6 +127,7 @@ class Delivery(Base):
     # quotes it; None: held for the copy's own advisory.
     held_for: Mapped[str | None] = mapped_column(String(64))
     hold_reason: Mapped[str | None] = mapped_column(String(32))  # a HoldReason while held
+    failure_reason: Mapped[str | None] = mapped_column(String(32))  # a FailureReason if failed
     fingerprints: Mapped[list[str] | None] = mapped_column(JSON)
     last_code: Mapped[str | None] = mapped_column(String(16))
     last_reason: Mapped[str | None] = mapped_column(Text)

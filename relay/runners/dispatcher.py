@@ -43,6 +43,7 @@ from relay.model import (
     Advisory,
     Delivery,
     DeliveryStatus,
+    FailureReason,
     HoldReason,
     MessageKind,
     utcnow,
@@ -307,8 +308,7 @@ class Dispatcher:
         """Build the job's copy (or settle it: cancelled, held); runs ahead of sending, so the
         crypto workers always have the next copies queued while others are on the wire."""
         if not job.member_active:
-            why = "member is not active" if job.to_member else "recipient holds no accepted grant"
-            return delivery_queue.Attempt(job.delivery_id, "permanent", "cancelled", why)
+            return delivery_queue.Attempt.withdrawn(job.delivery_id, to_member=job.to_member)
         if isinstance(job.stopped, str):
             remedy = "Look for the error in the relay's log"
             await asyncio.to_thread(
@@ -455,4 +455,7 @@ class Dispatcher:
 
 def _outcome(delivery_id: int, result: SendResult, keys: list[str]) -> delivery_queue.Attempt:
     kind = {Outcome.SENT: "sent", Outcome.TEMPORARY: "temporary"}.get(result.outcome, "permanent")
-    return delivery_queue.Attempt(delivery_id, kind, result.code, result.reason, tuple(keys))
+    unusable = FailureReason.UNUSABLE_ADDRESS if result.code == "addr" else None
+    return delivery_queue.Attempt(
+        delivery_id, kind, result.code, result.reason, tuple(keys), failure=unusable
+    )

@@ -1,9 +1,13 @@
-"""The durable queue: the only writer of delivery state once a post is in.
+"""The durable queue: claiming, the outcome of each attempt, and the few functions that
+write a delivery's state.
 
 States (Postfix names): queued -> active -> sent, or deferred (retried at
-`next_attempt_at`), held (waits for its `HoldReason` to pass), failed (permanent error
-or queue lifetime exceeded). relay/store/incoming.py adds a post's deliveries; from
-then on only this module changes them (relay/store/notices.py only adds new ones).
+`next_attempt_at`), held (waits for its `HoldReason` to pass), failed (settled unsent, for
+its `FailureReason`). relay/store/incoming.py and relay/store/notices.py add deliveries;
+from then on a status changes only in relay/store/: through `hold`, `mark_failed` and
+`requeue` here, or a bulk update (a claim, a lift, a key imported), whoever decides it:
+the dispatcher's outcomes, the moderator (relay/store/moderation.py), a recipient arriving,
+leaving or becoming reachable (relay/store/recipients.py).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from relay.core.database import Database, rowcount
@@ -23,15 +27,16 @@ from relay.core.spool import Spool
 from relay.model import (
     Delivery,
     DeliveryStatus,
+    FailureReason,
     HoldReason,
     MemberState,
     Message,
-    MessageKind,
     utcnow,
 )
 from relay.store import audit
 
 RELAY_ACTOR = "relay"
+CANCELLED = "cancelled"  # `last_code` of a copy stopped before it was sent
 
 
 def new_id() -> str:
@@ -44,7 +49,6 @@ def copy_message_id(domain: str) -> str:
 
 
 MODERATION_HOLD = HoldReason.MODERATION
-REJECTED = "rejected"  # `last_code` of a post's copies a moderator refused
 
 
 # Claiming and outcomes
@@ -121,6 +125,19 @@ class Attempt:
     code: str
     reason: str
     fingerprints: tuple[str, ...] = ()
+    # Why a permanent attempt failed; None: the next hop refused it (REJECTED).
+    failure: FailureReason | None = None
+
+    @classmethod
+    def withdrawn(cls, delivery_id: int, *, to_member: bool) -> Attempt:
+        """A copy its recipient may no longer have (a member no longer active, a grant no
+        longer accepted): settled without an attempt on the wire."""
+        why, words = (
+            (FailureReason.REMOVED, "member is not active")
+            if to_member
+            else (FailureReason.GRANT_REVOKED, "recipient holds no accepted grant")
+        )
+        return cls(delivery_id, "permanent", CANCELLED, words, failure=why)
 
 
 @dataclass(frozen=True)
@@ -192,7 +209,8 @@ def record_outcomes(
                 if outcome.result == "temporary":
                     defer(session, delivery, outcome.code, outcome.reason, now=now, retry=retry)
                 else:
-                    fail(session, delivery, outcome.code, outcome.reason)
+                    why = outcome.failure or FailureReason.REJECTED
+                    fail(session, delivery, outcome.code, outcome.reason, why=why)
                 changed.append(delivery)
     return sent_ids, changed
 
@@ -210,8 +228,8 @@ def defer(
     delivery.lease_until = None
     delivery.last_code, delivery.last_reason = code, reason
     if now - delivery.created_at >= retry.lifetime:
-        delivery.status = DeliveryStatus.FAILED
-        delivery.last_reason = f"queue lifetime exceeded; last error: {reason}"
+        words = f"queue lifetime exceeded; last error: {reason}"
+        mark_failed(delivery, FailureReason.EXPIRED, code, words)
         action = "delivery.failed"
     else:
         delivery.status = DeliveryStatus.DEFERRED
@@ -231,11 +249,12 @@ def defer(
     )
 
 
-def fail(session: Session, delivery: Delivery, code: str, reason: str) -> None:
-    delivery.status = DeliveryStatus.FAILED
+def fail(
+    session: Session, delivery: Delivery, code: str, reason: str, *, why: FailureReason
+) -> None:
+    """A permanent failure of an attempt, audited."""
     delivery.attempts += 1
-    delivery.lease_until = None
-    delivery.last_code, delivery.last_reason = code, reason
+    mark_failed(delivery, why, code, reason)
     audit.record(
         session,
         RELAY_ACTOR,
@@ -275,6 +294,25 @@ def hold(
     )
 
 
+def mark_failed(delivery: Delivery, why: FailureReason, code: str, reason: str) -> None:
+    """Settle a delivery unsent, in the caller's transaction: `why` is the reason selections
+    use, `code` and `reason` the last result in words."""
+    delivery.status = DeliveryStatus.FAILED
+    delivery.failure_reason = why
+    delivery.hold_reason = None  # a hold reason belongs to a held delivery only
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = code, reason
+
+
+def requeue(delivery: Delivery, now: datetime, *, held: HoldReason | None = None) -> None:
+    """Put a held or failed delivery back for an attempt at `now`, or, with `held`, hold it
+    for that reason instead; `last_code` and `last_reason` are the caller's to change."""
+    delivery.status = DeliveryStatus.QUEUED if held is None else DeliveryStatus.HELD
+    delivery.hold_reason = held
+    delivery.failure_reason = None
+    delivery.next_attempt_at, delivery.lease_until = now, None
+
+
 # Administrative changes
 
 
@@ -290,145 +328,9 @@ def retry(session: Session, delivery_id: int, actor: str) -> Delivery:
     if delivery.member is not None and delivery.member.state != MemberState.ACTIVE:
         raise RelayError(f"delivery {delivery_id} is for a {delivery.member.state} member")
     old = delivery.status
-    delivery.status = DeliveryStatus.QUEUED
-    delivery.hold_reason = None
-    delivery.next_attempt_at = utcnow()
+    requeue(delivery, utcnow())
     audit.record(session, actor, "delivery.retried", str(delivery_id), old=old, new="queued")
     return delivery
-
-
-_UNSENT = (
-    DeliveryStatus.QUEUED,
-    DeliveryStatus.DEFERRED,
-    DeliveryStatus.HELD,
-    DeliveryStatus.ACTIVE,
-)
-
-
-def cancel_member(session: Session, member_id: int, actor: str, reason: str) -> int:
-    """Stop every unsent delivery to a member at once (removal or suspension)."""
-    deliveries = session.execute(
-        select(Delivery).where(
-            Delivery.member_id == member_id,
-            Delivery.status.in_(_UNSENT),
-        )
-    ).scalars()
-    count = 0
-    for delivery in deliveries:
-        delivery.status = DeliveryStatus.FAILED
-        delivery.lease_until = None
-        delivery.last_code, delivery.last_reason = "cancelled", reason
-        count += 1
-    if count:
-        audit.record(
-            session, actor, "delivery.cancelled", f"member:{member_id}", count=count, reason=reason
-        )
-    return count
-
-
-def cancel_grant(
-    session: Session, advisory_id: str, recipient: str, actor: str, reason: str
-) -> int:
-    """Stop every unsent copy of an advisory's messages to a grant holder at once."""
-    deliveries = session.execute(
-        select(Delivery).where(
-            Delivery.advisory_id == advisory_id,
-            Delivery.recipient == recipient,
-            Delivery.member_id.is_(None),
-            Delivery.status.in_(_UNSENT),
-        )
-    ).scalars()
-    count = 0
-    for delivery in deliveries:
-        delivery.status = DeliveryStatus.FAILED
-        delivery.lease_until = None
-        delivery.last_code, delivery.last_reason = "cancelled", reason
-        count += 1
-    if count:
-        audit.record(
-            session,
-            actor,
-            "delivery.cancelled",
-            f"grant:{advisory_id}:{recipient}",
-            count=count,
-            reason=reason,
-        )
-    return count
-
-
-def deliver_backlog(
-    session: Session, advisory_id: str, recipient: str, list_domain: str, now: datetime
-) -> int:
-    """Queue a new grant holder's copies of the advisory's posts so far, oldest first.
-
-    A post counts if it went to the list's members: a copy held for moderation is held
-    for the grant holder too (the moderator's decision covers it), a rejected one is
-    skipped, and so are posts for the senders only or for nobody. A copy cancelled by an
-    earlier revoked grant is queued again. Returns the number of copies queued or held.
-    """
-    rows = session.execute(
-        select(Message.id, Delivery.status, Delivery.last_code, Delivery.hold_reason)
-        .join(Delivery, Delivery.message_id == Message.id)
-        .where(
-            Message.advisory_id == advisory_id,
-            Message.kind == MessageKind.POST,
-            Delivery.member_id.is_not(None),
-        )
-        .order_by(Message.received_at, Message.id)
-    ).all()
-    copies: dict[str, list[tuple[str, str | None, str | None]]] = {}
-    for message_id, status, last_code, hold_reason in rows:
-        copies.setdefault(message_id, []).append((status, last_code, hold_reason))
-    existing = {
-        d.message_id: d
-        for d in session.execute(
-            select(Delivery).where(
-                Delivery.recipient == recipient,
-                Delivery.advisory_id == advisory_id,
-                Delivery.member_id.is_(None),
-            )
-        ).scalars()
-    }
-    count = 0
-    for message_id, states in copies.items():
-        if all(s == DeliveryStatus.FAILED and c == REJECTED for s, c, _ in states):
-            continue
-        moderated = any(
-            s == DeliveryStatus.HELD and h == HoldReason.MODERATION for s, _, h in states
-        )
-        status = DeliveryStatus.HELD if moderated else DeliveryStatus.QUEUED
-        code = MODERATION_HOLD if moderated else None
-        delivery = existing.get(message_id)
-        if delivery is None:
-            session.add(
-                Delivery(
-                    message_id=message_id,
-                    recipient=recipient,
-                    plaintext_allowed=False,
-                    copy_message_id=copy_message_id(list_domain),
-                    advisory_id=advisory_id,
-                    status=status,
-                    last_code=code,
-                    hold_reason=code,
-                    next_attempt_at=now,
-                )
-            )
-        elif delivery.status == DeliveryStatus.FAILED and delivery.last_code == "cancelled":
-            delivery.status, delivery.next_attempt_at = status, now
-            delivery.last_code, delivery.last_reason = code, None
-            delivery.hold_reason = code
-        else:
-            continue
-        count += 1
-    if count:
-        audit.record(
-            session,
-            RELAY_ACTOR,
-            "delivery.backlog",
-            f"grant:{advisory_id}:{recipient}",
-            count=count,
-        )
-    return count
 
 
 # Holds until a lift, or until a key
@@ -487,82 +389,5 @@ def release_embargo_holds(session: Session, advisory_id: str, now: datetime) -> 
     return count
 
 
-# Start of `last_reason` of a delivery held because its recipient had no usable key.
-NO_KEY_HOLD = "no usable key"  # how `last_reason` of a HoldReason.NO_KEY hold begins
-
-
-def release_key_holds(session: Session, member_id: int, actor: str, now: datetime) -> int:
-    """A member has a usable key again: its deliveries held for want of one go back to
-    the queue. Deliveries held for any other reason (the embargo) stay held."""
-    result = session.execute(
-        update(Delivery)
-        .where(
-            Delivery.member_id == member_id,
-            Delivery.status == DeliveryStatus.HELD,
-            Delivery.hold_reason == HoldReason.NO_KEY,
-        )
-        .values(
-            status=DeliveryStatus.QUEUED, hold_reason=None, next_attempt_at=now, lease_until=None
-        )
-        .execution_options(synchronize_session=False)
-    )
-    count = rowcount(result) or 0
-    if count:
-        audit.record(
-            session,
-            actor,
-            "delivery.released",
-            f"member:{member_id}",
-            count=count,
-            reason="a usable key was imported",
-        )
-    return count
-
-
-def held_posts(session: Session) -> list[tuple[Message, int]]:
-    """Posts waiting for a moderator, with how many copies each holds."""
-    rows = session.execute(
-        select(Message, func.count(Delivery.id))
-        .join(Delivery, Delivery.message_id == Message.id)
-        .where(
-            Delivery.status == DeliveryStatus.HELD, Delivery.hold_reason == HoldReason.MODERATION
-        )
-        .group_by(Message.id)
-        .order_by(Message.received_at)
-    ).all()
-    return [(message, count) for message, count in rows]
-
-
-def moderate(session: Session, message_id: str, actor: str, *, release: bool, reason: str) -> int:
-    """Release a held post to its audience, or reject it: every held copy at once."""
-    deliveries = (
-        session.execute(
-            select(Delivery).where(
-                Delivery.message_id == message_id,
-                Delivery.status == DeliveryStatus.HELD,
-                Delivery.hold_reason == HoldReason.MODERATION,
-            )
-        )
-        .scalars()
-        .all()
-    )
-    if not deliveries:
-        raise RelayError(f"no post {message_id} is waiting for moderation")
-    for delivery in deliveries:
-        delivery.hold_reason = None
-        if release:
-            delivery.status = DeliveryStatus.QUEUED
-            delivery.next_attempt_at = utcnow()
-            delivery.last_code, delivery.last_reason = None, None
-        else:
-            delivery.status = DeliveryStatus.FAILED
-            delivery.last_code, delivery.last_reason = REJECTED, reason
-    audit.record(
-        session,
-        actor,
-        "post.released" if release else "post.rejected",
-        message_id,
-        copies=len(deliveries),
-        reason=reason or None,
-    )
-    return len(deliveries)
+# How `last_reason` of a HoldReason.NO_KEY hold begins (relay/store/recipients.py releases it).
+NO_KEY_HOLD = "no usable key"
