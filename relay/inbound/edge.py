@@ -181,7 +181,7 @@ class ListHandler:
         reports: list[router.RouteReport] = []
 
         def route(session: Session, spool: Spool, message_id: str) -> incoming.Routing:
-            context = router.Context.open(
+            context = router.Context.of(
                 self.router, session, spool, message_id, post, found, verified, message
             )
             reports.append(router.route(context))

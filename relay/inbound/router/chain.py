@@ -31,15 +31,14 @@ from relay.store.key_owners import grants_for_key, member_for, sender_for
 Handler = Callable[[Context], Handled | None]
 
 HANDLERS: tuple[Handler, ...] = (
-    # A sender's key speaks for the list: both decide, so no later handler reads its post.
-    confirm.confirmation,  # X-Confirm goes alone: before the post is read for a new lift
-    sender.sender_post,
-    member.not_for_members,  # refused before a member's post changes anything
+    confirm.confirmation,  # a sender's X-Confirm goes alone: before its post is read for a lift
+    sender.sender_post,  # a sender's post always decides: no handler below reads it
+    member.not_for_members,  # a member's post is refused before it changes anything
     vouch.vouch,  # needs no advisory: a vouch alone names none, and goes to nobody
-    status.status_report,  # goes with the post or the share that carries it
+    status.status_report,  # needs the advisory, as do those below; the post goes on
     share.share,  # goes to nobody: before the posting policy
     member.member_post,  # what is left of a member's post: where the posting policy says
-    acceptance.acceptance,  # a key that is neither a sender's nor a member's: a grant's
+    acceptance.acceptance,  # a key neither a sender's nor a member's: a grant's, or nobody's
 )
 
 

@@ -69,7 +69,7 @@ class Context:
     member: Member | None  # and if a member (a sender may be one too)
 
     @classmethod
-    def open(
+    def of(
         cls,
         router: Router,
         session: Session,
@@ -80,7 +80,7 @@ class Context:
         intake: incoming.Post,
         message: EmailMessage,
     ) -> Context:
-        """The context of `post`, with whom its signing key belongs to."""
+        """The context of `post`: whose its signing key is, whom it is addressed to."""
         member = member_for(session, post.signer)
         to = external_copies.addressed(message, post.protected, router.settings.list.address)
         sender = sender_for(session, post.signer)
