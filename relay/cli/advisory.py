@@ -4,30 +4,30 @@ Part of the `relay` command: importing this module adds its commands to `relay.c
 with the same conventions (`error: ...` and exit 1 on a refusal, `--json` for scripts).
 A lift time is the moment an advisory goes public, so every time printed names its zone:
 UTC always, and `show` adds the administrator's own zone. WHEN is read by
-`relay.when.parse_when`, which refuses anything that is not one definite instant.
+`relay.core.times.parse_when`, which refuses anything that is not one definite instant.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
 from relay.app import advisory_admin
 from relay.app.advisory_admin import AdvisoryChange, AdvisoryView
-from relay.cli.root import _app, _print_json, _table, cli
+from relay.cli.context import app_of
+from relay.cli.output import change_cell, detail_cell, print_json, table, updated_cell
+from relay.cli.root import cli
 from relay.core.logs import clean
 from relay.core.times import ACCEPTED_FORMS, countdown, format_when
 from relay.model import AdvisoryState, utcnow
 from relay.store import audit
-from relay.store.audit import AuditView
 
 _WHEN_EPILOG = "\b\n" + ACCEPTED_FORMS  # \b: click keeps the lines as they are
 
@@ -108,31 +108,6 @@ def _report_change(change: AdvisoryChange, zone: str | None, now: datetime) -> N
         click.echo(f"no lift time yet: set one with 'relay advisory schedule {advisory.id}'")
 
 
-def _shown(value: Any) -> str:
-    """An audit value for people: lift times in UTC with the zone, the rest as recorded."""
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-        return format_when(moment) if moment.tzinfo is not None else value
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _change_cell(row: AuditView) -> str:
-    if row.old is None and row.new is None:
-        return "-"
-    return f"{_shown(row.old)} -> {_shown(row.new)}"
-
-
-def _detail_cell(row: AuditView) -> str:
-    parts = [f"reason: {row.reason}"] if row.reason else []
-    parts += [f"{k}: {_shown(v)}" for k, v in row.detail.items() if v is not None]
-    return "\n".join(parts) or "-"
-
-
 # Commands
 
 
@@ -161,7 +136,7 @@ def advisory_create(
     here is announced to every member. Rules of the list's policy print as
     warnings, or refuse the advisory where the policy makes them hard.
     """
-    app = _app(ctx)
+    app = app_of(ctx)
     now = utcnow()
     lift_at = None if lift is None else advisory_admin.read_lift_time(lift, tz, now)
     change = advisory_admin.create_advisory(
@@ -178,14 +153,14 @@ def advisory_create(
 @click.pass_context
 def advisory_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """Embargoed advisories by lift time, with a countdown to each."""
-    app = _app(ctx)
+    app = app_of(ctx)
     now = utcnow()
     views = advisory_admin.list_advisories(app.db, include_closed=show_all)
     if as_json:
-        _print_json([{**asdict(v), "countdown": _countdown(v, now)} for v in views])
+        print_json([{**asdict(v), "countdown": _countdown(v, now)} for v in views])
         return
     rows = [[v.id, v.title, v.state, _lift(v.lift_at), _countdown(v, now) or "-"] for v in views]
-    _table("Advisories", ["id", "title", "state", "lift time", "countdown"], rows)
+    table("Advisories", ["id", "title", "state", "lift time", "countdown"], rows)
 
 
 @advisory.command("show")
@@ -195,14 +170,14 @@ def advisory_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 @click.pass_context
 def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json: bool) -> None:
     """State, lift time, history and deliveries of one advisory."""
-    app = _app(ctx)
+    app = app_of(ctx)
     zone = tz or local_zone()
     now = utcnow()
     report = advisory_admin.advisory_report(app.db, advisory_id)
     a = report.advisory
     if as_json:
         local = a.lift_at.astimezone(ZoneInfo(zone)) if a.lift_at else None
-        _print_json(
+        print_json(
             {
                 **asdict(a),
                 "zone": zone,
@@ -236,16 +211,16 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
     for label, value in lines:
         click.echo(f"{label + ':':<13}{value}")
     click.echo()
-    _table(
+    table(
         "History",
         ["when", "who", "action", "change", "details"],
         [
-            [format_when(r.at), r.actor, r.action, _change_cell(r), _detail_cell(r)]
+            [format_when(r.at), r.actor, r.action, change_cell(r), detail_cell(r)]
             for r in report.history
         ],
     )
     if report.pending:
-        _table(
+        table(
             "Waiting for confirmation (relay advisory confirm ID)",
             ["asked", "by", "lift time now", "asked for"],
             [
@@ -258,7 +233,7 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
                 for p in report.pending
             ],
         )
-    _table(
+    table(
         "Deliveries",
         ["recipient", "message", "kind", "status", "attempts", "last code"],
         [
@@ -266,7 +241,7 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
             for d in report.deliveries
         ],
     )
-    _table(
+    table(
         "Contributing back",
         ["member", "status", "text", "updated"],
         [
@@ -274,15 +249,11 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
                 r.member,
                 r.status,
                 clean(r.text or "-", limit=60),
-                _updated(r.updated_at, r.updated_by),
+                updated_cell(r.updated_at, r.updated_by),
             ]
             for r in report.statuses
         ],
     )
-
-
-def _updated(at: datetime | None, by: str | None) -> str:
-    return "-" if at is None else f"{format_when(at)} by {by}"
 
 
 @advisory.command("schedule", epilog=_WHEN_EPILOG)
@@ -300,7 +271,7 @@ def advisory_schedule(
     Refused for a time in the past, for a lifted or cancelled advisory, and where
     the list's policy makes a broken rule hard; other broken rules print as warnings.
     """
-    app = _app(ctx)
+    app = app_of(ctx)
     now = utcnow()
     lift_at = advisory_admin.read_lift_time(lift, tz, now)
     change = advisory_admin.schedule_advisory(
@@ -321,7 +292,7 @@ def advisory_schedule(
 @click.pass_context
 def advisory_lift(ctx: click.Context, advisory_id: str, reason: str | None) -> None:
     """Lift now: members are told, the public text (if any) is sent."""
-    app = _app(ctx)
+    app = app_of(ctx)
     done = advisory_admin.lift_advisory(
         app.db, app.spool, app.settings, advisory_id, audit.cli_actor(), reason
     )
@@ -340,7 +311,7 @@ def advisory_confirm(ctx: click.Context, advisory_id: str, reason: str | None) -
     `relay advisory show ID` lists what waits. Members are told of the new lift time;
     an early lift (X-Lift: now) lifts at once.
     """
-    app = _app(ctx)
+    app = app_of(ctx)
     pending, view = advisory_admin.confirm_change(
         app.db, app.spool, app.settings, advisory_id, audit.cli_actor(), reason
     )
@@ -357,7 +328,7 @@ def advisory_confirm(ctx: click.Context, advisory_id: str, reason: str | None) -
 @click.pass_context
 def advisory_cancel(ctx: click.Context, advisory_id: str, reason: str | None) -> None:
     """Withdraw an advisory: no lift, no public release."""
-    app = _app(ctx)
+    app = app_of(ctx)
     view = advisory_admin.cancel_advisory(app.db, advisory_id, audit.cli_actor(), reason)
     click.echo(f"advisory {view.id} cancelled")
 
@@ -373,7 +344,7 @@ def advisory_public_text(ctx: click.Context, advisory_id: str, text_file: IO[byt
     the lift, to [embargo] public_addresses; setting it marks the advisory for
     public release.
     """
-    app = _app(ctx)
+    app = app_of(ctx)
     view = advisory_admin.set_public_text(app.db, advisory_id, text_file.read(), audit.cli_actor())
     targets = ", ".join(app.settings.embargo.public_addresses) or "no address configured yet"
     click.echo(
@@ -391,16 +362,16 @@ def advisory_public_text(ctx: click.Context, advisory_id: str, text_file: IO[byt
 @click.pass_context
 def audit_trail(ctx: click.Context, advisory_id: str | None, limit: int, as_json: bool) -> None:
     """The audit trail, newest last: when, who, what, old and new value, and why."""
-    app = _app(ctx)
+    app = app_of(ctx)
     rows = advisory_admin.audit_trail(app.db, advisory_id, limit)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
-    _table(
+    table(
         "Audit trail",
         ["when", "who", "action", "subject", "change", "details"],
         [
-            [format_when(r.at), r.actor, r.action, r.subject, _change_cell(r), _detail_cell(r)]
+            [format_when(r.at), r.actor, r.action, r.subject, change_cell(r), detail_cell(r)]
             for r in rows
         ],
     )

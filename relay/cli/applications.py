@@ -15,8 +15,12 @@ import click
 
 from relay.app import admin, applications
 from relay.app.applications import CRITERIA, ApplicationView
-from relay.cli.advisory import _change_cell, _detail_cell
-from relay.cli.root import _app, _print_json, _table, cli
+from relay.cli.context import app_of as _app
+from relay.cli.output import change_cell as _change_cell
+from relay.cli.output import detail_cell as _detail_cell
+from relay.cli.output import print_json as _print_json
+from relay.cli.output import table as _table
+from relay.cli.root import cli
 from relay.core.errors import RelayError
 from relay.core.logs import clean
 from relay.core.times import format_when

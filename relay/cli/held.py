@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import click
 
-from relay.cli.root import _app, _print_json, _table, cli
+from relay.cli.context import app_of
+from relay.cli.output import print_json, table
+from relay.cli.root import cli
 from relay.core.times import format_when
 from relay.store import audit, moderation
 
@@ -22,7 +24,7 @@ def held() -> None:
 @click.pass_context
 def held_list(ctx: click.Context, as_json: bool) -> None:
     """Posts waiting for a moderator: id, advisory, poster, received, held copies."""
-    with _app(ctx).db.transaction() as session:
+    with app_of(ctx).db.transaction() as session:
         rows = [
             {
                 "id": message.id,
@@ -36,12 +38,12 @@ def held_list(ctx: click.Context, as_json: bool) -> None:
             for message, copies in moderation.held_posts(session)
         ]
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         click.echo("No posts are waiting for moderation.")
         return
-    _table(
+    table(
         "Held for moderation",
         ["id", "advisory", "from", "received", "copies"],
         [
@@ -62,7 +64,7 @@ def held_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def held_release(ctx: click.Context, message_id: str) -> None:
     """Send a held post on to its audience."""
-    with _app(ctx).db.transaction() as session:
+    with app_of(ctx).db.transaction() as session:
         count = moderation.moderate(session, message_id, audit.cli_actor(), release=True, reason="")
     click.echo(f"released: {message_id} ({count} copies queued)")
 
@@ -73,7 +75,7 @@ def held_release(ctx: click.Context, message_id: str) -> None:
 @click.pass_context
 def held_reject(ctx: click.Context, message_id: str, reason: str) -> None:
     """Refuse a held post: none of its copies is sent."""
-    with _app(ctx).db.transaction() as session:
+    with app_of(ctx).db.transaction() as session:
         count = moderation.moderate(
             session, message_id, audit.cli_actor(), release=False, reason=reason
         )

@@ -12,7 +12,9 @@ from __future__ import annotations
 import click
 
 from relay.app import incidents
-from relay.cli.root import _app, _print_json, _table, cli
+from relay.cli.context import app_of
+from relay.cli.output import print_json, table
+from relay.cli.root import cli
 from relay.core.logs import clean
 from relay.core.times import format_when
 from relay.store import audit
@@ -31,9 +33,9 @@ def incidents_group(
     """Leaks of embargoed advisories, each reported to the security contact (alias: incident)."""
     if ctx.invoked_subcommand is not None:
         return
-    found = incidents.list_incidents(_app(ctx).db, member=member, advisory_id=advisory_id)
+    found = incidents.list_incidents(app_of(ctx).db, member=member, advisory_id=advisory_id)
     if as_json:
-        _print_json(found)
+        print_json(found)
         return
     rows = [
         [
@@ -49,7 +51,7 @@ def incidents_group(
         for i in found
     ]
     columns = ["id", "when", "advisory", "member", "sender", "to whom", "kind", "resolved"]
-    _table("Incidents", columns, rows)
+    table("Incidents", columns, rows)
 
 
 cli.add_command(incidents_group, name="incident")
@@ -67,7 +69,7 @@ def _resolved(view: incidents.IncidentView) -> str:
 @click.pass_context
 def incident_resolve(ctx: click.Context, incident_id: int, note: str) -> None:
     """Close an incident with what was done about it (steps taken against future leaks)."""
-    view = incidents.resolve(_app(ctx).db, incident_id, note, audit.cli_actor())
+    view = incidents.resolve(app_of(ctx).db, incident_id, note, audit.cli_actor())
     click.echo(f"incident {view.id} resolved")
 
 
@@ -94,7 +96,7 @@ def incident_report(
     note: str,
 ) -> None:
     """Record a leak learnt of by other means; the security contact gets an encrypted report."""
-    app = _app(ctx)
+    app = app_of(ctx)
     done = incidents.report_by_admin(
         app.db,
         app.spool,

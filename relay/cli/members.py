@@ -15,8 +15,14 @@ from pathlib import Path
 import click
 
 from relay.app import admin, contributions, keyhealth, membership
-from relay.cli.advisory import _change_cell, _detail_cell, _updated, advisory
-from relay.cli.root import _app, _print_json, _table, key, member
+from relay.cli.advisory import advisory
+from relay.cli.context import app_of as _app
+from relay.cli.output import change_cell as _change_cell
+from relay.cli.output import detail_cell as _detail_cell
+from relay.cli.output import print_json as _print_json
+from relay.cli.output import table as _table
+from relay.cli.output import updated_cell as _updated
+from relay.cli.roster import key, member
 from relay.core.errors import RelayError
 from relay.core.logs import clean
 from relay.core.times import format_when

@@ -13,7 +13,9 @@ from pathlib import Path
 import click
 
 from relay.app import admin, grants
-from relay.cli.root import _app, _print_json, _table, cli
+from relay.cli.context import app_of
+from relay.cli.output import print_json, table
+from relay.cli.root import cli
 from relay.core.logs import clean
 from relay.core.times import format_when
 from relay.store import audit
@@ -53,7 +55,7 @@ def share_add(
     ctx: click.Context, advisory_id: str, address: str, key_file: Path, member: str
 ) -> None:
     """Share ADVISORY with ADDRESS for MEMBER: the person first receives only the terms."""
-    app = _app(ctx)
+    app = app_of(ctx)
     view = grants.share_by_admin(
         app.db,
         app.spool,
@@ -77,9 +79,9 @@ def share_add(
 @click.pass_context
 def share_list(ctx: click.Context, advisory_id: str | None, as_json: bool) -> None:
     """Grants with their state (pending, accepted, revoked)."""
-    found = grants.list_grants(_app(ctx).db, advisory_id)
+    found = grants.list_grants(app_of(ctx).db, advisory_id)
     if as_json:
-        _print_json(found)
+        print_json(found)
         return
     rows = [
         [
@@ -94,7 +96,7 @@ def share_list(ctx: click.Context, advisory_id: str | None, as_json: bool) -> No
         for g in found
     ]
     columns = ["id", "advisory", "for member", "person", "state", "shared", "since"]
-    _table("Need-to-know grants", columns, rows)
+    table("Need-to-know grants", columns, rows)
 
 
 def _since(view: grants.GrantView) -> str:
@@ -113,7 +115,7 @@ def _since(view: grants.GrantView) -> str:
 @click.pass_context
 def share_revoke(ctx: click.Context, grant_id: int, reason: str | None) -> None:
     """Revoke a grant: the person's unsent copies are cancelled at once."""
-    view, cancelled = grants.revoke(_app(ctx).db, grant_id, audit.cli_actor(), reason)
+    view, cancelled = grants.revoke(app_of(ctx).db, grant_id, audit.cli_actor(), reason)
     click.echo(
         f"grant {view.id} revoked: {view.address} gets nothing more of {view.advisory_id}; "
         f"{cancelled} unsent copies cancelled"

@@ -9,7 +9,9 @@ from typing import IO, Any
 
 import click
 
-from relay.cli.root import _app, _print_json, cli
+from relay.cli.context import app_of
+from relay.cli.output import print_json
+from relay.cli.root import cli
 from relay.leaks import trace
 
 
@@ -21,7 +23,7 @@ def trace_command(ctx: click.Context, file: IO[str], as_json: bool) -> None:
     """Name the advisory a leaked text (a whole message or an excerpt; - for stdin) comes
     from and, where a copy's reference or Message-ID survived, the recipient whose copy
     it was."""
-    app = _app(ctx)
+    app = app_of(ctx)
     found = trace.trace(app.db, app.spool, file.read(), app.settings.list.domain)
     data: dict[str, list[dict[str, Any]]] = {
         "advisories": [
@@ -48,7 +50,7 @@ def trace_command(ctx: click.Context, file: IO[str], as_json: bool) -> None:
         "messages": [{"message": m, "advisory": a} for m, a in found.messages],
     }
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     if not any(data.values()):
         click.echo("No advisory of this list matches the text, and no copy of ours is named.")
