@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import click
 
+from relay.app import moderation
 from relay.cli.context import app_of
 from relay.cli.output import print_json, table
 from relay.cli.root import cli
 from relay.core.times import format_when
-from relay.store import audit, moderation
+from relay.store import audit
 
 
 @cli.group()
@@ -24,19 +25,18 @@ def held() -> None:
 @click.pass_context
 def held_list(ctx: click.Context, as_json: bool) -> None:
     """Posts waiting for a moderator: id, advisory, poster, received, held copies."""
-    with app_of(ctx).db.transaction() as session:
-        rows = [
-            {
-                "id": message.id,
-                "advisory": message.advisory_id,
-                "from": message.mail_from,
-                "signer": message.signer_fingerprint,
-                "received_at": message.received_at.isoformat(),
-                "received": format_when(message.received_at),
-                "copies": copies,
-            }
-            for message, copies in moderation.held_posts(session)
-        ]
+    rows = [
+        {
+            "id": post.id,
+            "advisory": post.advisory_id,
+            "from": post.mail_from,
+            "signer": post.signer,
+            "received_at": post.received_at.isoformat(),
+            "received": format_when(post.received_at),
+            "copies": post.copies,
+        }
+        for post in moderation.held_posts(app_of(ctx).db)
+    ]
     if as_json:
         print_json(rows)
         return
@@ -64,8 +64,7 @@ def held_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def held_release(ctx: click.Context, message_id: str) -> None:
     """Send a held post on to its audience."""
-    with app_of(ctx).db.transaction() as session:
-        count = moderation.moderate(session, message_id, audit.cli_actor(), release=True, reason="")
+    count = moderation.release(app_of(ctx).db, message_id, audit.cli_actor())
     click.echo(f"released: {message_id} ({count} copies queued)")
 
 
@@ -75,8 +74,5 @@ def held_release(ctx: click.Context, message_id: str) -> None:
 @click.pass_context
 def held_reject(ctx: click.Context, message_id: str, reason: str) -> None:
     """Refuse a held post: none of its copies is sent."""
-    with app_of(ctx).db.transaction() as session:
-        count = moderation.moderate(
-            session, message_id, audit.cli_actor(), release=False, reason=reason
-        )
+    count = moderation.reject(app_of(ctx).db, message_id, audit.cli_actor(), reason)
     click.echo(f"rejected: {message_id} ({count} copies dropped)")
