@@ -1,13 +1,18 @@
-"""What a claimed delivery becomes before it is sent: the job read from the database,
-then the copy (its notice, its protected fields) or, for a recipient without a key, the
-plain notice that quotes nothing. The dispatcher (relay/runners/dispatcher.py) only
-schedules these steps and records what came of them.
+"""What a claimed delivery becomes before it is sent: the job read from the database (every
+copy that is not a member's copy of a list post put to the gate), then the decision
+(withdrawn, held and why, held until the lift, or sealed), then the copy itself: signed
+and encrypted to its recipient, or, for a keyless recipient a notice may reach in the
+clear, the plain notice that quotes nothing. The dispatcher (relay/runners/dispatcher.py)
+only schedules these steps and records what came of them.
 """
 
 from __future__ import annotations
 
 import email
 import email.policy
+import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,11 +21,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relay.core.config import Settings
+from relay.core.crypto import Crypto, KeyInfo
 from relay.core.database import Database
+from relay.core.errors import CryptoError
+from relay.core.spool import PAYLOAD, Spool
+from relay.leaks.content import read_content
 from relay.model import (
     Advisory,
     Delivery,
     GrantState,
+    HoldReason,
     Member,
     MemberKey,
     MemberState,
@@ -28,7 +38,10 @@ from relay.model import (
     MessageKind,
 )
 from relay.outbound import compose, gate, preface
+from relay.store import delivery_queue, key_owners
 from relay.store.key_owners import grant_for, sender_by_address
+
+log = logging.getLogger("relay.dispatch")  # these are the dispatcher's steps, logged as its own
 
 # The gate's answer for one copy (delivery id, recipient, message id, its advisory, now):
 # None, what stopped it, or why the gate could not answer.
@@ -57,6 +70,55 @@ class Job:
     advisory: Advisory | None = None  # as loaded with the claim (detached snapshot)
     # The gate's reason to hold it until a lift, or why the gate could not answer.
     stopped: gate.Stopped | str | None = None
+
+
+class Payloads:
+    """Messages' payloads as read from the spool, the last few kept: every copy of a post
+    and the gate's look at its content read the same bytes. Thread-safe (the event loop,
+    the claim's worker thread and the crypto workers all read)."""
+
+    def __init__(self, spool: Spool, keep: int = 32) -> None:
+        self._spool = spool
+        self._keep = keep
+        self._read: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, message_id: str) -> bytes:
+        with self._lock:
+            data = self._read.get(message_id)
+            if data is None:
+                data = self._read[message_id] = self._spool.read(message_id, PAYLOAD)
+                while len(self._read) > self._keep:
+                    self._read.popitem(last=False)
+            return data
+
+
+def gate_question(the_gate: gate.Gate, payloads: Payloads) -> AskGate:
+    """The gate's answer for one copy; a failure to answer is a reason to hold it (the rest
+    of the batch goes on)."""
+
+    def ask(
+        session: Session,
+        delivery_id: int,
+        recipient: str,
+        message_id: str,
+        advisory: Advisory | None,
+        now: datetime,
+    ) -> gate.Stopped | str | None:
+        try:
+            return the_gate.check(
+                session,
+                recipient=recipient,
+                message_id=message_id,
+                advisory=advisory,
+                content=lambda: read_content(payloads.get(message_id)),
+                now=now,
+            )
+        except Exception as exc:
+            log.exception("forwarding check of delivery %s failed; it is held", delivery_id)
+            return f"the forwarding check failed ({type(exc).__name__}); held to fail closed"
+
+    return ask
 
 
 def load_jobs(db: Database, ids: list[int], now: datetime, ask_gate: AskGate) -> list[Job]:
@@ -133,6 +195,66 @@ def load_jobs(db: Database, ids: list[int], now: datetime, ask_gate: AskGate) ->
                 )
             )
     return jobs
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A copy that cannot be made for its recipient: why (the delivery's last reason and its
+    hold reason), and what would let it be made, for the security contact's notice."""
+
+    reason: str
+    why: HoldReason
+    remedy: str = "Import a usable key for the member"
+
+
+@dataclass(frozen=True)
+class Seal:
+    """Make the copy: signed and encrypted to `keys`; none: the plain notice."""
+
+    keys: list[str]
+
+
+def decide(
+    job: Job, key_info: Callable[[str], KeyInfo | None]
+) -> delivery_queue.Attempt | Hold | gate.Stopped | Seal:
+    """What becomes of a claimed copy before any gpg work: settled at once (its recipient
+    may no longer have it), held, held until the lift (what the gate stopped), or sealed.
+    A recipient without a usable key gets the plain notice only where plaintext is allowed;
+    every other copy of it is held, never sent in the clear."""
+    if not job.member_active:
+        return delivery_queue.Attempt.withdrawn(job.delivery_id, to_member=job.to_member)
+    if isinstance(job.stopped, str):
+        return Hold(job.stopped, HoldReason.GATE_FAILED, "Look for the error in the relay's log")
+    if job.stopped is not None:
+        return job.stopped
+    keys, problem = key_owners.usable(job.fingerprints, key_info)
+    if problem is not None and not job.plaintext_allowed:
+        return Hold(f"{delivery_queue.NO_KEY_HOLD}: {problem}", HoldReason.NO_KEY)
+    return Seal(keys)
+
+
+def seal(
+    settings: Settings,
+    notice: str | None,
+    job: Job,
+    payload: bytes,
+    crypto: Crypto,
+    signer: str,
+    keys: list[str],
+) -> bytes:
+    """The copy as sent: signed by `signer` and encrypted to `keys`, or without keys the
+    plain notice. Raises CryptoError or ValueError (see `unsealed`)."""
+    if not keys:
+        return plain_notice(settings, job, payload)
+    return compose.build_encrypted(build_copy(settings, notice, job, payload), crypto, signer, keys)
+
+
+def unsealed(exc: CryptoError | ValueError) -> Hold:
+    """The hold of a copy `seal` could not make: gpg failed, or compose refused the copy
+    (a malformed field, say): fail closed."""
+    if isinstance(exc, CryptoError):
+        return Hold(f"encryption failed: {exc}", HoldReason.ENCRYPTION_FAILED)
+    return Hold(f"copy not built: {exc}", HoldReason.COPY_NOT_BUILT)
 
 
 def build_copy(settings: Settings, notice: str | None, job: Job, payload: bytes) -> compose.Copy:

@@ -1,12 +1,11 @@
-"""The dispatcher (Postfix's qmgr): picks due deliveries and sees each one through.
+"""The dispatcher (Postfix's qmgr): claims due deliveries and sees each one through.
 
-For each claimed delivery: ask the gate whether the recipient may receive it now
-(relay/gate.py: every copy that is not a member's copy of a list post), resolve
-the recipient's usable keys, build its own signed and encrypted copy, hand it to
-the transport, record the outcome. A copy the gate stops is held until the lift and
-the leak reported; a recipient without a usable key is held (never plaintext) and
-the security contact is told; `4xx` and connection errors are deferred on the
-backoff schedule; `5xx` fails at once.
+For each claimed delivery, relay/outbound/preparation.py reads the job (the gate's answer
+included), decides what becomes of it and makes its copy; the dispatcher runs those steps,
+hands the copy to the transport and records the outcome. A copy the gate stops is held
+until the lift and the leak reported; a recipient without a usable key is held (never
+plaintext) and the security contact is told; `4xx` and connection errors are deferred on
+the backoff schedule; `5xx` fails at once.
 
 Three kinds of concurrency, each sized on its own: `workers` threads run gpg
 (one per core), `connections` tasks talk SMTP so sending overlaps encryption,
@@ -20,15 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from sqlalchemy.orm import Session
 
 from relay.app import advisories
 from relay.core.config import Settings
@@ -36,23 +31,20 @@ from relay.core.crypto import Crypto, KeyInfo
 from relay.core.database import Database
 from relay.core.errors import CryptoError
 from relay.core.logs import event
-from relay.core.spool import PAYLOAD, Spool
-from relay.leaks.content import read_content
+from relay.core.spool import Spool
 from relay.leaks.index import EmbargoedText
 from relay.model import (
-    Advisory,
     Delivery,
     DeliveryStatus,
     FailureReason,
-    HoldReason,
     MessageKind,
     utcnow,
 )
-from relay.outbound import compose, gate, preparation
+from relay.outbound import gate, preparation
 from relay.outbound.preparation import Job
 from relay.outbound.transport import Outcome, SendResult, Transport, make_transport
 from relay.policy import forwarding
-from relay.store import delivery_queue, key_owners, notices
+from relay.store import delivery_queue, notices
 from relay.store.key_owners import list_key
 
 log = logging.getLogger("relay.dispatch")
@@ -97,8 +89,7 @@ class Dispatcher:
         self._list_fpr = list_key(crypto).fingerprint
         self._wake = asyncio.Event()
         self._keys: dict[str, KeyInfo] = {}
-        self._payloads: OrderedDict[str, bytes] = OrderedDict()
-        self._payload_lock = threading.Lock()
+        self._payloads = preparation.Payloads(spool)
         self._inflight: dict[int, Job] = {}  # sent, outcome not yet recorded (for the log)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crypto_pool = ThreadPoolExecutor(
@@ -107,10 +98,13 @@ class Dispatcher:
         d = settings.delivery
         self._retry = delivery_queue.Retry(d.min_backoff, d.max_backoff, d.queue_lifetime)
         self._policy = advisories.policy_for(settings)
-        self._gate = gate.Gate(
-            settings,
-            watch or EmbargoedText(spool),
-            forwarding.load_forwarding(settings.embargo.policy),
+        self._ask_gate = preparation.gate_question(
+            gate.Gate(
+                settings,
+                watch or EmbargoedText(spool),
+                forwarding.load_forwarding(settings.embargo.policy),
+            ),
+            self._payloads,
         )
 
     def wake(self) -> None:
@@ -271,87 +265,32 @@ class Dispatcher:
         self._keys = {k.fingerprint: k for k in self.crypto.list_keys()}
         return preparation.load_jobs(self.db, ids, self.clock(), self._ask_gate)
 
-    def _copy(self, job: Job) -> compose.Copy:
-        payload = self._payload(job.message_id)
-        return preparation.build_copy(self.settings, self._policy.notice or None, job, payload)
-
-    def _plain_notice(self, job: Job) -> bytes:
-        return preparation.plain_notice(self.settings, job, self._payload(job.message_id))
-
-    def _ask_gate(
-        self,
-        session: Session,
-        delivery_id: int,
-        recipient: str,
-        message_id: str,
-        advisory: Advisory | None,
-        now: datetime,
-    ) -> gate.Stopped | str | None:
-        """The gate's answer for one copy; a failure to answer is a reason to hold it (the
-        rest of the batch goes on)."""
-        try:
-            return self._gate.check(
-                session,
-                recipient=recipient,
-                message_id=message_id,
-                advisory=advisory,
-                content=lambda: read_content(self._payload(message_id)),
-                now=now,
-            )
-        except Exception as exc:
-            log.exception("forwarding check of delivery %s failed; it is held", delivery_id)
-            return f"the forwarding check failed ({type(exc).__name__}); held to fail closed"
+    def _seal(self, job: Job, keys: list[str]) -> bytes:
+        payload = self._payloads.get(job.message_id)
+        notice = self._policy.notice or None
+        return preparation.seal(
+            self.settings, notice, job, payload, self.crypto, self._list_fpr, keys
+        )
 
     # One delivery
 
     async def _prepare(self, job: Job) -> Ready | delivery_queue.Attempt | None:
-        """Build the job's copy (or settle it: cancelled, held); runs ahead of sending, so the
-        crypto workers always have the next copies queued while others are on the wire."""
-        if not job.member_active:
-            return delivery_queue.Attempt.withdrawn(job.delivery_id, to_member=job.to_member)
-        if isinstance(job.stopped, str):
-            remedy = "Look for the error in the relay's log"
-            await asyncio.to_thread(
-                self._hold_unreachable, job, job.stopped, HoldReason.GATE_FAILED, remedy
-            )
+        """Settle, hold or seal the job's copy (preparation.decide); runs ahead of sending, so
+        the crypto workers always have the next copies queued while others are on the wire."""
+        decision = preparation.decide(job, self._keys.get)
+        if isinstance(decision, delivery_queue.Attempt):
+            return decision
+        if isinstance(decision, gate.Stopped):
+            await asyncio.to_thread(self._hold_for_lift, job, decision)
             return None
-        if job.stopped is not None:
-            await asyncio.to_thread(self._hold_for_lift, job, job.stopped)
+        if isinstance(decision, preparation.Hold):
+            await asyncio.to_thread(self._hold_unreachable, job, decision)
             return None
-        keys, problem = key_owners.usable(job.fingerprints, self._keys.get)
         loop = asyncio.get_running_loop()
         try:
-            if problem is not None:
-                if not job.plaintext_allowed:
-                    await asyncio.to_thread(
-                        self._hold_unreachable,
-                        job,
-                        f"{delivery_queue.NO_KEY_HOLD}: {problem}",
-                        HoldReason.NO_KEY,
-                    )
-                    return None
-                data = await loop.run_in_executor(self._crypto_pool, self._plain_notice, job)
-            else:
-                data = await loop.run_in_executor(
-                    self._crypto_pool,
-                    compose.build_encrypted,
-                    self._copy(job),
-                    self.crypto,
-                    self._list_fpr,
-                    keys,
-                )
-        except CryptoError as exc:
-            await asyncio.to_thread(
-                self._hold_unreachable,
-                job,
-                f"encryption failed: {exc}",
-                HoldReason.ENCRYPTION_FAILED,
-            )
-            return None
-        except ValueError as exc:  # compose refused the copy (e.g. a malformed field): fail closed
-            await asyncio.to_thread(
-                self._hold_unreachable, job, f"copy not built: {exc}", HoldReason.COPY_NOT_BUILT
-            )
+            data = await loop.run_in_executor(self._crypto_pool, self._seal, job, decision.keys)
+        except (CryptoError, ValueError) as exc:
+            await asyncio.to_thread(self._hold_unreachable, job, preparation.unsealed(exc))
             return None
         event(
             log,
@@ -359,21 +298,10 @@ class Dispatcher:
             id=job.delivery_id,
             msg=job.message_id,
             rcpt=job.recipient,
-            verdict="encrypt" if keys else "plain-notice",
-            keys=len(keys),
+            verdict="encrypt" if decision.keys else "plain-notice",
+            keys=len(decision.keys),
         )
-        return Ready(data, keys)
-
-    def _payload(self, message_id: str) -> bytes:
-        """A message's payload from the spool, cached (the event loop and the claim's
-        worker thread both read it, hence the lock)."""
-        with self._payload_lock:
-            data = self._payloads.get(message_id)
-            if data is None:
-                data = self._payloads[message_id] = self.spool.read(message_id, PAYLOAD)
-                while len(self._payloads) > 32:
-                    self._payloads.popitem(last=False)
-            return data
+        return Ready(data, decision.keys)
 
     def _after_record(self, deliveries: list[Delivery]) -> None:
         """Log deferrals and failures; tell the security contact about copies given up."""
@@ -409,16 +337,10 @@ class Dispatcher:
         if self._loop is not None:  # the leak report and the poster's notice are queued
             self._loop.call_soon_threadsafe(self._wake.set)
 
-    def _hold_unreachable(
-        self,
-        job: Job,
-        reason: str,
-        why: HoldReason,
-        remedy: str = "Import a usable key for the member",
-    ) -> None:
+    def _hold_unreachable(self, job: Job, hold: preparation.Hold) -> None:
         with self.db.transaction() as session:
             delivery = session.get_one(Delivery, job.delivery_id)
-            delivery_queue.hold(session, delivery, reason, why=why)
+            delivery_queue.hold(session, delivery, hold.reason, why=hold.why)
         event(
             log,
             "held",
@@ -426,13 +348,13 @@ class Dispatcher:
             id=job.delivery_id,
             msg=job.message_id,
             rcpt=job.recipient,
-            reason=reason,
+            reason=hold.reason,
         )
         if job.kind == MessageKind.POST:
             self._notify(
                 "Member unreachable",
                 notices.unreachable_text(
-                    job.recipient, job.message_id, job.delivery_id, reason, remedy
+                    job.recipient, job.message_id, job.delivery_id, hold.reason, hold.remedy
                 ),
                 reason=f"delivery {job.delivery_id} held",
             )
