@@ -317,7 +317,7 @@ def check_open(advisory: Advisory) -> Advisory:
 
 
 def supersede_pending(session: Session, advisory_id: str, actor: str, now: datetime) -> int:
-    """Changes waiting for confirmation (relay/confirmations.py) no longer fit once the
+    """Changes waiting for confirmation (relay/app/confirmations.py) no longer fit once the
     lift time changed, or the advisory was lifted or cancelled, by another way."""
     result = session.execute(
         update(PendingChange)

@@ -1,7 +1,7 @@
 """Administrative use-cases for advisories: create, schedule, lift, cancel, the public text,
 the report of one advisory, and the audit trail.
 
-Like relay/admin.py: each function does the whole change in one transaction with its
+Like relay/app/admin.py: each function does the whole change in one transaction with its
 audit rows, and raises `RelayError` with an administrator-readable message when it
 refuses. `relay.cli_advisory` is a thin shell over these functions.
 """

@@ -1,4 +1,4 @@
-"""`relay trace FILE`: where a leaked text comes from (see relay/trace.py).
+"""`relay trace FILE`: where a leaked text comes from (see relay/leaks/trace.py).
 
 Part of the `relay` command: importing this module adds the command to `cli`.
 """

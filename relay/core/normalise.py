@@ -1,7 +1,7 @@
 """The one normaliser of text that is compared against embargoed text.
 
-The index of embargoed advisories (relay/watch.py) and every scan go through the matcher
-(relay/matcher.py), and the matcher sees text only through this module, so a quotation is
+The index of embargoed advisories (relay/leaks/index.py) and every scan go through the matcher
+(relay/leaks/matcher.py), and the matcher sees text only through this module, so a quotation is
 recognised whatever dress it wears: both sides are folded the same way, and consistency is
 what matters. What it undoes, character by character and in this order:
 

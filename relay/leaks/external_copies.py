@@ -3,18 +3,18 @@
 A post addressed to the list and, in the same message, to someone else (To, Cc, Bcc,
 Resent-*, or an address a reply would go to) has already reached that someone by the time
 the relay sees it: the poster's mail system delivered it. The relay cannot block those
-copies; it can refuse the post and it must report the leak (relay/incidents.py). Which
+copies; it can refuse the post and it must report the leak (relay/app/incidents.py). Which
 advisories leaked is decided on what the post carries, not on what it claims:
 
 - the advisory it names, if still under embargo;
-- every embargoed advisory whose text it quotes, however dressed (relay/content.py reads
-  every part, relay/normalise.py undoes the dress, relay/watch.py holds the index);
+- every embargoed advisory whose text it quotes, however dressed (relay/leaks/content.py reads
+  every part, relay/core/normalise.py undoes the dress, relay/leaks/index.py holds the index);
 - when part of it cannot be read (an encrypted attachment, an archive over the limits),
   every advisory still under embargo: it may be any of them, so it fails closed.
 
 The same check runs for every post, whatever keyword it carries and whatever advisory it
 names, and also for a post the relay refuses for another reason: the copies went out all
-the same. An address that is not a plain address (relay/addresses.py) counts as an
+the same. An address that is not a plain address (relay/core/addresses.py) counts as an
 outsider, since nobody can tell where its mail went, and refuses the post with 550 5.1.3.
 """
 

@@ -1,12 +1,12 @@
 """The index of embargoed text: what the list's senders posted about advisories still
-under embargo, kept in a `relay.matcher.Matcher` so a message that names no advisory
+under embargo, kept in a `relay.leaks.matcher.Matcher` so a message that names no advisory
 but quotes one is still recognised.
 
-Posts are read through relay/content.py (every part, archives included) and fingerprinted
-through relay/normalise.py, the same as every scan. Built from the database and the spool
-when the relay starts (or on first use), then brought up to date on each use: new posts
-are added, advisories no longer embargoed are dropped. Thread-safe (the SMTP edge accepts
-posts in worker threads, the dispatcher asks from its own).
+Posts are read through relay/leaks/content.py (every part, archives included) and
+fingerprinted through relay/leaks/winnowing.py, the same as every scan. Built from the
+database and the spool when the relay starts (or on first use), then brought up to date
+on each use: new posts are added, advisories no longer embargoed are dropped. Thread-safe
+(the SMTP edge accepts posts in worker threads, the dispatcher asks from its own).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 where a copy-specific part survived, the recipient whose copy it was.
 
 Three kinds of evidence: the text itself, matched against every advisory the list
-carried (relay/watch.py); the copy references it contains (relay/references.py: in
+carried (relay/leaks/index.py); the copy references it contains (relay/core/references.py: in
 every copy's protected headers and in the notice at the top of its body); and the
 Message-IDs it contains. References and Message-IDs are per copy, recorded with the
 delivery, so either one names the recipient.

@@ -2,13 +2,13 @@
 
 The dispatcher asks for every copy it is about to build that is not simply a member's
 copy of a list post (members and senders may read everything on the list). Two
-questions, both answered by the forwarding rules (relay/forwarding.py) with the
-recipient as relay/parties.py sees it:
+questions, both answered by the forwarding rules (relay/policy/forwarding.py) with the
+recipient as relay/store/parties.py sees it:
 
 1. the copy's own advisory: a person holding a pending grant may receive its terms and
    nothing else; anyone who is no list party (a removed sender, a revoked grant, a
    public address before the lift) gets nothing before the lift;
-2. every other embargoed advisory the copy's text quotes (relay/watch.py): a grant for
+2. every other embargoed advisory the copy's text quotes (relay/leaks/index.py): a grant for
    one advisory opens no other, and a public text may not carry another advisory's
    embargoed words.
 

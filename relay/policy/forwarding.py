@@ -10,8 +10,8 @@ allows and a leak report is raised), with the rule that decided and why.
 This is policy only: a pure function of a frozen Context and the list's policy, with no
 I/O, no database and no clock (callers pass `now`). It fails closed: a rule that raises,
 or a recipient no rule speaks for, is blocked. Who a recipient is comes from
-relay/parties.py. Callers: the post router (relay/posts.py) for the addresses a post
-names in To/Cc and for the person an `X-Share` names; the dispatcher (relay/dispatch.py)
+relay/store/parties.py. Callers: the post router (relay/inbound/router/) for the addresses a post
+names in To/Cc and for the person an `X-Share` names; the dispatcher (relay/runners/dispatcher.py)
 for every copy the relay itself is about to send, for the copy's own advisory and for
 every embargoed advisory its text quotes.
 """
