@@ -7,8 +7,8 @@ checked against the list's timing policy: hard violations refuse it, soft ones
 come back as warnings for the caller to show.
 
 This module changes rows only. Telling members about a new lift time
-(`relay.embargo.notify_schedule_change`), moving the scheduler's jobs, and the
-lift itself (`relay.embargo.lift`) are the caller's next steps.
+(`relay.app.embargo.notify_schedule_change`), moving the scheduler's jobs, and the
+lift itself (`relay.app.embargo.lift`) are the caller's next steps.
 """
 
 from __future__ import annotations
@@ -224,8 +224,8 @@ def lift_now(
 ) -> Change:
     """Bring the lift forward to `now` (an early lift, e.g. the embargo broke).
 
-    The lift itself, with its notices, is `relay.embargo.lift` in the same
-    transaction (or `relay.embargo.lift_now`, which does both).
+    The lift itself, with its notices, is `relay.app.embargo.lift` in the same
+    transaction (or `relay.app.embargo.lift_now`, which does both).
     """
     advisory = _open(get(session, advisory_id))
     old = advisory.lift_at

@@ -97,7 +97,7 @@ class AdvisoryReport:
 
 
 def read_lift_time(text: str, tz: str | None, now: datetime | None = None) -> datetime:
-    """An administrator's WHEN (relay.when.ACCEPTED_FORMS) in UTC; `tz` zones plain times."""
+    """An administrator's WHEN (relay.core.times.ACCEPTED_FORMS) in UTC; `tz` zones plain times."""
     try:
         return parse_when(text, default_tz=tz, now=now)
     except WhenError as exc:

@@ -27,7 +27,7 @@ from relay.model import Advisory, AdvisoryReminder, AdvisoryState
 from relay.policy.timing import TimingPolicy
 from relay.store import key_owners, notices
 
-log = logging.getLogger("relay.embargo")
+log = logging.getLogger("relay.embargo")  # embargo work, logged as the lift is
 
 MISSING_LIFT = "missing-lift"
 
