@@ -1,4 +1,5 @@
-"""Use-cases of `relay.admin` called directly, with the real keyring and database."""
+"""Use-cases of `relay.app.admin` and `relay.app.members` called directly, with the real
+keyring and database."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay.app import admin
+from relay.app import admin, members, membership
 from relay.core.config import Settings, load
 from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
@@ -56,7 +57,7 @@ def test_init_is_idempotent(env: Env) -> None:
 
 def test_one_file_with_several_keys_imports_them_all(env: Env, keys: KeyFactory) -> None:
     work, home = keys.make("carol-work"), keys.make("carol-home")
-    view = admin.add_member(
+    view = members.add_member(
         env.db,
         env.crypto,
         env.settings,
@@ -75,7 +76,7 @@ def test_one_bad_key_in_a_file_refuses_the_whole_file(env: Env, keys: KeyFactory
     good, old = keys.make("dave"), keys.expired("dave-old")
     before = {k.fingerprint for k in env.crypto.list_keys()}
     with pytest.raises(KeyProblem, match="key has expired"):
-        admin.add_member(
+        members.add_member(
             env.db,
             env.crypto,
             env.settings,
@@ -85,18 +86,20 @@ def test_one_bad_key_in_a_file_refuses_the_whole_file(env: Env, keys: KeyFactory
             ACTOR,
         )
     assert {k.fingerprint for k in env.crypto.list_keys()} == before
-    assert admin.list_members(env.db, env.crypto, include_removed=True) == []
+    assert members.list_members(env.db, env.crypto, include_removed=True) == []
 
 
 def test_a_key_serves_one_member_only(env: Env, keys: KeyFactory) -> None:
     shared = keys.make("admin-shared")
-    admin.add_member(env.db, env.crypto, env.settings, "a@one.example", "One", shared.public, ACTOR)
+    members.add_member(
+        env.db, env.crypto, env.settings, "a@one.example", "One", shared.public, ACTOR
+    )
     with pytest.raises(KeyProblem, match=r"already belongs to member a@one\.example"):
-        admin.add_member(
+        members.add_member(
             env.db, env.crypto, env.settings, "b@two.example", "Two", shared.public, ACTOR
         )
     with pytest.raises(RelayError, match="already a member"):
-        admin.add_member(
+        members.add_member(
             env.db, env.crypto, env.settings, "A@ONE.example", "One", shared.public, ACTOR
         )
 
@@ -113,11 +116,12 @@ def test_the_list_address_and_key_are_refused(env: Env) -> None:
 def test_a_removed_member_can_come_back_with_a_new_key(env: Env, keys: KeyFactory) -> None:
     old, new = keys.make("erin-2024"), keys.make("erin-2026")
     args = (env.db, env.crypto, env.settings, "erin@distro-e.example")
-    admin.add_member(*args, "Distro E", old.public, ACTOR)
-    assert admin.remove_member(env.db, "erin@distro-e.example", ACTOR, "left the project") == 0
+    members.add_member(*args, "Distro E", old.public, ACTOR)
+    removal = membership.change_state(env.db, "erin@distro-e.example", "remove", ACTOR, "left")
+    assert (removal.old, removal.new, removal.cancelled) == ("active", "removed", 0)
     with pytest.raises(RelayError, match="already removed"):
-        admin.remove_member(env.db, "erin@distro-e.example", ACTOR)
-    view = admin.add_member(*args, "Distro E Linux", new.public, ACTOR)
+        membership.change_state(env.db, "erin@distro-e.example", "remove", ACTOR)
+    view = members.add_member(*args, "Distro E Linux", new.public, ACTOR)
     assert (view.state, view.name, view.fingerprints) == (
         "active",
         "Distro E Linux",
@@ -136,12 +140,14 @@ def test_a_removed_member_can_come_back_with_a_new_key(env: Env, keys: KeyFactor
 
 def test_member_key_revoked_later_shows_as_unusable(env: Env, keys: KeyFactory) -> None:
     frank = keys.make("admin-frank")
-    admin.add_member(env.db, env.crypto, env.settings, "frank@f.example", "F", frank.public, ACTOR)
-    [view] = admin.list_members(env.db, env.crypto)
+    members.add_member(
+        env.db, env.crypto, env.settings, "frank@f.example", "F", frank.public, ACTOR
+    )
+    [view] = members.list_members(env.db, env.crypto)
     assert view.usable and view.problem is None
 
     env.crypto.import_keys(keys.revoked("admin-frank").public)  # the member publishes a revocation
-    [view] = admin.list_members(env.db, env.crypto)
+    [view] = members.list_members(env.db, env.crypto)
     assert not view.usable and "key is revoked" in (view.problem or "")
     statuses = {k.fingerprint: k.status for k in admin.list_keys(env.db, env.crypto)}
     assert statuses[frank.fingerprint] == "revoked"
@@ -154,15 +160,17 @@ def test_sign_only_key_is_fine_for_a_sender_not_for_a_member(env: Env, keys: Key
     )
     assert view.usable and view.fingerprints == [signer.fingerprint]
     with pytest.raises(KeyProblem, match="no usable encryption subkey"):
-        admin.add_member(env.db, env.crypto, env.settings, "m@x.example", "M", signer.public, ACTOR)
+        members.add_member(
+            env.db, env.crypto, env.settings, "m@x.example", "M", signer.public, ACTOR
+        )
     statuses = {k.fingerprint: k.status for k in admin.list_keys(env.db, env.crypto)}
     assert statuses[signer.fingerprint] == "sign-only"
 
 
 def test_key_list_marks_removed_members(env: Env, keys: KeyFactory) -> None:
     ivy = keys.make("ivy")
-    admin.add_member(env.db, env.crypto, env.settings, "ivy@i.example", "I", ivy.public, ACTOR)
-    admin.remove_member(env.db, "ivy@i.example", ACTOR)
+    members.add_member(env.db, env.crypto, env.settings, "ivy@i.example", "I", ivy.public, ACTOR)
+    membership.change_state(env.db, "ivy@i.example", "remove", ACTOR)
     owners = {k.fingerprint: k.owners for k in admin.list_keys(env.db, env.crypto)}
     assert owners[ivy.fingerprint] == ["member ivy@i.example (removed)"]
 

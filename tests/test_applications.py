@@ -9,16 +9,26 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
 
-from relay.app import advisories, applications
-from relay.app.applications import parse_application
+from relay.app import admin, advisories, applications, approval
+from relay.app.application_form import parse_application
 from relay.cli.root import cli
 from relay.core.errors import RelayError
 from relay.core.spool import Spool
-from relay.model import Application, AuditEvent, Delivery, DeliveryStatus, Member, Message
+from relay.model import (
+    Application,
+    AuditEvent,
+    Delivery,
+    DeliveryStatus,
+    HoldReason,
+    Member,
+    MemberKey,
+    Message,
+)
 from relay.policy.timing import NO_RULES
-from relay.store import incoming
+from relay.store import incoming, moderation
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import CONTACT
@@ -200,7 +210,12 @@ def test_vouch_by_signed_mail_uses_the_same_rules(relay: Relay) -> None:
     assert [(v["member"], v["actor"]) for v in shown["vouches"]] == [(A, "mail:" + "F" * 40)]
 
 
-def _advisory_with_post(relay: Relay, advisory_id: str, audience: str = incoming.MEMBERS) -> str:
+def _advisory_with_post(
+    relay: Relay,
+    advisory_id: str,
+    audience: str = incoming.MEMBERS,
+    hold: HoldReason | None = None,
+) -> str:
     now = datetime.now(UTC)
     with relay.db.transaction() as s:
         if advisories.find(s, advisory_id) is None:
@@ -219,7 +234,7 @@ def _advisory_with_post(relay: Relay, advisory_id: str, audience: str = incoming
             None,
         ),
         list_domain="example.org",
-        route=lambda session, spool, message_id: incoming.Routing(advisory_id, audience),
+        route=lambda session, spool, message_id: incoming.Routing(advisory_id, audience, hold),
     ).message_id
 
 
@@ -292,6 +307,76 @@ def test_approve_without_key_adds_an_unreachable_member_and_tells_the_contact(
         assert (copy.message_id, copy.plaintext_allowed) == (post, False)
         notice = s.execute(select(Delivery).where(Delivery.recipient == CONTACT)).scalar_one()
         assert "without a usable key" in notice.message.subject
+
+
+def test_a_failure_after_the_member_is_added_leaves_neither_member_nor_approval(
+    relay: Relay, keys: KeyFactory
+) -> None:
+    post = _advisory_with_post(relay, "CVE-2026-3004")
+    relay("application", "submit", str(COMPLETE))
+    relay("application", "vouch", "1", "--by", A)
+    key = keys.make("larchwood", NEW)
+    # The database itself refuses the last step, the application's new state: the member,
+    # its key, its backlog and their audit rows were written before it, in the same try.
+    with relay.db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_approval BEFORE UPDATE OF state ON applications"
+                " WHEN NEW.state = 'approved' BEGIN SELECT RAISE(ABORT, 'no approval'); END"
+            )
+        )
+    before = relay.count(AuditEvent)
+    with pytest.raises(IntegrityError, match="no approval"):
+        approval.approve(
+            relay.db,
+            admin.open_keyring(relay.settings),
+            relay.settings,
+            Spool(relay.settings.storage.spool_dir),
+            1,
+            "cli:test",
+            key_data=key.public,
+            send_active=True,
+        )
+    with relay.db.transaction() as s:
+        assert s.scalar(select(Member).where(Member.address == NEW)) is None
+        assert s.scalar(select(MemberKey).where(MemberKey.fingerprint == key.fingerprint)) is None
+        assert s.execute(select(Delivery).where(Delivery.recipient == NEW)).first() is None
+        assert s.get_one(Application, 1).state == "submitted"
+    assert relay.count(AuditEvent) == before
+
+    with relay.db.engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER refuse_approval"))
+    out = relay("application", "approve", "1", "--key", str(key.public_file), "--send-active")
+    assert "CVE-2026-3004: 1 embargoed post(s) queued" in out.stdout
+    with relay.db.transaction() as s:
+        copy = s.execute(select(Delivery).where(Delivery.recipient == NEW)).scalar_one()
+        assert (copy.message_id, copy.status) == (post, DeliveryStatus.QUEUED)
+
+
+def test_the_backlog_holds_a_post_held_for_moderation_and_skips_one_refused(
+    relay: Relay,
+) -> None:
+    queued = _advisory_with_post(relay, "CVE-2026-3005")
+    held = _advisory_with_post(relay, "CVE-2026-3005", hold=HoldReason.MODERATION)
+    refused = _advisory_with_post(relay, "CVE-2026-3005", hold=HoldReason.MODERATION)
+    with relay.db.transaction() as s:
+        moderation.moderate(s, refused, "cli:test", release=False, reason="off topic")
+    relay("application", "submit", str(COMPLETE))
+    relay("application", "vouch", "1", "--by", A)
+    out = relay("application", "approve", "1", "--send-active").stdout
+    assert "CVE-2026-3005: 2 embargoed post(s) queued" in out
+    with relay.db.transaction() as s:
+        copies = s.execute(
+            select(Delivery.message_id, Delivery.status, Delivery.hold_reason)
+            .where(Delivery.recipient == NEW)
+            .order_by(Delivery.id)
+        ).all()
+        assert [tuple(c) for c in copies] == [
+            (queued, DeliveryStatus.QUEUED, None),
+            (held, DeliveryStatus.HELD, HoldReason.MODERATION),  # the moderator decides
+        ]
+        # Released, the post reaches the new member with everyone else.
+        assert moderation.moderate(s, held, "cli:test", release=True, reason="") == 3
 
 
 def test_a_bad_key_refuses_the_approval_and_changes_nothing(relay: Relay, keys: KeyFactory) -> None:

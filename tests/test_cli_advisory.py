@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from relay.app import admin
+from relay.app import membership
 from relay.cli.root import cli
 from relay.core.spool import PAYLOAD, Spool
 from relay.core.times import format_when
@@ -64,7 +64,7 @@ def make_relay(root: Path, keys: KeyFactory, policy: str | None = None) -> Relay
     relay = set_up(
         root, keys, [(a.split("@")[0], a, a) for a in [*ACTIVE, REMOVED]], extra=extra, kind=Relay
     )
-    admin.remove_member(relay.db, REMOVED, "cli:setup", "left the list")
+    membership.change_state(relay.db, REMOVED, "remove", "cli:setup", "left the list")
     return relay
 
 

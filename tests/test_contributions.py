@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay.app import advisories, advisory_admin, contributions, membership
+from relay.app import advisories, advisory_admin, contributions, members, membership
 from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, Spool
 from relay.model import AuditEvent, Delivery, StatusReminder
@@ -84,7 +84,7 @@ def test_statuses_are_recorded_audited_without_their_text_and_shown_as_a_matrix(
     assert advisory_admin.advisory_report(home.db, "CVE-2026-1").statuses == report.rows
 
     # A member's answer is part of its history too.
-    detail = membership.member_detail(home.db, home.crypto, A)
+    detail = members.member_detail(home.db, home.crypto, A)
     assert [h.action for h in detail.history][-2:] == ["advisory.status", "advisory.status"]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select
 
-from relay.app import admin, advisories, incidents, leak_report
+from relay.app import admin, advisories, incidents, leak_report, members
 from relay.core.database import MIGRATIONS_DIR, Database
 from relay.core.errors import RelayError
 from relay.core.spool import Spool
@@ -236,7 +236,7 @@ def test_the_report_names_the_relay_message_and_counts_repeated_offenses(
     assert "quotes the advisory's embargoed text" in text
     assert "Incidents recorded against this member: 2 (this one included)" in text
 
-    [view] = [m for m in admin.list_members(home.db, home.crypto) if m.address == DISTRO]
+    [view] = [m for m in members.list_members(home.db, home.crypto) if m.address == DISTRO]
     assert view.incidents == 2
     assert [i.id for i in incidents.list_incidents(home.db, member=DISTRO)] == [1, second]
 

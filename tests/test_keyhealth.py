@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay.app import admin, keyhealth
+from relay.app import keyhealth, members
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.spool import PAYLOAD, Spool
 from relay.model import Delivery, DeliveryStatus, HoldReason, KeyReminder, Message
@@ -55,9 +55,9 @@ def test_key_import_refuses_unusable_keys_and_changes_nothing(
     home.add_member(None, "security@keyless.example")
     key = make(keys)
     with pytest.raises(KeyProblem, match=message):
-        admin.add_member_keys(home.db, home.crypto, "security@keyless.example", key.public, "t")
+        members.add_member_keys(home.db, home.crypto, "security@keyless.example", key.public, "t")
     assert home.crypto.key_info(key.fingerprint) is None  # not even in the keyring
-    [view] = admin.list_members(home.db, home.crypto)
+    [view] = members.list_members(home.db, home.crypto)
     assert view.fingerprints == []
 
 
@@ -65,18 +65,20 @@ def test_key_import_adds_to_an_existing_member_only(home: RelayHome, keys: KeyFa
     first = keys.make("kh-first", "security@two-keys.example")
     second = keys.make("kh-second", "security@two-keys.example")
     home.add_member(first)
-    done = admin.add_member_keys(
+    done = members.add_member_keys(
         home.db, home.crypto, "security@two-keys.example", second.public, "t"
     )
     assert done.added == [second.fingerprint] and done.released == 0
     assert done.member.fingerprints == [first.fingerprint, second.fingerprint]
     with pytest.raises(RelayError, match="already has every key"):
-        admin.add_member_keys(home.db, home.crypto, "security@two-keys.example", second.public, "t")
+        members.add_member_keys(
+            home.db, home.crypto, "security@two-keys.example", second.public, "t"
+        )
     with pytest.raises(RelayError, match="no member"):
-        admin.add_member_keys(home.db, home.crypto, "nobody@two-keys.example", second.public, "t")
+        members.add_member_keys(home.db, home.crypto, "nobody@two-keys.example", second.public, "t")
     home.add_member(None, "security@other.example")
     with pytest.raises(KeyProblem, match="already belongs to member security@two-keys"):
-        admin.add_member_keys(home.db, home.crypto, "security@other.example", first.public, "t")
+        members.add_member_keys(home.db, home.crypto, "security@other.example", first.public, "t")
 
 
 def test_a_new_key_releases_deliveries_held_for_want_of_one_and_only_those(
@@ -103,7 +105,9 @@ def test_a_new_key_releases_deliveries_held_for_want_of_one_and_only_those(
         assert held.last_reason.startswith("no usable key") and "expired" in held.last_reason
 
     fresh = keys.make("kh-renewed", "security@lapsed.example")
-    done = admin.add_member_keys(home.db, home.crypto, "security@lapsed.example", fresh.public, "t")
+    done = members.add_member_keys(
+        home.db, home.crypto, "security@lapsed.example", fresh.public, "t"
+    )
     assert done.released == 1
     with home.db.transaction() as s:
         by_message = {d.message_id: d.status for d in s.execute(select(Delivery)).scalars()}

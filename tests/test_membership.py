@@ -1,4 +1,5 @@
-"""Member lifecycle and the groups-file sync: real SQLite, real gpg, the real groups file."""
+"""The member state machine, members' records and the groups-file sync: real SQLite, real
+gpg, the real groups file."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from relay.app import admin, membership
+from relay.app import groups_file, members, membership
+from relay.app.membership import Move
 from relay.core.errors import RelayError
 from relay.core.spool import PAYLOAD, Spool
-from relay.model import AuditEvent, Delivery, DeliveryStatus, Member, Message
+from relay.model import AuditEvent, Delivery, DeliveryStatus, Member, MemberState, Message
 from relay.runners.dispatcher import Dispatcher
 from relay.store import notices
 from tests.support.keys import KeyFactory
@@ -30,7 +32,7 @@ def home(tmp_path: Path, keys: KeyFactory) -> RelayHome:
 
 def add(home: RelayHome, keys: KeyFactory, address: str) -> None:
     key = keys.make(address.replace("@", "-at-"), address)
-    admin.add_member(home.db, home.crypto, home.settings, address, address, key.public, "t")
+    members.add_member(home.db, home.crypto, home.settings, address, address, key.public, "t")
 
 
 def notice_to_members(home: RelayHome) -> str:
@@ -115,12 +117,39 @@ def test_state_changes_refused_where_they_make_no_sense(home: RelayHome, keys: K
     assert (removed.detail["old"], removed.detail["new"]) == ("suspended", "removed")
 
 
+def test_a_move_is_made_only_from_the_states_its_transition_names(home: RelayHome) -> None:
+    with home.db.transaction() as s:
+        for state in MemberState:
+            for move in Move:
+                s.add(Member(address=f"{move}@{state}.example", name="M", state=state))
+    for state in [None, *MemberState]:
+        for move in Move:
+            address = f"{move}@{state or 'new'}.example"
+            rule = membership.TRANSITIONS[move]
+            try:
+                with home.db.transaction() as s:
+                    change = membership.transition(s, address, move, "t", reason="r")
+            except RelayError:
+                assert state not in rule.sources, (move, state)
+                continue
+            assert state in rule.sources, (move, state)
+            assert (change.old, change.new) == (state, rule.target)
+            [row] = [r for r in audit(home, rule.action) if r.subject == address]
+            assert (row.detail["old"], row.detail["new"]) == (state, rule.target)
+    with home.db.transaction() as s:
+        states = {m.address: m.state for m in s.execute(select(Member)).scalars()}
+    assert states["suspend@active.example"] == "suspended"
+    assert states["remove@suspended.example"] == "removed"
+    assert states["add@new.example"] == states["restore@removed.example"] == "active"
+    assert states["resume@active.example"] == "active"  # refused: unchanged
+
+
 def test_member_detail_shows_keys_organisation_and_history(
     home: RelayHome, keys: KeyFactory
 ) -> None:
     add(home, keys, "security@distro-d.example")
     add(home, keys, "security@distro-e.example")
-    view = membership.update_member(
+    view = members.update_member(
         home.db,
         home.crypto,
         "security@distro-d.example",
@@ -132,11 +161,11 @@ def test_member_detail_shows_keys_organisation_and_history(
     assert (view.name, view.domains) == ("Distro D", ["d.example", "distro-d.example"])
     assert view.vouched_by == "security@distro-e.example"
     with pytest.raises(RelayError, match="not a domain"):
-        membership.update_member(
+        members.update_member(
             home.db, home.crypto, "security@distro-d.example", "t", domains=["bad domain"]
         )
     with pytest.raises(RelayError, match="itself"):
-        membership.update_member(
+        members.update_member(
             home.db,
             home.crypto,
             "security@distro-d.example",
@@ -145,7 +174,7 @@ def test_member_detail_shows_keys_organisation_and_history(
         )
     membership.change_state(home.db, "security@distro-d.example", "suspend", "cli:t", "audit")
 
-    detail = membership.member_detail(home.db, home.crypto, "security@distro-d.example")
+    detail = members.member_detail(home.db, home.crypto, "security@distro-d.example")
     [key] = detail.keys
     assert (key.status, key.expires_at) == ("usable", None)
     assert [h.action for h in detail.history] == [
@@ -162,7 +191,7 @@ def test_member_detail_shows_keys_organisation_and_history(
 
 
 def test_read_group_from_the_real_groups_file() -> None:
-    group = membership.read_group(GROUPS.read_bytes(), "distributors-announce")
+    group = groups_file.read_group(GROUPS.read_bytes(), "distributors-announce")
     assert group.email_id == "distributors-announce@kubernetes.io"
     assert group.reconcile is True
     assert len(group.members) == 29
@@ -170,9 +199,9 @@ def test_read_group_from_the_real_groups_file() -> None:
     assert "vmware.psirt@broadcom.com" in group.members  # addresses compare lower-case
     assert "release-managers-private@kubernetes.io" in group.members  # a list as a member
     assert "cjcullen@google.com" not in group.members  # owners are not members
-    by_email = membership.read_group(GROUPS.read_text(), "distributors-announce@kubernetes.io")
+    by_email = groups_file.read_group(GROUPS.read_text(), "distributors-announce@kubernetes.io")
     assert by_email == group
-    assert membership.read_group(GROUPS.read_bytes(), "security").members == []
+    assert groups_file.read_group(GROUPS.read_bytes(), "security").members == []
 
 
 @pytest.mark.parametrize(
@@ -198,7 +227,7 @@ def test_read_group_from_the_real_groups_file() -> None:
 )
 def test_a_bad_groups_file_is_refused_with_a_clear_message(text: str, message: str) -> None:
     with pytest.raises(RelayError, match=re.escape(message)):
-        membership.read_group(text, "distributors-announce", "distributors@example.org")
+        groups_file.read_group(text, "distributors-announce", "distributors@example.org")
 
 
 # Syncing
@@ -209,8 +238,8 @@ def test_dry_run_shows_the_difference_and_changes_nothing(
 ) -> None:
     add(home, keys, IN_FILE)
     add(home, keys, NOT_IN_FILE)
-    group = membership.read_group(GROUPS.read_bytes(), "distributors-announce")
-    plan = membership.plan_sync(home.db, group)
+    group = groups_file.read_group(GROUPS.read_bytes(), "distributors-announce")
+    plan = groups_file.plan_sync(home.db, group)
     assert len(plan.added) == 28 and IN_FILE not in plan.added
     assert (plan.removed, plan.unchanged, plan.restored) == ([NOT_IN_FILE], [IN_FILE], [])
     assert not plan.applied
@@ -225,9 +254,9 @@ def test_apply_adds_keyless_members_as_unreachable_tells_the_contact_and_removes
     add(home, keys, IN_FILE)
     add(home, keys, NOT_IN_FILE)
     notice_to_members(home)  # queued for both before the sync
-    group = membership.read_group(GROUPS.read_bytes(), "distributors-announce")
+    group = groups_file.read_group(GROUPS.read_bytes(), "distributors-announce")
 
-    done = membership.apply_sync(
+    done = groups_file.apply_sync(
         home.db,
         Spool(home.settings.storage.spool_dir),
         home.crypto,
@@ -239,12 +268,12 @@ def test_apply_adds_keyless_members_as_unreachable_tells_the_contact_and_removes
     assert done.applied and len(done.added) == 28 and done.removed == [NOT_IN_FILE]
     assert sorted(done.unreachable) == sorted(done.added)
     assert statuses(home, NOT_IN_FILE) == [("failed", "cancelled")]
-    members = {m.address: m for m in admin.list_members(home.db, home.crypto)}
-    assert set(members) == set(group.members)
-    new = members["security@ubuntu.com"]
+    listed = {m.address: m for m in members.list_members(home.db, home.crypto)}
+    assert set(listed) == set(group.members)
+    new = listed["security@ubuntu.com"]
     assert (new.state, new.usable, new.problem) == ("active", False, "no key on file")
     assert new.domains == ["ubuntu.com"]
-    assert members[IN_FILE].usable
+    assert listed[IN_FILE].usable
 
     # The security contact is told which members need a key (a notice quoting nothing).
     with home.db.transaction() as s:
@@ -262,7 +291,7 @@ def test_apply_adds_keyless_members_as_unreachable_tells_the_contact_and_removes
     assert "ReconcileMembers" in removed.detail["reason"]
 
     # A second run finds nothing to do and tells nobody again.
-    again = membership.apply_sync(
+    again = groups_file.apply_sync(
         home.db, Spool(home.settings.storage.spool_dir), home.crypto, home.settings, group, "t", "f"
     )
     assert (again.changes, again.notice, len(again.unchanged)) == (0, None, 29)
@@ -275,9 +304,9 @@ def test_copies_to_a_member_from_the_file_are_held_until_its_key_is_imported(
         "groups:\n  - email-id: distributors-announce@kubernetes.io\n"
         "    name: distributors-announce\n    members:\n      - security@distro-f.example\n"
     )
-    group = membership.read_group(text, "distributors-announce")
+    group = groups_file.read_group(text, "distributors-announce")
     spool = Spool(home.settings.storage.spool_dir)
-    membership.apply_sync(home.db, spool, home.crypto, home.settings, group, "t", "inline")
+    groups_file.apply_sync(home.db, spool, home.crypto, home.settings, group, "t", "inline")
     message_id = notice_to_members(home)
     dispatcher = Dispatcher(home.settings, home.db, spool, home.crypto)
     asyncio.run(dispatcher.run_once())
@@ -287,7 +316,9 @@ def test_copies_to_a_member_from_the_file_are_held_until_its_key_is_imported(
     assert [p.name for p in outbox.glob("*--security@distro-f.example--*")] == []
 
     key = keys.make("distro-f", "security@distro-f.example")
-    done = admin.add_member_keys(home.db, home.crypto, "security@distro-f.example", key.public, "t")
+    done = members.add_member_keys(
+        home.db, home.crypto, "security@distro-f.example", key.public, "t"
+    )
     assert done.released == 1 and done.member.usable
     asyncio.run(Dispatcher(home.settings, home.db, spool, home.crypto).run_once())
     with home.db.transaction() as s:
@@ -310,13 +341,13 @@ def test_without_reconcile_members_missing_from_the_file_stay(
     add(home, keys, IN_FILE)
     membership.change_state(home.db, IN_FILE, "remove", "t", "left")
     text = GROUPS.read_text().replace('ReconcileMembers: "true"', 'ReconcileMembers: "false"', 1)
-    group = membership.read_group(text, "distributors-announce")
+    group = groups_file.read_group(text, "distributors-announce")
     assert group.reconcile is False
-    done = membership.apply_sync(
+    done = groups_file.apply_sync(
         home.db, Spool(home.settings.storage.spool_dir), home.crypto, home.settings, group, "t", "f"
     )
     assert (done.removed, done.kept, done.restored) == ([], [NOT_IN_FILE], [IN_FILE])
-    members = {m.address: m for m in admin.list_members(home.db, home.crypto)}
-    assert members[NOT_IN_FILE].state == "active"
-    assert (members[IN_FILE].state, members[IN_FILE].usable) == ("active", True)  # kept its key
+    listed = {m.address: m for m in members.list_members(home.db, home.crypto)}
+    assert listed[NOT_IN_FILE].state == "active"
+    assert (listed[IN_FILE].state, listed[IN_FILE].usable) == ("active", True)  # kept its key
     assert IN_FILE not in done.unreachable

@@ -1,5 +1,6 @@
-"""Administrative use-cases: initialise the relay, manage members, senders and keys, read
-the queue (advisories and the audit trail: relay/admin_advisories.py).
+"""Administrative use-cases: initialise the relay, manage senders, list the keyring, read
+and retry the queue (members: relay/app/members.py and relay/app/membership.py;
+advisories and the audit trail: relay/app/advisory_admin.py).
 
 Each function takes its collaborators (database, crypto backend, settings) and an
 actor, does the whole change in one transaction with its audit rows, and raises
@@ -12,39 +13,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pydantic import TypeAdapter
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from relay.app.key_vetting import import_vetted, key_problem, key_status, vet_keys
 from relay.core.addresses import normalise_address
-from relay.core.config import Address, Settings
-from relay.core.crypto import MIN_RSA_BITS, Crypto, KeyInfo
+from relay.core.config import Settings
+from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.gpg import GnuPG
 from relay.core.logs import event
 from relay.core.spool import Spool
-from relay.model import (
-    Delivery,
-    DeliveryStatus,
-    Incident,
-    Member,
-    MemberKey,
-    MemberState,
-    Sender,
-    SenderKey,
-    utcnow,
-)
-from relay.store import audit, delivery_queue, key_owners, recipients
+from relay.model import Delivery, DeliveryStatus, MemberKey, MemberState, Sender, SenderKey
+from relay.store import audit, delivery_queue, key_owners
 
 log = logging.getLogger("relay.admin")
-
-_ADDRESS = TypeAdapter(Address)
-
 
 # Views returned to the CLI (and to scripts through --json)
 
@@ -53,34 +41,6 @@ _ADDRESS = TypeAdapter(Address)
 class InitReport:
     fingerprint: str
     key_created: bool
-
-
-@dataclass(frozen=True)
-class MemberView:
-    address: str
-    name: str
-    state: str
-    fingerprints: list[str]
-    usable: bool
-    problem: str | None
-    created_at: datetime
-    domains: list[str] = field(default_factory=list)
-    criteria: dict[str, str] = field(default_factory=dict)
-    vouched_by: str | None = None
-    incidents: int = 0  # leaks recorded against the member (relay.incidents)
-
-    @property
-    def key_count(self) -> int:
-        return len(self.fingerprints)
-
-
-@dataclass(frozen=True)
-class KeyImport:
-    """Keys added to a member, and its deliveries that had waited for a usable key."""
-
-    member: MemberView
-    added: list[str]
-    released: int
 
 
 @dataclass(frozen=True)
@@ -157,62 +117,7 @@ def init_relay(settings: Settings, actor: str) -> InitReport:
         db.dispose()
 
 
-# Members
-
-
-def _vet_keys(crypto: Crypto, data: bytes, *, need_encryption: bool) -> list[KeyInfo]:
-    """The keys in `data` if every one of them is fit to use; refuse the whole file otherwise."""
-    found = crypto.inspect_keys(data)
-    if not found:
-        raise KeyProblem("no OpenPGP public key found in the key file")
-    if any(k.secret for k in found):
-        raise KeyProblem("the key file holds a secret key; give the public key only")
-    problems = [f"{k.fingerprint}: {p}" for k in found if (p := _problem(k, need_encryption))]
-    if problems:
-        raise KeyProblem("key refused, nothing changed: " + "; ".join(problems))
-    own = {k.fingerprint for k in crypto.list_keys() if k.secret}
-    if own & {k.fingerprint for k in found}:
-        raise KeyProblem("that is the list's own key")
-    return found
-
-
-def _problem(key: KeyInfo, need_encryption: bool) -> str | None:
-    if key.revoked:
-        return "key is revoked"
-    if key.expired:
-        return "key has expired"
-    if key.algorithm == "RSA" and key.bits < MIN_RSA_BITS:
-        return f"RSA key of {key.bits} bits is too weak (at least {MIN_RSA_BITS} required)"
-    if need_encryption:
-        return key.problem
-    return None
-
-
-def _import(crypto: Crypto, data: bytes, found: list[KeyInfo], need_encryption: bool) -> list[str]:
-    """Import vetted keys, then re-check them as merged with what the keyring already held."""
-    fingerprints = crypto.import_keys(data)
-    problems = []
-    for fpr in fingerprints:
-        merged = crypto.key_info(fpr)
-        problem = "missing after import" if merged is None else _problem(merged, need_encryption)
-        if problem:
-            problems.append(f"{fpr}: {problem}")
-    if problems:
-        # The file was fine but the keyring's copy (say, already revoked) is not.
-        raise KeyProblem(
-            "key refused as merged with the relay's keyring; no member or sender changed: "
-            + "; ".join(problems)
-        )
-    return fingerprints or [k.fingerprint for k in found]
-
-
-def _refuse_member_keys(session: Session, fingerprints: Iterable[str]) -> None:
-    """One key, one member: a shared key would let one member read another's copies."""
-    query = select(MemberKey).where(MemberKey.fingerprint.in_(list(fingerprints)))
-    if (taken := session.execute(query).scalars().first()) is not None:
-        raise KeyProblem(
-            f"key {taken.fingerprint} already belongs to member {taken.member.address}"
-        )
+# Senders
 
 
 def _refuse_sender_keys(session: Session, fingerprints: Iterable[str]) -> None:
@@ -224,160 +129,6 @@ def _refuse_sender_keys(session: Session, fingerprints: Iterable[str]) -> None:
         )
 
 
-def _member(session: Session, address: str) -> Member | None:
-    return session.execute(select(Member).where(Member.address == address)).scalar_one_or_none()
-
-
-def add_member(
-    db: Database,
-    crypto: Crypto,
-    settings: Settings,
-    address: str,
-    name: str,
-    key_data: bytes,
-    actor: str,
-) -> MemberView:
-    """Add a member with one or more encryption keys (or bring back a removed member)."""
-    address = normalise_address(address)
-    name = name.strip()
-    if not name:
-        raise RelayError("a member needs a name (for example the distribution's name)")
-    if address == settings.list.address:
-        raise RelayError("that is the list's own address")
-    found = _vet_keys(crypto, key_data, need_encryption=True)
-    with db.transaction() as session:
-        existing = _member(session, address)
-        if existing is not None and existing.state != MemberState.REMOVED:
-            raise RelayError(f"{address} is already a member ({existing.state})")
-        mine = {k.fingerprint for k in existing.keys} if existing else set()
-        others = [k.fingerprint for k in found if k.fingerprint not in mine]
-        _refuse_member_keys(session, others)
-
-    fingerprints = _import(crypto, key_data, found, need_encryption=True)
-    with db.transaction() as session:
-        member = _member(session, address)
-        detail: dict[str, object] = {"name": name, "fingerprints": fingerprints}
-        if member is None:
-            member = Member(address=address, name=name, state=MemberState.ACTIVE)
-            session.add(member)
-        else:
-            detail["old"] = {"name": member.name, "state": member.state}
-            member.name, member.state = name, MemberState.ACTIVE
-            member.keys.clear()  # a returning member brings their current keys
-            session.flush()
-        member.keys.extend(MemberKey(fingerprint=f) for f in fingerprints)
-        audit.record(session, actor, "member.added", address, **detail)
-        for fpr in fingerprints:
-            audit.record(session, actor, "key.imported", fpr, owner=f"member {address}")
-        view = _member_view(crypto, member)  # in the session: a returning member's incidents
-    event(log, "member.added", address=address, keys=len(fingerprints))
-    return view
-
-
-def remove_member(db: Database, address: str, actor: str, reason: str | None = None) -> int:
-    """Mark a member removed (the row stays for history) and stop their unsent deliveries."""
-    address = normalise_address(address)
-    with db.transaction() as session:
-        member = _member(session, address)
-        if member is None:
-            raise RelayError(f"no member {address}")
-        if member.state == MemberState.REMOVED:
-            raise RelayError(f"{address} was already removed")
-        old = member.state
-        member.state = MemberState.REMOVED
-        why = reason or "member removed"
-        cancelled = recipients.cancel_member(session, member.id, actor, why)
-        audit.record(
-            session, actor, "member.removed", address, old=old, reason=why, cancelled=cancelled
-        )
-    event(log, "member.removed", address=address, cancelled=cancelled)
-    return cancelled
-
-
-def list_members(db: Database, crypto: Crypto, include_removed: bool = False) -> list[MemberView]:
-    with db.transaction() as session:
-        query = select(Member).order_by(Member.address)
-        if not include_removed:
-            query = query.where(Member.state != MemberState.REMOVED)
-        counts: dict[int | None, int] = {
-            member_id: n
-            for member_id, n in session.execute(
-                select(Incident.member_id, func.count()).group_by(Incident.member_id)
-            )
-        }
-        return [
-            _member_view(crypto, m, counts.get(m.id, 0)) for m in session.execute(query).scalars()
-        ]
-
-
-def _member_view(crypto: Crypto, member: Member, incidents: int | None = None) -> MemberView:
-    """`incidents` when the caller counted them; otherwise counted in the member's session."""
-    session = object_session(member)
-    if incidents is None and member.id is not None and session is not None:
-        query = select(func.count()).select_from(Incident).where(Incident.member_id == member.id)
-        incidents = session.scalar(query) or 0
-    fingerprints = [k.fingerprint for k in member.keys]
-    usable, problem = key_owners.usable_keys(crypto, fingerprints)
-    return MemberView(
-        address=member.address,
-        name=member.name,
-        state=member.state,
-        fingerprints=fingerprints,
-        usable=bool(usable),
-        problem=problem,
-        created_at=member.created_at,
-        domains=list(member.domains or []),
-        criteria=dict(member.criteria or {}),
-        vouched_by=member.vouched_by,
-        incidents=incidents or 0,
-    )
-
-
-def add_member_keys(
-    db: Database,
-    crypto: Crypto,
-    address: str,
-    key_data: bytes,
-    actor: str,
-    now: datetime | None = None,
-) -> KeyImport:
-    """Add keys to an existing member, vetted like `add_member`'s. If the member had no
-    usable key before, its deliveries held for want of one go back to the delivery_queue."""
-    address = normalise_address(address)
-    found = _vet_keys(crypto, key_data, need_encryption=True)
-    with db.transaction() as session:
-        member = _member(session, address)
-        if member is None:
-            raise RelayError(f"no member {address}")
-        if member.state == MemberState.REMOVED:
-            raise RelayError(f"{address} was removed; add it again with 'relay member add'")
-        mine = {k.fingerprint for k in member.keys}
-        new = [k.fingerprint for k in found if k.fingerprint not in mine]
-        if not new:
-            raise RelayError(f"{address} already has every key in the file")
-        _refuse_member_keys(session, new)
-
-    fingerprints = _import(crypto, key_data, found, need_encryption=True)
-    with db.transaction() as session:
-        member = _member(session, address)
-        if member is None or member.state == MemberState.REMOVED:
-            raise RelayError(f"{address} was removed meanwhile; no key was added")
-        mine = {k.fingerprint for k in member.keys}
-        added = [f for f in fingerprints if f not in mine]
-        member.keys.extend(MemberKey(fingerprint=f) for f in added)
-        for fpr in added:
-            audit.record(session, actor, "key.imported", fpr, owner=f"member {address}")
-        released = 0
-        if member.state == MemberState.ACTIVE:
-            released = recipients.release_key_holds(session, member.id, actor, now or utcnow())
-        view = _member_view(crypto, member)
-    event(log, "member.keys_added", address=address, keys=len(added), released=released)
-    return KeyImport(view, added, released)
-
-
-# Senders
-
-
 def add_sender(
     db: Database, crypto: Crypto, settings: Settings, address: str, key_data: bytes, actor: str
 ) -> SenderView:
@@ -385,13 +136,13 @@ def add_sender(
     address = normalise_address(address)
     if address == settings.list.address:
         raise RelayError("that is the list's own address")
-    found = _vet_keys(crypto, key_data, need_encryption=False)
+    found = vet_keys(crypto, key_data, need_encryption=False)
     with db.transaction() as session:
         if key_owners.sender_by_address(session, address) is not None:
             raise RelayError(f"{address} is already an authorised sender")
         _refuse_sender_keys(session, [k.fingerprint for k in found])
 
-    fingerprints = _import(crypto, key_data, found, need_encryption=False)
+    fingerprints = import_vetted(crypto, key_data, found, need_encryption=False)
     with db.transaction() as session:
         sender = Sender(address=address, keys=[SenderKey(fingerprint=f) for f in fingerprints])
         session.add(sender)
@@ -426,7 +177,7 @@ def _sender_view(crypto: Crypto, sender: Sender) -> SenderView:
     problems = []
     for fpr in fingerprints:
         info = crypto.key_info(fpr)
-        problem = "key is missing from the keyring" if info is None else _problem(info, False)
+        problem = "key is missing from the keyring" if info is None else key_problem(info, False)
         if problem:
             problems.append(f"{fpr[-16:]}: {problem}")
     usable = len(problems) < len(fingerprints)
@@ -440,18 +191,6 @@ def _sender_view(crypto: Crypto, sender: Sender) -> SenderView:
 
 
 # Keys
-
-
-def key_status(key: KeyInfo) -> str:
-    if key.revoked:
-        return "revoked"
-    if key.expired:
-        return "expired"
-    if key.algorithm == "RSA" and key.bits < MIN_RSA_BITS:
-        return "weak"
-    if not key.can_encrypt:
-        return "sign-only"
-    return "usable"
 
 
 def list_keys(db: Database, crypto: Crypto) -> list[KeyView]:

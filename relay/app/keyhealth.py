@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from relay.app.admin import key_status
+from relay.app.key_vetting import key_status
 from relay.app.transactions import in_transaction
 from relay.core.config import Settings
 from relay.core.crypto import Crypto

@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
-from relay.app import admin, applications
-from relay.app.applications import CRITERIA, ApplicationView
+from relay.app import admin, applications, approval
+from relay.app.application_form import CRITERIA
+from relay.app.applications import ApplicationView
 from relay.cli.context import app_of as _app
 from relay.cli.output import change_cell as _change_cell
 from relay.cli.output import detail_cell as _detail_cell
@@ -115,7 +116,7 @@ def application_approve(
     """Create the member an application asks for; needs every criterion and a vouch."""
     app = _app(ctx)
     key_data = admin.read_key_file(key_file) if key_file is not None else None
-    done = applications.approve(
+    done = approval.approve(
         app.db,
         app.crypto,
         app.settings,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from relay.app import admin, contributions, keyhealth, membership
+from relay.app import admin, contributions, groups_file, keyhealth, members, membership
+from relay.app.membership import Move
 from relay.cli.advisory import advisory
 from relay.cli.context import app_of as _app
 from relay.cli.output import change_cell as _change_cell
@@ -46,7 +47,7 @@ def _when(value: datetime | None, never: str = "-") -> str:
 @click.pass_context
 def member_suspend(ctx: click.Context, address: str, reason: str) -> None:
     """Stop all deliveries to a member, queued ones included, until it is resumed."""
-    change = membership.change_state(_app(ctx).db, address, "suspend", audit.cli_actor(), reason)
+    change = membership.change_state(_app(ctx).db, address, Move.SUSPEND, audit.cli_actor(), reason)
     click.echo(
         f"member suspended: {change.address}; {change.cancelled} unsent deliveries cancelled"
     )
@@ -58,7 +59,7 @@ def member_suspend(ctx: click.Context, address: str, reason: str) -> None:
 @click.pass_context
 def member_resume(ctx: click.Context, address: str, reason: str) -> None:
     """Make a suspended member active again; it receives what is posted from now on."""
-    change = membership.change_state(_app(ctx).db, address, "resume", audit.cli_actor(), reason)
+    change = membership.change_state(_app(ctx).db, address, Move.RESUME, audit.cli_actor(), reason)
     click.echo(f"member resumed: {change.address}")
 
 
@@ -69,7 +70,7 @@ def member_resume(ctx: click.Context, address: str, reason: str) -> None:
 def member_show(ctx: click.Context, address: str, as_json: bool) -> None:
     """A member's record, keys (with expiry) and history."""
     app = _app(ctx)
-    detail = membership.member_detail(app.db, app.crypto, address)
+    detail = members.member_detail(app.db, app.crypto, address)
     m = detail.member
     if as_json:
         _print_json({**asdict(m), "keys": detail.keys, "history": detail.history})
@@ -119,7 +120,7 @@ def member_update(
     app = _app(ctx)
     if name is None and not domains and vouched_by is None:
         raise click.UsageError("nothing to change: give --name, --domain or --vouched-by")
-    view = membership.update_member(
+    view = members.update_member(
         app.db,
         app.crypto,
         address,
@@ -132,13 +133,13 @@ def member_update(
 
 
 @member.command("sync")
-@click.argument("groups_file", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("groups_path", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--group", required=True, help="The group's name or email-id in FILE.")
 @click.option("--apply", "apply", is_flag=True, help="Make the change (default: show it only).")
 @_JSON
 @click.pass_context
 def member_sync(
-    ctx: click.Context, groups_file: Path, group: str, apply: bool, as_json: bool
+    ctx: click.Context, groups_path: Path, group: str, apply: bool, as_json: bool
 ) -> None:
     """Make the members match a group of a Kubernetes groups file (groups.yaml).
 
@@ -149,16 +150,16 @@ def member_sync(
     """
     app = _app(ctx)
     try:
-        data = groups_file.read_bytes()
+        data = groups_path.read_bytes()
     except OSError as exc:
-        raise RelayError(f"cannot read {groups_file}: {exc.strerror or exc}") from None
-    spec = membership.read_group(data, group, app.settings.list.address)
+        raise RelayError(f"cannot read {groups_path}: {exc.strerror or exc}") from None
+    spec = groups_file.read_group(data, group, app.settings.list.address)
     if apply:
-        plan = membership.apply_sync(
-            app.db, app.spool, app.crypto, app.settings, spec, audit.cli_actor(), str(groups_file)
+        plan = groups_file.apply_sync(
+            app.db, app.spool, app.crypto, app.settings, spec, audit.cli_actor(), str(groups_path)
         )
     else:
-        plan = membership.plan_sync(app.db, spec)
+        plan = groups_file.plan_sync(app.db, spec)
     if as_json:
         _print_json({**asdict(plan), "changes": plan.changes})
         return
@@ -200,7 +201,7 @@ def key_import(ctx: click.Context, key_file: Path, address: str) -> None:
     """
     app = _app(ctx)
     data = admin.read_key_file(key_file)
-    done = admin.add_member_keys(app.db, app.crypto, address, data, audit.cli_actor())
+    done = members.add_member_keys(app.db, app.crypto, address, data, audit.cli_actor())
     click.echo(f"key(s) added to {done.member.address}: {', '.join(done.added)}")
     if done.released:
         click.echo(f"{done.released} held delivery(ies) queued again")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from relay.app import admin
+from relay.app import admin, members, membership
+from relay.app.membership import Move
 from relay.cli.context import app_of
 from relay.cli.output import print_json, short_when, table
 from relay.cli.root import cli
@@ -40,7 +41,7 @@ def member_add(ctx: click.Context, address: str, name: str, key_file: Path) -> N
     """Add a member; every key in the file must be usable for encryption."""
     app = app_of(ctx)
     data = admin.read_key_file(key_file)
-    view = admin.add_member(
+    view = members.add_member(
         app.db, app.crypto, app.settings, address, name, data, audit.cli_actor()
     )
     click.echo(f"member added: {view.address} with key(s) {', '.join(view.fingerprints)}")
@@ -53,9 +54,9 @@ def member_add(ctx: click.Context, address: str, name: str, key_file: Path) -> N
 def member_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """List members with their keys' state and the leaks recorded against them."""
     app = app_of(ctx)
-    members = admin.list_members(app.db, app.crypto, include_removed=show_all)
+    views = members.list_members(app.db, app.crypto, include_removed=show_all)
     if as_json:
-        print_json([{**asdict(m), "key_count": m.key_count} for m in members])
+        print_json([{**asdict(m), "key_count": m.key_count} for m in views])
         return
     rows = [
         [
@@ -66,7 +67,7 @@ def member_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
             "yes" if m.usable else f"no: {m.problem}",
             str(m.incidents),
         ]
-        for m in members
+        for m in views
     ]
     table("Members", ["address", "name", "state", "keys", "usable key", "incidents"], rows)
 
@@ -78,9 +79,8 @@ def member_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 def member_remove(ctx: click.Context, address: str, reason: str | None) -> None:
     """Remove a member (kept for history) and cancel their unsent deliveries."""
     app = app_of(ctx)
-    cancelled = admin.remove_member(app.db, address, audit.cli_actor(), reason)
-    address = addresses.normalise_address(address)
-    click.echo(f"member removed: {address}; {cancelled} unsent deliveries cancelled")
+    change = membership.change_state(app.db, address, Move.REMOVE, audit.cli_actor(), reason)
+    click.echo(f"member removed: {change.address}; {change.cancelled} unsent deliveries cancelled")
 
 
 @cli.group()

@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 
 from relay.app import admin
+from relay.app.members import add_member
 from relay.cli.root import cli
 from relay.core.config import Settings, load
 from relay.core.database import Database
@@ -70,5 +71,5 @@ def set_up(
     crypto = admin.open_keyring(settings)
     for key_name, address, name in members:
         key = keys.make(key_name, address)
-        admin.add_member(db, crypto, settings, address, name, key.public, ACTOR)
+        add_member(db, crypto, settings, address, name, key.public, ACTOR)
     return kind(config, settings, db)
