@@ -111,7 +111,7 @@ def approve(
         alias, name = application.alias, application.distribution
         if alias is None:  # cannot happen with criterion 0 answered; refuse rather than guess
             raise ApplicationError(f"application {application.id} names no security alias")
-        membership.check(session, alias, Move.ADD)
+        membership.check_move(session, alias, Move.ADD)
     fingerprints = None
     if key_data is not None:
         fingerprints = members.import_new_member_keys(db, crypto, alias, key_data)

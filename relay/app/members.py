@@ -127,7 +127,7 @@ def import_new_member_keys(
     member holds one, then imported into the keyring. Changes nothing in the database."""
     found = vet_keys(crypto, key_data, need_encryption=True)
     with db.transaction() as session:
-        existing = membership.check(session, address, Move.ADD)
+        existing = membership.check_move(session, address, Move.ADD)
         mine = {k.fingerprint for k in existing.keys} if existing else set()
         _refuse_taken(session, [k.fingerprint for k in found if k.fingerprint not in mine])
     return import_vetted(crypto, key_data, found, need_encryption=True)

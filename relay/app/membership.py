@@ -75,7 +75,7 @@ def find(session: Session, address: str) -> Member | None:
     return session.execute(select(Member).where(Member.address == address)).scalar_one_or_none()
 
 
-def check(session: Session, address: str, move: Move) -> Member | None:
+def check_move(session: Session, address: str, move: Move) -> Member | None:
     """The member `move` would change (None: a new address to add); refuses a move the
     table does not allow from the member's state."""
     rule = TRANSITIONS[move]
@@ -113,7 +113,7 @@ def transition(
     reason = " ".join(reason.split()) if reason else None
     if rule.needs_reason and not reason:
         raise RelayError("give a reason (it is kept in the audit trail)")
-    member = check(session, address, move)
+    member = check_move(session, address, move)
     old = None if member is None else member.state
     if member is None:
         member = Member(address=address, name=name or address, state=rule.target)
