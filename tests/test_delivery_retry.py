@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from relay.model import Delivery, DeliveryStatus, Message, MessageKind
+from relay.model import Delivery, DeliveryStatus, FailureReason, Message, MessageKind
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
 from tests.support.relayhome import CONTACT, LIST, OffsetClock, RelayHome, RelayThread
@@ -113,6 +113,7 @@ def test_5xx_fails_at_once_and_the_notice_quotes_nothing(tmp_path, keys):
             relay.run(relay.relay.dispatcher.run_once())
         failed = _deliveries(home)["security@distro0.example"]
         assert (failed.status, failed.last_code, failed.attempts) == ("failed", "550", 1)
+        assert failed.failure_reason == FailureReason.REJECTED
         (notice,) = sink.messages  # the failure notice to the security contact
         assert notice.rcpt_tos == (CONTACT,)
         opened = OpenedCopy(home.client(keys.make("contact", CONTACT)), notice.data)

@@ -16,6 +16,7 @@ from relay.model import (
     AuditEvent,
     Delivery,
     DeliveryStatus,
+    FailureReason,
     HoldReason,
     Member,
     MemberState,
@@ -120,8 +121,32 @@ def test_defer_schedules_retry_then_fails_after_lifetime(db, spool):
     late = now + timedelta(days=5, seconds=1)
     assert did in delivery_queue.claim_due(db, late, 10, timedelta(minutes=10))
     _, (failed,) = delivery_queue.record_outcomes(db, [outcome], now=late, retry=retry)
-    assert failed.status == DeliveryStatus.FAILED
+    assert (failed.status, failed.failure_reason) == (DeliveryStatus.FAILED, FailureReason.EXPIRED)
     assert "lifetime" in failed.last_reason
+
+
+def test_each_permanent_failure_records_its_reason_and_a_retry_clears_it(db, spool):
+    _accept(db, spool)
+    now = datetime.now(UTC)
+    a, b, c = sorted(delivery_queue.claim_due(db, now, 10, timedelta(minutes=10)))
+    retry = delivery_queue.Retry(timedelta(minutes=5), timedelta(hours=1), timedelta(days=5))
+    outcomes = [
+        delivery_queue.Attempt(a, "permanent", "550", "5.1.1 No such mailbox"),
+        delivery_queue.Attempt(
+            b, "permanent", "addr", "unusable address", failure=FailureReason.UNUSABLE_ADDRESS
+        ),
+        delivery_queue.Attempt.withdrawn(c, to_member=False),
+    ]
+    delivery_queue.record_outcomes(db, outcomes, now=now, retry=retry)
+    with db.transaction() as s:
+        failed = [s.get_one(Delivery, i) for i in (a, b, c)]
+        assert [(d.status, d.failure_reason, d.last_code) for d in failed] == [
+            (DeliveryStatus.FAILED, FailureReason.REJECTED, "550"),
+            (DeliveryStatus.FAILED, FailureReason.UNUSABLE_ADDRESS, "addr"),
+            (DeliveryStatus.FAILED, FailureReason.GRANT_REVOKED, "cancelled"),
+        ]
+        retried = delivery_queue.retry(s, a, "cli:test")
+        assert (retried.status, retried.failure_reason) == (DeliveryStatus.QUEUED, None)
 
 
 def test_retry_requeues_held_but_refuses_sent_and_unknown(db, spool):
@@ -151,9 +176,11 @@ def test_cancel_member_stops_its_pending_deliveries(db, spool):
         member = s.execute(select(Member).where(Member.address == "m1@example.net")).scalar_one()
         assert recipients.cancel_member(s, member.id, "cli:test", "removed") == 1
     with db.transaction() as s:
-        statuses = {d.recipient: d.status for d in s.execute(select(Delivery)).scalars()}
-    assert statuses["m1@example.net"] == DeliveryStatus.FAILED
-    assert statuses["m0@example.net"] == DeliveryStatus.QUEUED
+        statuses = {
+            d.recipient: (d.status, d.failure_reason) for d in s.execute(select(Delivery)).scalars()
+        }
+    assert statuses["m1@example.net"] == (DeliveryStatus.FAILED, FailureReason.REMOVED)
+    assert statuses["m0@example.net"] == (DeliveryStatus.QUEUED, None)
 
 
 def test_outcome_for_a_cancelled_delivery_does_not_undo_the_cancel(db, spool):
