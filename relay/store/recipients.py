@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
 
 from relay.core.database import rowcount
 from relay.model import Delivery, DeliveryStatus, FailureReason, HoldReason, Message, MessageKind
@@ -60,7 +61,12 @@ def cancel_grant(
 
 
 def _withdraw(
-    session: Session, query: Any, why: FailureReason, actor: str, reason: str, subject: str
+    session: Session,
+    query: Select[Delivery],
+    why: FailureReason,
+    actor: str,
+    reason: str,
+    subject: str,
 ) -> int:
     deliveries = session.execute(query).scalars().all()
     for delivery in deliveries:
@@ -169,7 +175,7 @@ def _owed(
         )
         .order_by(Message.advisory_id, Message.received_at, Message.id)
     ).all()
-    copies: dict[str, list[Any]] = {}
+    copies: dict[str, list[Any]] = {}  # the rows of each message's members' copies
     for row in rows:
         copies.setdefault(row.id, []).append(row)
     owed: dict[str, tuple[str, HoldReason | None]] = {}
