@@ -1,6 +1,7 @@
 """The durable store: the one writer of messages and deliveries (accept, claim, record,
-hold, release), the relay's own notices, the audit trail, and the lookups of who owns a key
-and who an address is to the list.
+hold, release, moderate; a recipient's copies as it arrives, leaves or gets a key), the
+relay's own notices, the audit trail, and the lookups of who owns a key and who an address
+is to the list.
 
 May import: `relay.core`, `relay.model`, `relay.policy`.
 """
