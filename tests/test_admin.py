@@ -136,6 +136,18 @@ def test_a_removed_member_can_come_back_with_a_new_key(env: Env, keys: KeyFactor
         "member.added",
         "key.imported",
     ]
+    with env.db.transaction() as session:
+        rows = session.execute(
+            select(AuditEvent).where(AuditEvent.action == "member.added").order_by(AuditEvent.id)
+        ).scalars()
+        back = list(rows)[-1].detail
+    assert back == {
+        "old": "removed",
+        "new": "active",
+        "name": "Distro E Linux",
+        "old_name": "Distro E",
+        "fingerprints": [new.fingerprint],
+    }
 
 
 def test_member_key_revoked_later_shows_as_unusable(env: Env, keys: KeyFactory) -> None:

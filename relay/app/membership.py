@@ -115,16 +115,17 @@ def transition(
         raise RelayError("give a reason (it is kept in the audit trail)")
     member = check_move(session, address, move)
     old = None if member is None else member.state
+    fields: dict[str, Any] = {"old": old, "new": rule.target.value}
+    if name is not None:
+        fields["name"] = name
     if member is None:
         member = Member(address=address, name=name or address, state=rule.target)
         session.add(member)
     else:
-        member.state = rule.target
-        if name is not None:
+        if name is not None and name != member.name:
+            fields["old_name"] = member.name
             member.name = name
-    fields: dict[str, Any] = {"old": old, "new": rule.target.value}
-    if name is not None:
-        fields["name"] = name
+        member.state = rule.target
     if reason is not None:
         fields["reason"] = reason
     cancelled = 0
