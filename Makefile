@@ -1,5 +1,5 @@
 # `make serve` runs the relay on the example configuration; `make test` runs lint, the import
-# contract (the layering of relay/), the type check and the tests.
+# contract (the layering of relay/), the type check and the tests on SQLite and PostgreSQL.
 # Both bootstrap a fresh Debian machine: system packages when missing, then .venv, which is
 # rebuilt whenever pyproject.toml changes (the stamp file records the last install).
 
@@ -14,11 +14,15 @@ SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 serve: $(STAMP) | system-packages
 	$(VENV)/bin/relay --config config.example.toml serve
 
+# The suite runs twice: on SQLite, then on PostgreSQL (127.0.0.1:5432, a throwaway database
+# per test; scripts/ensure_postgres.sh installs and starts one when none listens).
 test: $(STAMP) | system-packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
+	scripts/ensure_postgres.sh
+	RELAY_TEST_DATABASE=postgresql $(VENV)/bin/pytest
 
 # Benchmarks print their tables; they are not part of the test suite.
 bench: $(STAMP) | system-packages

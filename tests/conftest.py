@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from relay.core.gpg import stop_agent
-from tests.support import template
+from tests.support import databases, template
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import write_config
 from tests.support.smtpsink import SmtpSink
@@ -39,6 +39,7 @@ def _agents_stopped(request: pytest.FixtureRequest):
     yield
     if used is not None:
         _stop_agents(used)
+    databases.drop_made(keep=template.session_databases())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,3 +54,4 @@ def _set_up_templates(tmp_path_factory: pytest.TempPathFactory):
     template.start_session(template.Templates(tmp_path_factory.mktemp("templates"), write_config))
     yield
     template.end_session()
+    databases.drop_made()

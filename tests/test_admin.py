@@ -37,7 +37,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
     settings = load(tmp_path / "relay.toml")
     admin.init_relay(settings, ACTOR)
     db = admin.open_database(settings)
-    yield Env(settings, db, admin.open_keyring(settings))
+    crypto = admin.open_keyring(settings)
+    admin.unseal(db, crypto)
+    yield Env(settings, db, crypto)
     db.dispose()
 
 

@@ -21,10 +21,10 @@ from relay.app.advisories import (
 )
 from relay.core import config as relay_config
 from relay.core.database import MIGRATIONS_DIR, Database
-from relay.core.spool import Spool
 from relay.core.times import ACCEPTED_FORMS
 from relay.model import AdvisoryState, AuditEvent
 from relay.policy.timing import NO_RULES, load_policy
+from relay.store.spool import Spool
 from tests.support.relayhome import migrated_database, write_config
 
 POLICIES = Path(__file__).resolve().parent.parent / "relay" / "policies"
@@ -139,7 +139,7 @@ def test_a_lifted_advisory_can_no_longer_change(db, tmp_path):
     settings = relay_config.load(write_config(tmp_path))
     with db.transaction() as s:
         advisories.create(s, "CVE-2026-3", "t", GOOD_LIFT, ADMIN, NO_RULES, NOW)
-    assert embargo.lift_due(db, Spool(tmp_path / "spool"), settings, GOOD_LIFT) == ["CVE-2026-3"]
+    assert embargo.lift_due(db, Spool(db), settings, GOOD_LIFT) == ["CVE-2026-3"]
     with db.transaction() as s:
         with pytest.raises(
             AdvisoryClosed, match="CVE-2026-3 is already lifted at 2026-12-03 16:00"

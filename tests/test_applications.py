@@ -16,7 +16,6 @@ from relay.app import admin, advisories, applications, approval
 from relay.app.application_form import parse_application
 from relay.cli.root import cli
 from relay.core.errors import RelayError
-from relay.core.spool import Spool
 from relay.model import (
     Application,
     AuditEvent,
@@ -29,6 +28,7 @@ from relay.model import (
 )
 from relay.policy.timing import NO_RULES
 from relay.store import incoming, moderation
+from relay.store.spool import Spool
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import CONTACT
@@ -224,7 +224,7 @@ def _advisory_with_post(
             )
     return incoming.accept_post(
         relay.db,
-        Spool(relay.settings.storage.spool_dir),
+        Spool(relay.db),
         incoming.Post(
             b"raw\r\n",
             b"payload\r\n",
@@ -331,7 +331,7 @@ def test_a_failure_after_the_member_is_added_leaves_neither_member_nor_approval(
             relay.db,
             admin.open_keyring(relay.settings),
             relay.settings,
-            Spool(relay.settings.storage.spool_dir),
+            Spool(relay.db),
             1,
             "cli:test",
             key_data=key.public,

@@ -17,9 +17,9 @@ from sqlalchemy import select
 
 from relay.cli.root import cli
 from relay.core.config import load
-from relay.core.database import Database
 from relay.model import AuditEvent, Delivery, DeliveryStatus, Member, Message
 from tests.support.keys import KeyFactory
+from tests.support.relayhome import open_sealed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def relay(config: Path, *args: str, code: int = 0) -> Result:
 
 
 def audit_rows(config: Path, action: str | None = None) -> list[AuditEvent]:
-    db = Database(load(config).storage.database_url)
+    db = open_sealed(load(config))
     try:
         with db.transaction() as session:
             query = select(AuditEvent).order_by(AuditEvent.id)
@@ -72,7 +72,9 @@ def test_init_twice_is_idempotent_and_audited_once(config: Path) -> None:
     assert len(fingerprint) == 40
     assert f"already present: {fingerprint}" in second
     var = config.parent / "var"
-    assert (var / "relay.db").is_file() and (var / "spool").is_dir() and (var / "outbox").is_dir()
+    # Posts live in the database, sealed: no spool folder.
+    assert (var / "relay.db").is_file() and (var / "outbox").is_dir()
+    assert not (var / "spool").exists()
     assert oct((var / "gnupg").stat().st_mode & 0o777) == "0o700"
     rows = audit_rows(config, "list.initialised")
     assert [r.detail["fingerprint"] for r in rows] == [fingerprint]
@@ -319,7 +321,7 @@ def test_member_remove_keeps_the_row_and_cancels_deliveries(
         "--key",
         str(key.public_file),
     )
-    db = Database(load(initialised).storage.database_url)
+    db = open_sealed(load(initialised))
     with db.transaction() as session:
         member = session.execute(select(Member)).scalar_one()
         session.add(Message(id="m1", sha256="0" * 64, subject="[EMBARGOED] test"))
@@ -415,7 +417,7 @@ def test_key_list_shows_owners_and_status(initialised: Path, keys: KeyFactory) -
 
 
 def _delivery(config: Path, status: DeliveryStatus) -> int:
-    db = Database(load(config).storage.database_url)
+    db = open_sealed(load(config))
     try:
         with db.transaction() as session:
             if session.get(Message, "m9") is None:

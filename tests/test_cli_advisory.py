@@ -23,9 +23,9 @@ from sqlalchemy import select
 
 from relay.app import membership
 from relay.cli.root import cli
-from relay.core.spool import PAYLOAD, Spool
 from relay.core.times import format_when
 from relay.model import AuditEvent, Delivery, Message, MessageKind
+from relay.store.spool import PAYLOAD, Spool
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
 
@@ -51,7 +51,7 @@ class Relay(CliRelay):
             return [(m, list(m.deliveries)) for m in messages]
 
     def text(self, message_id: str) -> str:
-        data = Spool(self.settings.storage.spool_dir).read(message_id, PAYLOAD)
+        data = Spool(self.db).read(message_id, PAYLOAD)
         part = email.message_from_bytes(data, policy=email.policy.default)
         return part.get_content().replace("\r\n", "\n")
 

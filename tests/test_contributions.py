@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from relay.app import advisories, advisory_admin, contributions, members, membership
 from relay.core.errors import RelayError
-from relay.core.spool import PAYLOAD, Spool
 from relay.model import AuditEvent, Delivery, StatusReminder
 from relay.policy.timing import NO_RULES
 from relay.store import delivery_queue, incoming
+from relay.store.spool import PAYLOAD, Spool
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import RelayHome
 
@@ -40,7 +40,7 @@ def post(home: RelayHome, advisory_id: str) -> None:
     """A post of the advisory accepted and sent to every active member (the real queue)."""
     incoming.accept_post(
         home.db,
-        Spool(home.settings.storage.spool_dir),
+        Spool(home.db),
         incoming.Post(b"raw\r\n", b"payload\r\n", "S", "src@example.org", "F" * 40, None),
         list_domain="example.org",
         route=lambda session, spool, message_id: incoming.Routing(advisory_id),
@@ -129,7 +129,7 @@ def test_parse_status_takes_what_people_write() -> None:
 def test_reminders_go_to_members_who_received_it_and_did_not_answer_once(
     home: RelayHome, keys: KeyFactory
 ) -> None:
-    spool = Spool(home.settings.storage.spool_dir)
+    spool = Spool(home.db)
     advisory(home, "CVE-2026-1", LIFT)
     advisory(home, "CVE-2026-2", NOW + timedelta(days=5))  # not yet due
     post(home, "CVE-2026-1")

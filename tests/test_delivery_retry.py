@@ -124,3 +124,40 @@ def test_5xx_fails_at_once_and_the_notice_quotes_nothing(tmp_path, keys):
         with home.db.transaction() as s:
             kinds = s.execute(select(Message.kind)).scalars().all()
         assert sorted(kinds) == sorted([MessageKind.POST, MessageKind.NOTICE])
+
+
+def test_a_copy_whose_preparation_keeps_raising_ends_failed_and_the_contact_is_told(tmp_path, keys):
+    """A missing message body makes every preparation raise: the error is counted on the
+    copy, retried on the schedule, and after `max_errors` the copy fails `internal-error`
+    (never leased again and again); `relay queue retry` puts it back."""
+    from relay.app import admin
+    from relay.model import MessageBody
+
+    with SmtpSink() as sink:
+        home = _home(tmp_path, keys, sink.port)
+        clock = OffsetClock()
+        with RelayThread(home.settings, clock=clock, dispatch=False) as relay:
+            _post_advisory(home, keys, relay)
+            with home.db.transaction() as s:
+                s.query(MessageBody).delete()  # as if the post's bytes were lost
+            dispatcher = relay.relay.dispatcher
+            for attempt in range(1, 6):
+                assert relay.run(dispatcher.run_once()) >= 1
+                copy = _deliveries(home)["security@distro0.example"]
+                assert copy.errors == attempt
+                assert copy.last_code == "internal"
+                assert "MissingPart" in (copy.last_reason or "")
+                assert copy.status != DeliveryStatus.ACTIVE  # never left leased
+                clock.offset += timedelta(hours=2)
+            assert copy.status == DeliveryStatus.FAILED
+            assert copy.failure_reason == FailureReason.INTERNAL_ERROR
+            assert relay.run(dispatcher.run_once()) >= 0
+            told = sink.wait_for(1, timeout=30)
+        assert [m.rcpt_tos for m in told] == [(CONTACT,)]
+        notice = OpenedCopy(home.client(keys.make("contact", CONTACT)), told[0].data)
+        assert "internal error" in notice.text
+        assert SECRET not in notice.text
+        view = admin.retry_delivery(home.db, copy.id, "cli:test")
+        assert view.status == DeliveryStatus.QUEUED
+        again = _deliveries(home)["security@distro0.example"]
+        assert (again.errors, again.failure_reason) == (0, None)

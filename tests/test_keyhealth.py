@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from relay.app import keyhealth, members
 from relay.core.errors import KeyProblem, RelayError
-from relay.core.spool import PAYLOAD, Spool
 from relay.model import Delivery, DeliveryStatus, HoldReason, KeyReminder, Message
 from relay.runners.dispatcher import Dispatcher
 from relay.store import delivery_queue, notices
+from relay.store.spool import PAYLOAD, Spool
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy
 from tests.support.relayhome import CONTACT, RelayHome
@@ -86,7 +86,7 @@ def test_a_new_key_releases_deliveries_held_for_want_of_one_and_only_those(
 ) -> None:
     expired = keys.expired("kh-lapsed", "security@lapsed.example")
     home.add_member(expired)
-    spool = Spool(home.settings.storage.spool_dir)
+    spool = Spool(home.db)
     with home.db.transaction() as s:
         message_id, _ = notices.enqueue_list_notice(
             s, spool, subject="s", text="t", list_domain="example.org", reason="test"
@@ -129,7 +129,7 @@ def test_check_reports_every_key_and_reminds_the_expiring_one_once(
     for key in (good, soon, expired, revoked, weak):
         home.add_member(key)
     home.add_member(None, "security@nokey.example")
-    spool = Spool(home.settings.storage.spool_dir)
+    spool = Spool(home.db)
     checked_at = now()
 
     report = keyhealth.check_keys(home.db, spool, home.crypto, home.settings, checked_at)
@@ -191,7 +191,7 @@ def test_past_the_expiry_the_member_is_unreachable_and_never_gets_plaintext(
 ) -> None:
     soon = keys.make("kh-soon", SOON, expire="10d")
     home.add_member(soon)
-    spool = Spool(home.settings.storage.spool_dir)
+    spool = Spool(home.db)
     later = now() + timedelta(days=11)
     report = keyhealth.check_keys(home.db, spool, home.crypto, home.settings, later)
     [state] = report.keys
@@ -204,7 +204,7 @@ def test_past_the_expiry_the_member_is_unreachable_and_never_gets_plaintext(
 def test_the_warning_window_comes_from_the_config(tmp_path: Path, keys: KeyFactory) -> None:
     home = RelayHome(tmp_path, keys, extra='[members]\nkey_expiry_warning = "5d"\n')
     home.add_member(keys.make("kh-soon", SOON, expire="10d"))
-    spool = Spool(home.settings.storage.spool_dir)
+    spool = Spool(home.db)
     report = keyhealth.check_keys(home.db, spool, home.crypto, home.settings, now())
     assert [k.status for k in report.keys] == ["usable"] and report.reminded == []
     report = keyhealth.check_keys(

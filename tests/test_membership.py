@@ -13,10 +13,10 @@ from sqlalchemy import func, select
 from relay.app import groups_file, members, membership
 from relay.app.membership import Move
 from relay.core.errors import RelayError
-from relay.core.spool import PAYLOAD, Spool
 from relay.model import AuditEvent, Delivery, DeliveryStatus, Member, MemberState, Message
 from relay.runners.dispatcher import Dispatcher
 from relay.store import notices
+from relay.store.spool import PAYLOAD, Spool
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import CONTACT, RelayHome
 
@@ -40,7 +40,7 @@ def notice_to_members(home: RelayHome) -> str:
     with home.db.transaction() as s:
         message_id, _ = notices.enqueue_list_notice(
             s,
-            Spool(home.settings.storage.spool_dir),
+            Spool(home.db),
             subject="s",
             text="t",
             list_domain="example.org",
@@ -258,7 +258,7 @@ def test_apply_adds_keyless_members_as_unreachable_tells_the_contact_and_removes
 
     done = groups_file.apply_sync(
         home.db,
-        Spool(home.settings.storage.spool_dir),
+        Spool(home.db),
         home.crypto,
         home.settings,
         group,
@@ -280,7 +280,7 @@ def test_apply_adds_keyless_members_as_unreachable_tells_the_contact_and_removes
         message = s.get_one(Message, done.notice)
         [delivery] = message.deliveries
         assert (delivery.recipient, delivery.plaintext_allowed) == (CONTACT, True)
-    text = Spool(home.settings.storage.spool_dir).read(done.notice, PAYLOAD).decode()
+    text = Spool(home.db).read(done.notice, PAYLOAD).decode()
     assert "security@ubuntu.com" in text and "relay key import" in text
 
     [synced] = audit(home, "members.synced")
@@ -292,7 +292,7 @@ def test_apply_adds_keyless_members_as_unreachable_tells_the_contact_and_removes
 
     # A second run finds nothing to do and tells nobody again.
     again = groups_file.apply_sync(
-        home.db, Spool(home.settings.storage.spool_dir), home.crypto, home.settings, group, "t", "f"
+        home.db, Spool(home.db), home.crypto, home.settings, group, "t", "f"
     )
     assert (again.changes, again.notice, len(again.unchanged)) == (0, None, 29)
 
@@ -305,7 +305,7 @@ def test_copies_to_a_member_from_the_file_are_held_until_its_key_is_imported(
         "    name: distributors-announce\n    members:\n      - security@distro-f.example\n"
     )
     group = groups_file.read_group(text, "distributors-announce")
-    spool = Spool(home.settings.storage.spool_dir)
+    spool = Spool(home.db)
     groups_file.apply_sync(home.db, spool, home.crypto, home.settings, group, "t", "inline")
     message_id = notice_to_members(home)
     dispatcher = Dispatcher(home.settings, home.db, spool, home.crypto)
@@ -344,7 +344,7 @@ def test_without_reconcile_members_missing_from_the_file_stay(
     group = groups_file.read_group(text, "distributors-announce")
     assert group.reconcile is False
     done = groups_file.apply_sync(
-        home.db, Spool(home.settings.storage.spool_dir), home.crypto, home.settings, group, "t", "f"
+        home.db, Spool(home.db), home.crypto, home.settings, group, "t", "f"
     )
     assert (done.removed, done.kept, done.restored) == ([], [NOT_IN_FILE], [IN_FILE])
     listed = {m.address: m for m in members.list_members(home.db, home.crypto)}

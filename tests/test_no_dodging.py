@@ -281,9 +281,9 @@ def test_a_public_text_quoting_another_embargo_is_held_and_the_senders_told(
     assert held is not None and held.held_for == quoted
     assert all(m.rcpt_tos != (public,) for m in sink.messages)
     with home.db.transaction() as s:
-        told = s.execute(
-            select(Message).where(Message.subject.like("%public text held%"))
-        ).scalar_one()
+        (told,) = [  # subjects are sealed: read them all
+            m for m in s.execute(select(Message)).scalars() if "public text held" in m.subject
+        ]
         recipients = {
             d.recipient
             for d in s.execute(select(Delivery).where(Delivery.message_id == told.id)).scalars()

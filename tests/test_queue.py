@@ -6,12 +6,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from relay.core import config as relay_config
 from relay.core.database import Database
 from relay.core.errors import RelayError
-from relay.core.spool import PAYLOAD, RAW, Spool
 from relay.model import (
     AuditEvent,
     Delivery,
@@ -21,8 +20,10 @@ from relay.model import (
     Member,
     MemberState,
     Message,
+    MessageBody,
 )
 from relay.store import delivery_queue, incoming, recipients
+from relay.store.spool import PAYLOAD, RAW, Spool, import_folder
 from tests.support.relayhome import migrated_database, write_config
 
 
@@ -37,8 +38,8 @@ def db(tmp_path: Path) -> Database:
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "spool")
+def spool(db: Database) -> Spool:
+    return Spool(db)
 
 
 def _accept(db: Database, spool: Spool) -> incoming.Accepted:
@@ -55,7 +56,6 @@ def test_accept_commits_message_spool_and_one_delivery_per_active_member(db, spo
     assert accepted.deliveries == 3
     assert spool.read(accepted.message_id, RAW) == b"raw bytes\r\n"
     assert spool.read(accepted.message_id, PAYLOAD) == b"payload\r\n"
-    assert oct(spool.path(accepted.message_id, RAW).stat().st_mode & 0o777) == "0o600"
     with db.transaction() as s:
         rows = s.execute(select(Delivery)).scalars().all()
         assert sorted(d.recipient for d in rows) == [f"m{n}@example.net" for n in range(3)]
@@ -65,16 +65,16 @@ def test_accept_commits_message_spool_and_one_delivery_per_active_member(db, spo
         assert s.execute(select(AuditEvent.action)).scalars().all() == ["message.accepted"]
 
 
-def test_failed_commit_leaves_no_spool_files_and_no_rows(db, spool, monkeypatch):
+def test_failed_commit_leaves_no_bytes_and_no_rows(db, spool, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(delivery_queue.audit, "record", broken)
     with pytest.raises(RuntimeError):
         _accept(db, spool)
-    assert not any(p.is_file() for p in spool.root.rglob("*"))
     with db.transaction() as s:
         assert s.execute(select(Message)).first() is None
+        assert s.execute(select(MessageBody)).first() is None
 
 
 def test_claim_leases_due_rows_once_and_recover_returns_them(db, spool):
@@ -203,19 +203,19 @@ def test_outcome_for_a_cancelled_delivery_does_not_undo_the_cancel(db, spool):
     assert statuses["m0@example.net"] == DeliveryStatus.FAILED
 
 
-def test_sweep_removes_old_spool_files_no_message_refers_to(db, spool):
-    import os
-    import time
-
+def test_an_old_spool_folder_moves_into_the_database(db, spool, tmp_path):
     kept = _accept(db, spool).message_id
-    for message_id in ("0ldorphan", "fr3shorphan"):
-        spool.write(message_id, RAW, b"bytes of a post whose commit never happened\r\n")
-    hour_ago = time.time() - 2 * 3600
-    for message_id in (kept, "0ldorphan"):
-        os.utime(spool.path(message_id, RAW).parent, (hour_ago, hour_ago))
+    with db.transaction() as s:  # as if accepted before the database held the bytes
+        s.execute(delete(MessageBody))
+    folder = tmp_path / "old-spool"
+    for message_id in (kept, "0rphan"):
+        (folder / message_id[:2] / message_id).mkdir(parents=True)
+        (folder / message_id[:2] / message_id / RAW).write_bytes(b"old raw\r\n")
+        (folder / message_id[:2] / message_id / PAYLOAD).write_bytes(b"old payload\r\n")
 
-    assert delivery_queue.sweep_orphans(db, spool, timedelta(hours=1)) == 1
-    assert not spool.path("0ldorphan", RAW).exists()
-    assert spool.read(kept, RAW) == b"raw bytes\r\n"  # old, but a message refers to it
-    assert spool.path("fr3shorphan", RAW).exists()  # a command may be about to commit it
-    assert delivery_queue.sweep_orphans(db, spool, timedelta(hours=1)) == 0
+    assert import_folder(db, spool, folder) == 1
+    assert spool.read(kept, RAW) == b"old raw\r\n"
+    assert spool.read(kept, PAYLOAD) == b"old payload\r\n"
+    assert not (folder / kept[:2] / kept).exists()
+    assert (folder / "0r" / "0rphan" / RAW).exists()  # no message of that id: left alone
+    assert import_folder(db, spool, folder) == 0

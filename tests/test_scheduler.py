@@ -14,10 +14,10 @@ from sqlalchemy import func, select, text
 from relay.app import advisories
 from relay.core import config as relay_config
 from relay.core.database import Database
-from relay.core.spool import Spool
 from relay.model import AdvisoryState, AuditEvent, Member, Message
 from relay.policy.timing import NO_RULES
 from relay.runners.scheduler import CHECK_JOB, JOB_TABLE, EmbargoScheduler
+from relay.store.spool import Spool
 from tests.support.relayhome import migrated_database, write_config
 
 # Far enough ahead of the real clock that APScheduler fires nothing by itself.
@@ -46,8 +46,8 @@ def db(tmp_path: Path, settings: relay_config.Settings) -> Database:
 
 
 @pytest.fixture
-def spool(settings: relay_config.Settings) -> Spool:
-    return Spool(settings.storage.spool_dir)
+def spool(db: Database) -> Spool:
+    return Spool(db)
 
 
 def create(db: Database, advisory_id: str, lift_at: datetime | None, now: datetime = BASE) -> None:

@@ -28,9 +28,9 @@ from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.gpg import GnuPG
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.model import Delivery, DeliveryStatus, MemberKey, MemberState, Sender, SenderKey
-from relay.store import audit, delivery_queue, key_owners
+from relay.store import at_rest, audit, data_keys, delivery_queue, key_owners
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.admin")
 
@@ -86,6 +86,11 @@ def open_keyring(settings: Settings) -> GnuPG:
     return GnuPG(settings.gnupg.home, settings.gnupg.binary)
 
 
+def unseal(db: Database, crypto: Crypto) -> None:
+    """Open the database's data keys with the list key, so sealed text reads and writes."""
+    data_keys.unwrap(db, crypto)
+
+
 def require_schema(db: Database) -> None:
     """Refuse to work on a database that `relay init` has not brought up to date."""
     if not db.is_current():
@@ -97,22 +102,37 @@ def init_relay(settings: Settings, actor: str) -> InitReport:
     db = open_database(settings)
     try:
         db.upgrade()
-        Spool(settings.storage.spool_dir)
         if settings.delivery.outbox is not None:
             settings.delivery.outbox.mkdir(parents=True, exist_ok=True)
         crypto = open_keyring(settings)
         try:
-            return InitReport(key_owners.list_key(crypto).fingerprint, key_created=False)
+            report = InitReport(key_owners.list_key(crypto).fingerprint, key_created=False)
         except KeyProblem:
             if any(k.secret for k in crypto.list_keys()):
                 raise  # several secret keys: an administrator must sort that out
-        fingerprint = crypto.generate_key(settings.list.name, settings.list.address)
-        with db.transaction() as session:
-            audit.record(
-                session, actor, "list.initialised", settings.list.address, fingerprint=fingerprint
+            fingerprint = crypto.generate_key(settings.list.name, settings.list.address)
+            report = InitReport(fingerprint, key_created=True)
+        # Embargoed text is sealed under a data key wrapped to the list key; the audit row
+        # below is sealed too, so the key comes first.
+        data_keys.ensure(db, crypto, report.fingerprint)
+        unseal(db, crypto)
+        at_rest.upgrade(db, Spool(db), settings.storage.spool_dir)
+        if report.key_created:
+            with db.transaction() as session:
+                audit.record(
+                    session,
+                    actor,
+                    "list.initialised",
+                    settings.list.address,
+                    fingerprint=report.fingerprint,
+                )
+            event(
+                log,
+                "list.initialised",
+                address=settings.list.address,
+                fingerprint=report.fingerprint,
             )
-        event(log, "list.initialised", address=settings.list.address, fingerprint=fingerprint)
-        return InitReport(fingerprint, key_created=True)
+        return report
     finally:
         db.dispose()
 

@@ -21,10 +21,10 @@ from relay.core.config import Settings
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.core.times import WhenError, parse_when
 from relay.model import Advisory, AdvisoryState, AuditEvent, Delivery, Message, utcnow
 from relay.store import audit
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.admin")
 

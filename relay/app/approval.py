@@ -28,7 +28,6 @@ from relay.core.config import Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.model import (
     Advisory,
     AdvisoryState,
@@ -39,6 +38,7 @@ from relay.model import (
     utcnow,
 )
 from relay.store import audit, recipients
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.approval")
 

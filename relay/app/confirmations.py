@@ -25,12 +25,12 @@ from sqlalchemy.orm import Session
 
 from relay.app import advisories, embargo
 from relay.core.config import Settings
-from relay.core.spool import Spool
 from relay.core.times import format_when
 from relay.model import Advisory, PendingChange, PendingChangeState
 from relay.policy.timing import TimingPolicy
 from relay.store import audit, notices
 from relay.store.key_owners import sender_addresses, sender_for
+from relay.store.spool import Spool
 
 
 class ConfirmationError(advisories.AdvisoryError):

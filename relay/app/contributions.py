@@ -30,7 +30,6 @@ from relay.core.config import Settings
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.core.times import countdown, format_when
 from relay.model import (
     Advisory,
@@ -47,6 +46,7 @@ from relay.model import (
     utcnow,
 )
 from relay.store import audit, notices
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.contributions")
 

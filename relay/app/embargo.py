@@ -26,10 +26,10 @@ from relay.app.transactions import in_transaction
 from relay.core.config import Settings
 from relay.core.database import Database, rowcount
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.core.times import format_when
 from relay.model import Advisory, AdvisoryState
 from relay.store import audit, delivery_queue, notices
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.embargo")
 

@@ -39,7 +39,6 @@ from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.model import (
     AdvisoryState,
     Grant,
@@ -52,6 +51,7 @@ from relay.model import (
     utcnow,
 )
 from relay.store import audit, key_owners, notices, parties, recipients
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.grants")
 

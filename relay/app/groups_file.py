@@ -25,9 +25,9 @@ from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.model import Member, MemberState
 from relay.store import audit
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.groups_file")
 

@@ -35,7 +35,6 @@ from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.core.times import format_when
 from relay.leaks.external_copies import LeakAttempt
 from relay.model import (
@@ -46,6 +45,7 @@ from relay.model import (
     utcnow,
 )
 from relay.store import audit, delivery_queue, incoming, key_owners, notices
+from relay.store.spool import Spool
 
 if TYPE_CHECKING:
     from relay.leaks.matcher import Match

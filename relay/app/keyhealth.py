@@ -25,10 +25,10 @@ from relay.core.config import Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.core.times import countdown, format_duration, format_when
 from relay.model import KeyReminder, Member, MemberState
 from relay.store import notices
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.keyhealth")
 

@@ -26,9 +26,9 @@ from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.model import AuditEvent, Incident, Member, MemberKey, MemberState, utcnow
 from relay.store import audit, key_owners, notices, recipients
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.members")
 
@@ -330,14 +330,19 @@ def member_detail(db: Database, crypto: Crypto, address: str) -> MemberDetail:
         subjects = [address, f"member:{member.id}", *fingerprints]
         rows = session.execute(
             select(AuditEvent)
-            .where(or_(AuditEvent.subject.in_(subjects), _mentions(address)))
+            .where(or_(AuditEvent.subject.in_(subjects), AuditEvent.action == STATUS_ACTION))
             .order_by(AuditEvent.at, AuditEvent.id)
         ).scalars()
-        history = [audit.audit_view(e) for e in rows]
+        history = [audit.audit_view(e) for e in rows if _about(e, subjects, address)]
         return MemberDetail(member_view(crypto, member), keys, history)
 
 
-def _mentions(address: str) -> Any:
-    """Audit rows about the member filed under another subject (an advisory's statuses)."""
-    member = AuditEvent.detail["member"].as_string()
-    return (AuditEvent.action == "advisory.status") & (member == address)
+STATUS_ACTION = "advisory.status"
+
+
+def _about(event: AuditEvent, subjects: list[str], address: str) -> bool:
+    """Filed under the member, or an advisory's status that names it: the detail is sealed
+    (it may quote an advisory), so the database cannot look inside it."""
+    if event.subject in subjects:
+        return True
+    return (event.detail or {}).get("member") == address

@@ -21,11 +21,11 @@ from relay.app.transactions import in_transaction
 from relay.core.config import Settings
 from relay.core.database import Database
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.core.times import countdown, format_duration, format_when
 from relay.model import Advisory, AdvisoryReminder, AdvisoryState
 from relay.policy.timing import TimingPolicy
 from relay.store import key_owners, notices
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.embargo")  # embargo work, logged as the lift is
 

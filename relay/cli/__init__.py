@@ -17,6 +17,7 @@ from relay.cli import (  # noqa: F401  (importing a module registers its command
     members,
     roster,
     share,
+    status,
     trace,
 )
 from relay.cli.root import cli, main

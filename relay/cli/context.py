@@ -20,7 +20,7 @@ from relay.core.config import Settings, load
 from relay.core.database import Database
 from relay.core.gpg import GnuPG
 from relay.core.logs import clean
-from relay.core.spool import Spool
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.cli")
 _ROOT = logging.getLogger()
@@ -70,6 +70,7 @@ class App:
         if self._db is None:
             self._db = admin.open_database(self.settings)
             admin.require_schema(self._db)
+            admin.unseal(self._db, self.crypto)
         return self._db
 
     @cached_property
@@ -78,7 +79,7 @@ class App:
 
     @cached_property
     def spool(self) -> Spool:
-        return Spool(self.settings.storage.spool_dir)
+        return Spool(self.db)
 
     def close(self) -> None:
         if self._db is not None:

@@ -121,6 +121,9 @@ class DeliverySettings(_Section):
     # How long a claimed delivery stays leased before another pass may retry it.
     lease_for: Duration = timedelta(minutes=10)
     poll_interval: Duration = timedelta(seconds=5)
+    # Unexpected errors preparing or sending one copy before it ends `failed`
+    # ("internal-error"), so no copy is retried forever.
+    max_errors: int = Field(5, ge=1, le=100)
 
     @field_validator("smarthost")
     @classmethod
@@ -149,7 +152,24 @@ class DeliverySettings(_Section):
 
 class StorageSettings(_Section):
     database_url: str = "sqlite:///var/relay.db"
+    # Where a relay before 0.2 kept posts as files; `relay init` and `relay serve` move
+    # what is there into the database (sealed). Nothing is written here any more.
     spool_dir: Path = Path("var/spool")
+
+
+class ClusterSettings(_Section):
+    # This node's name in `relay status` and on the copies it claims; empty: the host name
+    # (give each node on one host a name of its own).
+    node_name: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    # How soon another node takes over the scheduler from one that stopped answering.
+    failover_after: Duration = timedelta(seconds=30)
+
+    @field_validator("failover_after")
+    @classmethod
+    def _at_least(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=3):
+            raise ValueError("must be at least 3s")
+        return value
 
 
 class GnupgSettings(_Section):
@@ -237,6 +257,7 @@ class Settings(_Section):
     gnupg: GnupgSettings = GnupgSettings()
     embargo: EmbargoSettings = EmbargoSettings()
     members: MembersSettings = MembersSettings()
+    cluster: ClusterSettings = ClusterSettings()
     source: Path | None = None
 
 

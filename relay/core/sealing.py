@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,8 @@ class Sealer:
 
     keys: dict[bytes, bytes] = field(default_factory=dict)  # key id -> key
     current: bytes | None = None  # the id new values are sealed under
+    # Called once when a value names a key this sealer lacks: another node made it since.
+    reload: Callable[[Sealer], None] | None = None
 
     def add(self, key_id: bytes, key: bytes, *, current: bool = False) -> None:
         if len(key_id) != KEY_ID_BYTES or len(key) != KEY_BYTES:
@@ -74,6 +77,8 @@ class Sealer:
         if len(sealed) < _HEAD + 16 or not sealed.startswith(MAGIC):
             raise SealingError(f"not a sealed value ({purpose})")
         key_id = sealed[len(MAGIC) : len(MAGIC) + KEY_ID_BYTES]
+        if key_id not in self.keys and self.reload is not None:
+            self.reload(self)
         key = self.keys.get(key_id)
         if key is None:
             raise SealingError(f"sealed under a data key this relay does not hold ({purpose})")

@@ -26,7 +26,6 @@ from relay.core.config import Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.logs import clean, event
-from relay.core.spool import Spool
 from relay.inbound import Authenticated, Rejection, authenticate, keywords, router
 from relay.inbound.belief import believe
 from relay.inbound.limits import Busy, ConnectionLimits, WorkPool
@@ -44,6 +43,7 @@ from relay.inbound.replies import (
 from relay.leaks.index import EmbargoedText
 from relay.model import utcnow
 from relay.store import incoming
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.smtp")
 

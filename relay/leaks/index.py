@@ -16,10 +16,10 @@ import threading
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from relay.core.spool import PAYLOAD, Spool
 from relay.leaks.content import read_content
 from relay.leaks.matcher import Match, Matcher
 from relay.model import Advisory, AdvisoryState, Message, MessageKind, SenderKey
+from relay.store.spool import PAYLOAD, Spool
 
 
 class EmbargoedText:
@@ -62,7 +62,7 @@ class EmbargoedText:
             if message_id in self._indexed and advisory_id in self._matcher:
                 continue
             self._indexed.add(message_id)
-            content = read_content(self.spool.read(message_id, PAYLOAD))
+            content = read_content(self.spool.read(message_id, PAYLOAD, session))
             self._matcher.add(
                 advisory_id,
                 content.body,

@@ -17,10 +17,10 @@ from sqlalchemy import select
 
 from relay.core.database import Database
 from relay.core.references import find_references
-from relay.core.spool import Spool
 from relay.leaks.index import EmbargoedText
 from relay.leaks.matcher import Match
 from relay.model import AdvisoryState, Delivery, Message
+from relay.store.spool import Spool
 
 _MESSAGE_ID = re.compile(r"<([^<>\s@]+)@([^<>\s@]+)>")
 

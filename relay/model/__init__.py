@@ -12,6 +12,8 @@ from relay.model.advisories import (
 )
 from relay.model.audit import AuditEvent
 from relay.model.base import Base, UTCDateTime, utcnow
+from relay.model.cluster import Lease, Node
+from relay.model.data_keys import DataKey
 from relay.model.leaks import Grant, GrantState, Incident, IncidentKind
 from relay.model.members import (
     Application,
@@ -33,9 +35,11 @@ from relay.model.messages import (
     FailureReason,
     HoldReason,
     Message,
+    MessageBody,
     MessageKind,
     UsedSignature,
 )
+from relay.model.public_keys import PublicKey
 
 __all__ = [
     "PENDING_STATUSES",
@@ -48,6 +52,7 @@ __all__ = [
     "Base",
     "Contribution",
     "ContributionStatus",
+    "DataKey",
     "Delivery",
     "DeliveryStatus",
     "FailureReason",
@@ -57,13 +62,17 @@ __all__ = [
     "Incident",
     "IncidentKind",
     "KeyReminder",
+    "Lease",
     "Member",
     "MemberKey",
     "MemberState",
     "Message",
+    "MessageBody",
     "MessageKind",
+    "Node",
     "PendingChange",
     "PendingChangeState",
+    "PublicKey",
     "Sender",
     "SenderKey",
     "StatusReminder",

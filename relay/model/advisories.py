@@ -10,11 +10,11 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
-    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from relay.core.sealing import SealedText
 from relay.model.base import Base, UTCDateTime, utcnow
 
 
@@ -30,7 +30,7 @@ class Advisory(Base):
     __tablename__ = "advisories"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    title: Mapped[str] = mapped_column(Text, default="")
+    title: Mapped[str] = mapped_column(SealedText("advisories.title"), default="")
     state: Mapped[str] = mapped_column(String(16), default=AdvisoryState.EMBARGOED, index=True)
     lift_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     created_by: Mapped[str] = mapped_column(String(200))
@@ -38,7 +38,7 @@ class Advisory(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Sent in plaintext to the public addresses at the lift, and only if public_release.
-    public_text: Mapped[str | None] = mapped_column(Text)
+    public_text: Mapped[str | None] = mapped_column(SealedText("advisories.public_text"))
     public_release: Mapped[bool] = mapped_column(Boolean, default=False)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
-    JSON,
     Integer,
     String,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from relay.core.sealing import SealedJSON
 from relay.model.base import Base, UTCDateTime, utcnow
 
 
@@ -24,4 +24,5 @@ class AuditEvent(Base):
     actor: Mapped[str] = mapped_column(String(200))
     action: Mapped[str] = mapped_column(String(64), index=True)
     subject: Mapped[str] = mapped_column(String(320), index=True)
-    detail: Mapped[dict | None] = mapped_column(JSON)
+    # Sealed: a detail may carry an advisory's title or words (relay/core/sealing.py).
+    detail: Mapped[dict | None] = mapped_column(SealedJSON("audit_events.detail"))

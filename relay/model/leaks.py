@@ -14,6 +14,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from relay.core.sealing import SealedJSON, SealedText
 from relay.model.base import Base, UTCDateTime, utcnow
 from relay.model.members import Member
 
@@ -49,13 +50,15 @@ class Incident(Base):
     kind: Mapped[str] = mapped_column(String(32))
     message_id: Mapped[str | None] = mapped_column(String(32))  # the relay's message, if any
     # {"score", "matched_fingerprints", "identifiers", "excerpts", "sources"} from the matcher.
-    matched: Mapped[dict | None] = mapped_column(JSON)
-    note: Mapped[str | None] = mapped_column(Text)  # an administrator's account of the leak
+    matched: Mapped[dict | None] = mapped_column(SealedJSON("incidents.matched"))
+    note: Mapped[str | None] = mapped_column(
+        SealedText("incidents.note")
+    )  # an administrator's account of the leak
     recorded_by: Mapped[str] = mapped_column(String(200))
     report_message_id: Mapped[str | None] = mapped_column(String(32))
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     resolved_by: Mapped[str | None] = mapped_column(String(200))
-    resolution: Mapped[str | None] = mapped_column(Text)
+    resolution: Mapped[str | None] = mapped_column(SealedText("incidents.resolution"))
     member: Mapped[Member | None] = relationship()
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from relay.core.references import new_reference
+from relay.core.sealing import SealedBytes, SealedText
 from relay.model.base import Base, UTCDateTime, utcnow
 from relay.model.members import Member
 
@@ -83,7 +84,7 @@ class Message(Base):
     mail_from: Mapped[str] = mapped_column(String(320), default="")
     signer_fingerprint: Mapped[str | None] = mapped_column(String(64))
     original_message_id: Mapped[str | None] = mapped_column(String(998))
-    subject: Mapped[str] = mapped_column(Text, default="")
+    subject: Mapped[str] = mapped_column(SealedText("messages.subject"), default="")
     size: Mapped[int] = mapped_column(Integer, default=0)
     sha256: Mapped[str] = mapped_column(String(64))
     # Who posted it: the registered owner of the signing key (a sender's, member's or grant
@@ -94,6 +95,19 @@ class Message(Base):
     # The advisory the post (or the relay's notice about it) belongs to.
     advisory_id: Mapped[str | None] = mapped_column(ForeignKey("advisories.id"), index=True)
     deliveries: Mapped[list[Delivery]] = relationship(back_populates="message")
+
+
+class MessageBody(Base):
+    """A message's bytes (`part`: "raw" as received, "payload" as redistributed), sealed:
+    in the database, so any node can deliver any message, and unreadable without the keyring."""
+
+    __tablename__ = "message_bodies"
+
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    part: Mapped[str] = mapped_column(String(16), primary_key=True)
+    data: Mapped[bytes] = mapped_column(SealedBytes("message_bodies.data"))
 
 
 class Delivery(Base):
@@ -117,6 +131,9 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))  # the node that claimed it
+    # Unexpected errors preparing or sending it; at `[delivery] max_errors` it fails.
+    errors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Fixed at accept time so a resend after a crash carries the same Message-ID.
     copy_message_id: Mapped[str] = mapped_column(String(255), unique=True)

@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session
 
 from relay.app import incidents
 from relay.core.config import Settings
-from relay.core.spool import Spool
 from relay.leaks.content import Content
 from relay.leaks.index import EmbargoedText
 from relay.leaks.matcher import Match
@@ -56,6 +55,7 @@ from relay.policy.forwarding import (
 )
 from relay.store import delivery_queue, notices, parties
 from relay.store.key_owners import grant_for, member_for, sender_addresses, sender_for
+from relay.store.spool import Spool
 
 # Recipients who may read everything the list carries.
 _LIST_PARTIES = (Kind.MEMBER, Kind.SENDER)

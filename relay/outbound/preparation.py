@@ -24,7 +24,6 @@ from relay.core.config import Settings
 from relay.core.crypto import Crypto, KeyInfo
 from relay.core.database import Database
 from relay.core.errors import CryptoError
-from relay.core.spool import PAYLOAD, Spool
 from relay.leaks.content import read_content
 from relay.model import (
     Advisory,
@@ -40,6 +39,7 @@ from relay.model import (
 from relay.outbound import compose, gate, preface
 from relay.store import delivery_queue, key_owners
 from relay.store.key_owners import grant_for, sender_by_address
+from relay.store.spool import PAYLOAD, Spool
 
 log = logging.getLogger("relay.dispatch")  # these are the dispatcher's steps, logged as its own
 

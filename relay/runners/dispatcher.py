@@ -31,7 +31,6 @@ from relay.core.crypto import Crypto, KeyInfo
 from relay.core.database import Database
 from relay.core.errors import CryptoError
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.leaks.index import EmbargoedText
 from relay.model import (
     Delivery,
@@ -44,14 +43,17 @@ from relay.outbound import gate, preparation
 from relay.outbound.preparation import Job
 from relay.outbound.transport import Outcome, SendResult, Transport, make_transport
 from relay.policy import forwarding
+from relay.runners.supervision import Backoff, Health, pause_or_stop
 from relay.store import delivery_queue, notices
 from relay.store.key_owners import list_key
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.dispatch")
 
 CLAIM_BATCH = 64
 RECORD_BATCH = 128
 RECORD_LINGER = 0.05  # seconds
+BACKOFF = Backoff(first=0.5, longest=10.0)  # after a claim or record that failed
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,16 @@ class Dispatcher:
         transport_factory: Callable[[], Transport] | None = None,
         clock: Callable[[], datetime] = utcnow,
         watch: EmbargoedText | None = None,
+        node: str = "",
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
+        self.node = node
+        self.health = health or Health()
+        # For `relay status`: when this node last claimed copies and last delivered one.
+        self.last_claim_at: datetime | None = None
+        self.last_delivery_at: datetime | None = None
+        self._stopping = False
         self.db = db
         self.spool = spool
         self.crypto = crypto
@@ -96,7 +106,9 @@ class Dispatcher:
             settings.delivery.workers, thread_name_prefix="crypto"
         )
         d = settings.delivery
-        self._retry = delivery_queue.Retry(d.min_backoff, d.max_backoff, d.queue_lifetime)
+        self._retry = delivery_queue.Retry(
+            d.min_backoff, d.max_backoff, d.queue_lifetime, d.max_errors
+        )
         self._policy = advisories.policy_for(settings)
         self._ask_gate = preparation.gate_question(
             gate.Gate(
@@ -116,6 +128,12 @@ class Dispatcher:
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and deliver until `stop` is set; unstarted claims go back to the delivery_queue."""
         self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        # A fresh pool: a run the supervisor restarts finds the last one shut down.
+        self._crypto_pool.shutdown(wait=False)
+        self._crypto_pool = ThreadPoolExecutor(
+            self.settings.delivery.workers, thread_name_prefix="crypto"
+        )
         work: asyncio.Queue[WorkItem] = asyncio.Queue()
         outcomes: asyncio.Queue[delivery_queue.Attempt | None] = asyncio.Queue()
         recorder = asyncio.create_task(self._recorder(outcomes), name="delivery-recorder")
@@ -124,11 +142,26 @@ class Dispatcher:
             for n in range(self.settings.delivery.connections)
         ]
         poll = self.settings.delivery.poll_interval.total_seconds()
+        failures = 0
         try:
             while not stop.is_set():
                 self._wake.clear()
                 if work.qsize() < self.settings.delivery.connections * 2:
-                    jobs = await self._claim()
+                    try:
+                        jobs = await self._claim()
+                    except Exception as error:
+                        # The database is locked or gone: wait and claim again; what was
+                        # claimed stays leased to this node until it comes back.
+                        failures += 1
+                        self.health.failed("claim", error)
+                        pause = BACKOFF.pause(failures)
+                        log.exception("claim failed (%d in a row); next in %.1f s", failures, pause)
+                        await pause_or_stop(stop, pause)
+                        continue
+                    if failures:
+                        event(log, "recovered", task="claim", after_failures=failures)
+                        self.health.recovered("claim")
+                        failures = 0
                     for job in jobs:
                         work.put_nowait(self._start(job))
                     if len(jobs) == CLAIM_BATCH:
@@ -155,6 +188,7 @@ class Dispatcher:
             for task in senders:
                 task.cancel()
             await asyncio.gather(*senders, return_exceptions=True)
+            self._stopping = True
             outcomes.put_nowait(None)
             await recorder
             self._crypto_pool.shutdown(wait=False)
@@ -199,10 +233,12 @@ class Dispatcher:
                         outcomes.put_nowait(_outcome(job.delivery_id, result, ready.keys))
                     elif ready is not None:
                         outcomes.put_nowait(ready)
-                except Exception:
-                    log.exception(
-                        "delivery %s crashed; it stays leased and is retried", job.delivery_id
-                    )
+                except Exception as error:
+                    # Recorded on the copy (count and reason): retried on the schedule and
+                    # failed after `max_errors`, never leased again and again.
+                    log.exception("delivery %s raised; recorded as an error", job.delivery_id)
+                    self.health.failed("delivery", error)
+                    outcomes.put_nowait(delivery_queue.Attempt.error(job.delivery_id, error))
                 finally:
                     work.task_done()
                     if work.empty():
@@ -231,13 +267,9 @@ class Dispatcher:
             finished = None in batch
             ready = [o for o in batch if o is not None]
             if ready:
-                sent, changed = await asyncio.to_thread(
-                    delivery_queue.record_outcomes,
-                    self.db,
-                    ready,
-                    now=self.clock(),
-                    retry=self._retry,
-                )
+                sent, changed = await self._record(ready)
+                if sent:
+                    self.last_delivery_at = utcnow()
                 for outcome in ready:
                     job = self._inflight.pop(outcome.delivery_id, None)
                     if job is not None and outcome.delivery_id in sent:
@@ -252,11 +284,49 @@ class Dispatcher:
                 if changed:
                     await asyncio.to_thread(self._after_record, changed)
 
+    async def _record(
+        self, ready: list[delivery_queue.Attempt]
+    ) -> tuple[list[int], list[Delivery]]:
+        """Commit outcomes, trying again while the database is locked or gone: the copies
+        stay leased meanwhile, and an outcome given up at a stop is sent again later."""
+        failures = 0
+        while True:
+            try:
+                recorded = await asyncio.to_thread(
+                    delivery_queue.record_outcomes,
+                    self.db,
+                    ready,
+                    now=self.clock(),
+                    retry=self._retry,
+                )
+            except Exception as error:
+                failures += 1
+                self.health.failed("record", error)
+                if self._stopping and failures >= 3:
+                    # Stopping with the database gone: these copies stay leased and are
+                    # sent again once their lease ends (at least once, never lost).
+                    log.error("gave up recording %d outcomes at stop", len(ready))
+                    return [], []
+                pause = BACKOFF.pause(failures)
+                log.exception("recording %d outcomes failed; next in %.1f s", len(ready), pause)
+                await asyncio.sleep(pause)
+                continue
+            if failures:
+                event(log, "recovered", task="record", after_failures=failures)
+                self.health.recovered("record")
+            return recorded
+
     async def _claim(self) -> list[Job]:
         now = self.clock()
         ids = await asyncio.to_thread(
-            delivery_queue.claim_due, self.db, now, CLAIM_BATCH, self.settings.delivery.lease_for
+            delivery_queue.claim_due,
+            self.db,
+            now,
+            CLAIM_BATCH,
+            self.settings.delivery.lease_for,
+            self.node,
         )
+        self.last_claim_at = utcnow()
         if not ids:
             return []
         return await asyncio.to_thread(self._load, ids)

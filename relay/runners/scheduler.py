@@ -16,8 +16,9 @@ contributing-back reminders, and once a day the members' key health check). Job
 functions are referenced by name ("relay.runners.scheduler:run_due"), as a persistent
 store requires, and reach the running relay through a registry set by `start()`.
 
-Only one scheduler may run per database: two schedulers on one job store fire
-each job twice. The work would still happen once, but run one relay per database.
+Only one scheduler runs per database, on the node that holds the scheduler's lease
+(relay/runners/node.py): two schedulers on one job store would fire each job twice. The
+work would still happen once, since every lift and reminder is a conditional change.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from relay.core.config import Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.model import Advisory, AdvisoryState, utcnow
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.scheduler")
 
@@ -93,6 +94,7 @@ class EmbargoScheduler:
         self.crypto = crypto  # for the daily key health check; None: no key checks
         self._keys_checked_at: datetime | None = None
         self._tick_lock = threading.Lock()
+        self.missed = False  # the last tick failed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduler = AsyncIOScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=db.engine, tablename=JOB_TABLE)},
@@ -137,7 +139,12 @@ class EmbargoScheduler:
     # Placing jobs
 
     def reschedule(self, advisory_id: str, lift_at: datetime | None) -> None:
-        """(Re)place one advisory's jobs: its old ones go, new ones follow `lift_at`."""
+        """(Re)place one advisory's jobs: its old ones go, new ones follow `lift_at`.
+
+        Only on the node that leads: another node's change is picked up by the leader's
+        `sync` at its next heartbeat."""
+        if not self._scheduler.running:
+            return
         self.remove(advisory_id)
         now = self.clock()
         if lift_at is None or lift_at <= now:
@@ -198,7 +205,17 @@ class EmbargoScheduler:
     def tick(self) -> None:
         """Lift and remind whatever is due now by the injected clock, then tidy the jobs.
 
-        Safe from any thread; runs are serialised in this process."""
+        Safe from any thread; runs are serialised in this process. A tick that fails (the
+        database is locked or gone) leaves `missed` set, and the node runs it again at its
+        next heartbeat, so a lift due during the fault happens as soon as it is over."""
+        try:
+            self._tick()
+        except Exception:
+            self.missed = True
+            raise
+        self.missed = False
+
+    def _tick(self) -> None:
         with self._tick_lock:
             now = self.clock()
             lifted = embargo.lift_due(self.db, self.spool, self.settings, now)

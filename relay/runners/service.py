@@ -1,10 +1,11 @@
-"""The running relay: one asyncio loop with the SMTP edge, the dispatcher and the
-embargo scheduler.
+"""The running relay: one asyncio loop with the SMTP edge, the dispatcher, this node's
+heartbeat and, while this node holds its lease, the embargo scheduler.
 
-`Relay` wires the parts together and can be started and stopped from tests;
-`serve` runs it until SIGINT or SIGTERM. At start, deliveries left active by a
-crash go back to the queue, so nothing accepted is lost across restarts, and
-lifts or reminders that fell due while the relay was down run at once.
+`Relay` wires the parts together and can be started and stopped from tests; `serve` runs
+it until SIGINT or SIGTERM. The long-running tasks run under a `Supervisor`: one that ends
+unexpectedly is logged and started again (relay/runners/supervision.py). At start, copies
+this node left active go back to the queue, so nothing accepted is lost across restarts,
+and the node that leads the scheduler runs the lifts and reminders that fell due meanwhile.
 """
 
 from __future__ import annotations
@@ -13,27 +14,25 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from relay.core.config import Settings
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.gpg import GnuPG
 from relay.core.logs import event
-from relay.core.spool import Spool
 from relay.inbound.edge import ListHandler, make_server_factory
 from relay.leaks.index import EmbargoedText
 from relay.model import utcnow
 from relay.outbound.transport import Transport
 from relay.runners.dispatcher import Dispatcher
+from relay.runners.node import Node, node_name
 from relay.runners.scheduler import EmbargoScheduler
-from relay.store import delivery_queue
+from relay.runners.supervision import Health, Supervisor
+from relay.store import at_rest, data_keys, delivery_queue
+from relay.store.spool import Spool
 
 log = logging.getLogger("relay.service")
-
-# Spool files this old with no message row are a crash's leftovers
-# (see delivery_queue.sweep_orphans).
-ORPHAN_AGE = timedelta(hours=1)
 
 
 class Relay:
@@ -49,7 +48,11 @@ class Relay:
         if not self.db.is_current():
             raise RelayError("the database schema is not current; run 'relay init'")
         self.crypto = GnuPG(settings.gnupg.home, settings.gnupg.binary)
-        self.spool = Spool(settings.storage.spool_dir)
+        # Embargoed text in the database opens only with the list key.
+        data_keys.unwrap(self.db, self.crypto)
+        self.spool = Spool(self.db)
+        self.name = node_name(settings)
+        self.health = Health()
         # One index of embargoed text for the edge (posts) and the dispatcher (copies).
         self.watch = EmbargoedText(self.spool)
         self.dispatcher = Dispatcher(
@@ -60,6 +63,8 @@ class Relay:
             transport_factory=transport_factory,
             clock=clock,
             watch=self.watch,
+            node=self.name,
+            health=self.health,
         )
         self.scheduler = EmbargoScheduler(
             self.db,
@@ -78,9 +83,12 @@ class Relay:
             on_schedule=self.scheduler.reschedule,
             watch=self.watch,
         )
+        self.node = Node(
+            settings, self.db, self.dispatcher, self.scheduler, self.health, name=self.name
+        )
         self._server: asyncio.Server | None = None
         self._stop = asyncio.Event()
-        self._dispatch_task: asyncio.Task[None] | None = None
+        self._supervisor = Supervisor(self._stop, self.health)
         self._warm_up: asyncio.Task[None] | None = None
 
     @property
@@ -89,26 +97,29 @@ class Relay:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self, *, dispatch: bool = True) -> None:
-        recovered = await asyncio.to_thread(delivery_queue.recover, self.db)
+        await asyncio.to_thread(
+            at_rest.upgrade, self.db, self.spool, self.settings.storage.spool_dir
+        )
+        recovered = await asyncio.to_thread(delivery_queue.recover, self.db, (self.name, None, ""))
         if recovered:
             event(log, "recovered", deliveries=recovered)
-        swept = await asyncio.to_thread(
-            delivery_queue.sweep_orphans, self.db, self.spool, ORPHAN_AGE
-        )
-        if swept:
-            event(log, "swept", orphan_spool_files=swept)
         # Build the index of embargoed text now, not inside the first accept that needs it.
         self._warm_up = asyncio.create_task(asyncio.to_thread(self._index_embargoed_text))
-        self.scheduler.start()
+        # The first beat decides, before the edge listens, whether this node schedules.
+        try:
+            await self.node.tick()
+        except Exception:
+            log.exception("first heartbeat failed; the node keeps trying")
+        self._supervisor.start("node", lambda: self.node.run(self._stop))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             make_server_factory(self.handler, self.settings),
             host=self.settings.smtp.host,
             port=self.settings.smtp.port,
         )
-        event(log, "listening", host=self.settings.smtp.host, port=self.port)
+        event(log, "listening", host=self.settings.smtp.host, port=self.port, node=self.name)
         if dispatch:
-            self._dispatch_task = asyncio.create_task(self.dispatcher.run(self._stop))
+            self._supervisor.start("dispatcher", lambda: self.dispatcher.run(self._stop))
 
     def _index_embargoed_text(self) -> None:
         with self.db.transaction() as session:
@@ -118,12 +129,11 @@ class Relay:
         self._stop.set()
         if self._warm_up is not None:
             await asyncio.gather(self._warm_up, return_exceptions=True)
-        self.scheduler.shutdown()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        if self._dispatch_task is not None:
-            await self._dispatch_task
+        await self._supervisor.wait(timeout=60)
+        await asyncio.to_thread(self.node.stopped)
         # The edge's worker threads end before the database goes away.
         await asyncio.to_thread(self.handler.shutdown)
         self.db.dispose()

@@ -13,30 +13,29 @@ leaving or becoming reachable (relay/store/recipients.py).
 from __future__ import annotations
 
 import secrets
-import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, false, or_, select, update
 from sqlalchemy.orm import Session
 
 from relay.core.database import Database, rowcount
 from relay.core.errors import RelayError
-from relay.core.spool import Spool
 from relay.model import (
     Delivery,
     DeliveryStatus,
     FailureReason,
     HoldReason,
     MemberState,
-    Message,
     utcnow,
 )
 from relay.store import audit
 
 RELAY_ACTOR = "relay"
 CANCELLED = "cancelled"  # `last_code` of a copy stopped before it was sent
+INTERNAL = "internal"  # `last_code` of a copy whose preparation or sending raised
 
 
 def new_id() -> str:
@@ -54,56 +53,57 @@ MODERATION_HOLD = HoldReason.MODERATION
 # Claiming and outcomes
 
 
-def recover(db: Database) -> int:
-    """At start-up: deliveries left active by a crash go back to the queue."""
+def recover(db: Database, owners: Iterable[str | None] = (None, "")) -> int:
+    """Copies left active by a node that is gone (crashed, killed) go back to the queue:
+    at a node's start those it leased itself, and, on the scheduler's node, those of nodes
+    whose heartbeat stopped (relay/store/cluster.py names them). `None` and "" stand for
+    leases from before nodes were named."""
+    names = [o for o in owners if o]
+    orphaned: Any = Delivery.lease_owner.in_(names) if names else false()
+    if None in owners or "" in owners:
+        orphaned = or_(orphaned, Delivery.lease_owner.is_(None), Delivery.lease_owner == "")
     with db.transaction() as session:
         result = session.execute(
             update(Delivery)
-            .where(Delivery.status == DeliveryStatus.ACTIVE)
-            .values(status=DeliveryStatus.QUEUED, lease_until=None)
+            .where(Delivery.status == DeliveryStatus.ACTIVE, orphaned)
+            .values(status=DeliveryStatus.QUEUED, lease_until=None, lease_owner=None)
         )
         return rowcount(result) or 0
 
 
-def sweep_orphans(db: Database, spool: Spool, older_than: timedelta) -> int:
-    """At start-up: remove spool files no message row refers to (a crash came between
-    the spool write and the commit, so no one was ever told `250`). Only files older
-    than `older_than`: a command running now may be about to commit its own."""
-    candidates = spool.stored_before(time.time() - older_than.total_seconds())
-    if not candidates:
-        return 0
-    with db.transaction() as session:
-        known = set(session.execute(select(Message.id).where(Message.id.in_(candidates))).scalars())
-    orphans = [message_id for message_id in candidates if message_id not in known]
-    for message_id in orphans:
-        spool.remove(message_id)
-    return len(orphans)
+def claim_due(
+    db: Database, now: datetime, limit: int, lease_for: timedelta, owner: str = ""
+) -> list[int]:
+    """Lease up to `limit` due deliveries to the node `owner`, oldest first.
 
-
-def claim_due(db: Database, now: datetime, limit: int, lease_for: timedelta) -> list[int]:
-    """Lease up to `limit` due deliveries to this process, oldest first."""
+    Several nodes claim at once: on PostgreSQL the rows are locked as they are selected
+    (`FOR UPDATE SKIP LOCKED`, so another node passes over them to the next), and on every
+    backend the UPDATE re-checks that each row is still claimable and reports the rows it
+    took (RETURNING), so a row is never leased to two nodes."""
+    claimable = (
+        Delivery.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED))
+        & (Delivery.next_attempt_at <= now)
+    ) | ((Delivery.status == DeliveryStatus.ACTIVE) & (Delivery.lease_until < now))
     with db.transaction() as session:
         ids = list(
             session.execute(
                 select(Delivery.id)
-                .where(
-                    (
-                        Delivery.status.in_((DeliveryStatus.QUEUED, DeliveryStatus.DEFERRED))
-                        & (Delivery.next_attempt_at <= now)
-                    )
-                    | ((Delivery.status == DeliveryStatus.ACTIVE) & (Delivery.lease_until < now))
-                )
+                .where(claimable)
                 .order_by(Delivery.next_attempt_at, Delivery.id)
                 .limit(limit)
+                .with_for_update(skip_locked=True)
             ).scalars()
         )
-        if ids:
-            session.execute(
-                update(Delivery)
-                .where(Delivery.id.in_(ids))
-                .values(status=DeliveryStatus.ACTIVE, lease_until=now + lease_for)
-            )
-        return ids
+        if not ids:
+            return []
+        taken = session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids), claimable)
+            .values(status=DeliveryStatus.ACTIVE, lease_until=now + lease_for, lease_owner=owner)
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+        return sorted(taken, key=ids.index)
 
 
 def release(db: Database, delivery_ids: list[int]) -> None:
@@ -121,7 +121,7 @@ class Attempt:
     """What one delivery attempt came to, as reported by the transport."""
 
     delivery_id: int
-    result: str  # "sent" | "temporary" | "permanent"
+    result: str  # "sent" | "temporary" | "permanent" | "error" (the relay's own, unexpected)
     code: str
     reason: str
     fingerprints: tuple[str, ...] = ()
@@ -139,14 +139,22 @@ class Attempt:
         )
         return cls(delivery_id, "permanent", CANCELLED, words, failure=why)
 
+    @classmethod
+    def error(cls, delivery_id: int, error: BaseException) -> Attempt:
+        """An unexpected error of the relay's own while preparing or sending the copy."""
+        words = f"{type(error).__name__}: {error}"[:500]
+        return cls(delivery_id, "error", INTERNAL, words, failure=FailureReason.INTERNAL_ERROR)
+
 
 @dataclass(frozen=True)
 class Retry:
-    """The retry schedule: exponential backoff, given up after the queue lifetime."""
+    """The retry schedule: exponential backoff, given up after the queue lifetime, or
+    after `max_errors` unexpected errors of the relay's own."""
 
     min_backoff: timedelta
     max_backoff: timedelta
     lifetime: timedelta
+    max_errors: int = 5
 
 
 def record_outcomes(
@@ -208,6 +216,8 @@ def record_outcomes(
                     continue
                 if outcome.result == "temporary":
                     defer(session, delivery, outcome.code, outcome.reason, now=now, retry=retry)
+                elif outcome.result == "error":
+                    errored(session, delivery, outcome.reason, now=now, retry=retry)
                 else:
                     why = outcome.failure or FailureReason.REJECTED
                     fail(session, delivery, outcome.code, outcome.reason, why=why)
@@ -245,6 +255,36 @@ def defer(
         recipient=delivery.recipient,
         code=code,
         attempts=delivery.attempts,
+        message=delivery.message_id,
+    )
+
+
+def errored(
+    session: Session, delivery: Delivery, reason: str, *, now: datetime, retry: Retry
+) -> None:
+    """An unexpected error: counted and retried on the schedule, failed at `max_errors`, so
+    no copy is leased and retried forever."""
+    delivery.errors += 1
+    delivery.lease_until = None
+    delivery.last_code, delivery.last_reason = INTERNAL, f"internal error: {reason}"
+    if delivery.errors >= retry.max_errors:
+        words = f"internal error {delivery.errors} times; last: {reason}"
+        mark_failed(delivery, FailureReason.INTERNAL_ERROR, INTERNAL, words)
+        action = "delivery.failed"
+    else:
+        delivery.status = DeliveryStatus.DEFERRED
+        delivery.next_attempt_at = now + backoff(
+            delivery.errors, retry.min_backoff, retry.max_backoff
+        )
+        action = "delivery.error"
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        action,
+        str(delivery.id),
+        recipient=delivery.recipient,
+        code=INTERNAL,
+        errors=delivery.errors,
         message=delivery.message_id,
     )
 
@@ -310,6 +350,7 @@ def requeue(delivery: Delivery, now: datetime, *, held: HoldReason | None = None
     delivery.status = DeliveryStatus.QUEUED if held is None else DeliveryStatus.HELD
     delivery.hold_reason = held
     delivery.failure_reason = None
+    delivery.errors = 0  # an administrator's retry starts the count of errors again
     delivery.next_attempt_at, delivery.lease_until = now, None
 
 

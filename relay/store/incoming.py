@@ -1,9 +1,9 @@
 """Incoming: a verified post made durable, and who it goes to.
 
-`accept_post` writes the post's exact bytes to the spool (fsynced), then commits, in one
-transaction, the message row, one delivery per recipient of its audience, the record of
-its signature (used once), and whatever the router decided alongside; only then may the
-SMTP edge answer `250`. A post refused for a leak is kept the same way as evidence
+`accept_post` commits, in one transaction, the message row and the post's exact bytes
+(relay/store/spool.py), one delivery per recipient of its audience, the record of its
+signature (used once), and whatever the router decided alongside; only then may the SMTP
+edge answer `250`. A post refused for a leak is kept the same way as evidence
 (`keep_refused`), with no delivery. From here on a delivery's state belongs to
 relay/store/delivery_queue.py.
 """
@@ -26,7 +26,6 @@ from relay.core.database import (
     Database,
 )
 from relay.core.errors import RelayError
-from relay.core.spool import PAYLOAD, RAW, Spool
 from relay.model import (
     Advisory,
     Delivery,
@@ -46,6 +45,7 @@ from relay.store.delivery_queue import (
     copy_message_id,
     new_id,
 )
+from relay.store.spool import PAYLOAD, RAW, Spool
 
 
 @dataclass(frozen=True)
@@ -96,12 +96,10 @@ class Post:
     poster: str = ""  # the signing key's registered owner (address)
     from_mismatch: str | None = None  # a From address outside that identity, when flagged
 
-    def store(self, spool: Spool) -> str:
-        """Write the exact bytes (fsynced) under a new message id, before any commit."""
-        message_id = new_id()
-        spool.write(message_id, RAW, self.raw)
-        spool.write(message_id, PAYLOAD, self.payload)
-        return message_id
+    def store(self, session: Session, spool: Spool, message_id: str) -> None:
+        """Write the exact bytes and the payload in the transaction of the message's row."""
+        spool.write(session, message_id, RAW, self.raw)
+        spool.write(session, message_id, PAYLOAD, self.payload)
 
     def row(
         self, message_id: str, kind: str, advisory_id: str | None, subject: str | None = None
@@ -163,18 +161,19 @@ def accept_post(
         None
     ),
 ) -> Accepted:
-    """Make a verified post durable: spool files fsynced, then one committed transaction.
+    """Make a verified post durable: one committed transaction, bytes and rows together.
 
     `route` runs inside that transaction with the new message id: it names the post's
     advisory (creating or rescheduling it) and its audience; if it raises, nothing is kept.
     """
-    message_id = post.store(spool)
+    message_id = new_id()
     try:
         with db.transaction() as session:
             routing = route(session, spool, message_id)
             session.add(
                 post.row(message_id, MessageKind.POST, routing.advisory_id, routing.subject)
             )
+            post.store(session, spool, message_id)
             post.use_signature(session, message_id)
             count = 0
             for address, member_id in _audience(session, routing.audience, routing.advisory_id):
@@ -204,13 +203,9 @@ def accept_post(
                 from_mismatch=post.from_mismatch,
             )
     except IntegrityError:
-        spool.remove(message_id)
         replayed = used_signature(db, post.signature) if post.signature else None
         if replayed is not None:  # the same signature committed meanwhile: a replay
             raise AlreadyReceived(replayed) from None
-        raise
-    except BaseException:
-        spool.remove(message_id)
         raise
     return Accepted(message_id, count, routing.advisory_id)
 
@@ -223,14 +218,15 @@ def keep_refused(
     advisory_id: str,
     record: Callable[[Session, Spool, str], None],
 ) -> str:
-    """Keep a post refused for a leak as the evidence of its incidents: spool files and a
+    """Keep a post refused for a leak as the evidence of its incidents: its bytes and a
     message row with no delivery, and `record` (the incidents) in the same transaction.
     The post's advisory may not exist: the refusal kept the post from creating it."""
-    message_id = post.store(spool)
+    message_id = new_id()
     try:
         with db.transaction() as session:
             known = session.get(Advisory, advisory_id) is not None
             session.add(post.row(message_id, MessageKind.REFUSED, advisory_id if known else None))
+            post.store(session, spool, message_id)
             # Used too: a replay of the refused post is refused as a replay, not reported again.
             post.use_signature(session, message_id)
             session.flush()
@@ -239,13 +235,9 @@ def keep_refused(
                 session, f"key:{post.signer}", "message.refused", message_id, size=len(post.raw)
             )
     except IntegrityError:
-        spool.remove(message_id)
         replayed = used_signature(db, post.signature) if post.signature else None
         if replayed is not None:
             raise AlreadyReceived(replayed) from None
-        raise
-    except BaseException:
-        spool.remove(message_id)
         raise
     return message_id
 

@@ -1,7 +1,7 @@
 """Relay notices: text the relay itself writes (lift notices, reminders, leak reports,
 terms of a grant, failures), queued like posts in the caller's transaction.
 
-Each notice is a spool file, a message of kind `notice`, one delivery per recipient and
+Each notice is a message of kind `notice` with its text, one delivery per recipient and
 an audit row, written by `_write` alone. A notice is encrypted to each recipient like a
 post (held if the recipient has no usable key), except those that quote nothing of an
 advisory (`enqueue_notice`) and an advisory's public text after its lift, which may go
@@ -17,11 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relay.core.mime import text_part
-from relay.core.spool import PAYLOAD, Spool
 from relay.model import Delivery, Member, MemberState, Message, MessageKind
 from relay.store import audit
 from relay.store.delivery_queue import RELAY_ACTOR, copy_message_id, new_id
 from relay.store.incoming import grant_holders
+from relay.store.spool import PAYLOAD, Spool
 
 
 def enqueue_notice(
@@ -121,10 +121,9 @@ def _write(
     plaintext_allowed: bool,
     reason: str,
 ) -> str:
-    """The one writer of relay notices: spool file, message, deliveries, audit row."""
+    """The one writer of relay notices: message and its text, deliveries, audit row."""
     message_id = new_id()
     payload = text_part(text)
-    spool.write(message_id, PAYLOAD, payload)
     session.add(
         Message(
             id=message_id,
@@ -135,6 +134,7 @@ def _write(
             advisory_id=advisory_id,
         )
     )
+    spool.write(session, message_id, PAYLOAD, payload)
     for address, member_id in recipients:
         session.add(
             Delivery(

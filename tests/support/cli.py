@@ -69,6 +69,7 @@ def set_up(
         _init(settings)
     db = admin.open_database(settings)
     crypto = admin.open_keyring(settings)
+    admin.unseal(db, crypto)
     for key_name, address, name in members:
         key = keys.make(key_name, address)
         add_member(db, crypto, settings, address, name, key.public, ACTOR)

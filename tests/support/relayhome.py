@@ -11,9 +11,12 @@ from pathlib import Path
 from relay.core import config as relay_config
 from relay.core.database import Database
 from relay.core.gpg import GnuPG
+from relay.core.sealing import Sealer, attach, new_key, sealer_for
 from relay.model import Member, MemberKey, Sender, SenderKey
 from relay.runners.service import Relay
-from tests.support import template
+from relay.store import data_keys
+from relay.store.spool import Spool
+from tests.support import databases, template
 from tests.support.keys import KeyFactory, Keyring, TestKey
 
 LIST = "distributors@example.org"
@@ -46,7 +49,7 @@ poll_interval = "0.2s"
 connect_timeout = "5s"
 
 [storage]
-database_url = "sqlite:///state/relay.db"
+database_url = "{databases.database_for(root)}"
 spool_dir = "state/spool"
 
 [gnupg]
@@ -69,9 +72,17 @@ def _migrate(settings: relay_config.Settings) -> str:
 
 
 def _migrate_and_make_key(settings: relay_config.Settings) -> str:
-    """An empty database at the newest revision and the list key; the key's fingerprint."""
+    """An empty database at the newest revision, the list key, and the data key wrapped to
+    it (as `relay init` leaves them); the list key's fingerprint."""
     _migrate(settings)
-    return GnuPG(settings.gnupg.home).generate_key("Test distributors", LIST)
+    crypto = GnuPG(settings.gnupg.home)
+    fingerprint = crypto.generate_key("Test distributors", LIST)
+    db = Database(settings.storage.database_url)
+    try:
+        data_keys.ensure(db, crypto, fingerprint)
+    finally:
+        db.dispose()
+    return fingerprint
 
 
 def migrated_database(root: Path, settings: relay_config.Settings) -> Database:
@@ -79,7 +90,27 @@ def migrated_database(root: Path, settings: relay_config.Settings) -> Database:
     of the session's migrated one, else migrated here. For tests that need no keys."""
     if template.copy_set_up("database", settings, root, ("database",), _migrate) is None:
         _migrate(settings)
-    return Database(settings.storage.database_url)
+    db = Database(settings.storage.database_url)
+    # No list key to wrap a data key to: a key of its own seals this database's text.
+    sealer = Sealer()
+    sealer.add(*new_key())
+    attach(db.engine, sealer)
+    return db
+
+
+def open_sealed(settings: relay_config.Settings) -> Database:
+    """Another handle on a relay's database, as another process opens it: with the data
+    key unwrapped by the list key."""
+    db = Database(settings.storage.database_url)
+    data_keys.unwrap(db, GnuPG(settings.gnupg.home))
+    return db
+
+
+def another_handle(db: Database) -> Database:
+    """A second engine on the same database, sealing with the same data keys."""
+    second = Database(db.url)
+    attach(second.engine, sealer_for(db.engine.dialect))
+    return second
 
 
 class RelayHome:
@@ -96,6 +127,8 @@ class RelayHome:
         ) or _migrate_and_make_key(self.settings)
         self.db = Database(self.settings.storage.database_url)
         self.crypto = GnuPG(self.settings.gnupg.home)
+        data_keys.unwrap(self.db, self.crypto)
+        self.spool = Spool(self.db)
         self.list_public = self.crypto.export_public(self.list_fpr)
 
     def add_sender(self, key: TestKey, address: str | None = None) -> None:

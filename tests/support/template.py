@@ -20,6 +20,7 @@ from pathlib import Path
 
 from relay.core.config import Settings, load
 from relay.core.gpg import stop_agent
+from tests.support import databases
 
 # gpg's run-time files: agent sockets, lock files, the seed it rewrites at every run.
 _NOT_COPIED = ("S.*", ".#lk*", "*.lock", "random_seed", "relay.toml")
@@ -44,6 +45,9 @@ def _layout(settings: Settings, root: Path, parts: Iterable[str]) -> tuple[objec
     found: list[object] = [settings.list.address, settings.list.name]
     root = root.resolve()
     for part in parts:
+        if part == "database" and databases.name_of(settings.storage.database_url):
+            found.append(databases.POSTGRESQL)  # cloned by the server, not copied
+            continue
         path = _PARTS[part](settings)
         if path is None or not path.is_relative_to(root):
             return None
@@ -58,6 +62,7 @@ class Template:
     layout: tuple[object, ...]
     gnupg: Path
     list_fpr: str
+    database: str | None  # the PostgreSQL database cloned into each copy's, if any
 
     def copy_to(self, settings: Settings, root: Path) -> str | None:
         """Copy the template's files into `root` and return the list key's fingerprint; None,
@@ -72,6 +77,10 @@ class Template:
             copy_function=shutil.copy,
             dirs_exist_ok=True,
         )
+        if self.database is not None:
+            name = databases.name_of(settings.storage.database_url)
+            assert name is not None
+            databases.clone(self.database, name)
         return self.list_fpr
 
 
@@ -93,8 +102,14 @@ class Templates:
             assert layout is not None, f"template {kind}: its files must live in its folder"
             fingerprint = build(settings)
             stop_agent(settings.gnupg.home)
-            self._built[kind] = Template(root, parts, layout, settings.gnupg.home, fingerprint)
+            database = databases.name_of(settings.storage.database_url)
+            self._built[kind] = Template(
+                root, parts, layout, settings.gnupg.home, fingerprint, database
+            )
         return self._built[kind]
+
+    def databases(self) -> tuple[str, ...]:
+        return tuple(t.database for t in self._built.values() if t.database is not None)
 
     def stop_agents(self) -> None:
         for template in self._built.values():
@@ -107,6 +122,11 @@ _session: Templates | None = None
 def start_session(templates: Templates) -> None:
     global _session
     _session = templates
+
+
+def session_databases() -> tuple[str, ...]:
+    """The PostgreSQL databases of the session's templates (kept until the session ends)."""
+    return _session.databases() if _session is not None else ()
 
 
 def end_session() -> None:

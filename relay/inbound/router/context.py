@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from relay.app import advisories
 from relay.core.config import Settings
 from relay.core.crypto import Crypto
-from relay.core.spool import Spool
 from relay.inbound import VerifiedPost, keywords
 from relay.inbound.router.advisory import advisory_of
 from relay.leaks import external_copies
@@ -23,6 +22,7 @@ from relay.policy.posting import PostingPolicy, posting_for
 from relay.policy.timing import TimingPolicy
 from relay.store import incoming
 from relay.store.key_owners import member_for, sender_for
+from relay.store.spool import Spool
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,67 @@
+"""The data keys of one database: made once (by `relay init`, or the first node to open a
+database without one), kept only wrapped to the list key, unwrapped by each process that
+opens the database with the list's secret key.
+
+A process keeps what it unwrapped in memory (`_unwrapped`), so opening the same database
+again (the CLI's commands, a test's second handle) costs no further gpg call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from sqlalchemy import select
+
+from relay.core.crypto import Crypto
+from relay.core.database import Database
+from relay.core.errors import CryptoError
+from relay.core.logs import event
+from relay.core.sealing import KEY_BYTES, KEY_ID_BYTES, Sealer, SealingError, attach, new_key
+from relay.model.data_keys import DataKey
+
+log = logging.getLogger("relay.data_keys")
+
+_unwrapped: dict[bytes, bytes] = {}  # sha256 of a wrapped key -> the key
+
+
+def ensure(db: Database, crypto: Crypto, list_fingerprint: str) -> bool:
+    """Make the database's first data key unless it has one; True if one was made."""
+    with db.transaction() as session:
+        if session.scalar(select(DataKey.id).limit(1)) is not None:
+            return False
+    key_id, key = new_key()
+    wrapped = crypto.encrypt(key_id + key, [list_fingerprint])
+    with db.transaction() as session:
+        # Two processes making the first key at once: the primary key keeps one of each,
+        # and both stay usable, so neither loses what it sealed.
+        session.add(DataKey(id=key_id.hex(), wrapped=wrapped))
+    event(log, "data key made", key=key_id.hex()[:8])
+    return True
+
+
+def unwrap(db: Database, crypto: Crypto) -> Sealer:
+    """Every data key of the database, the newest current; attached to its engine."""
+    sealer = Sealer(reload=lambda found: _load(db, crypto, found))
+    _load(db, crypto, sealer)
+    attach(db.engine, sealer)
+    return sealer
+
+
+def _load(db: Database, crypto: Crypto, sealer: Sealer) -> None:
+    with db.transaction() as session:
+        rows = session.execute(select(DataKey.wrapped).order_by(DataKey.created_at)).all()
+    if not rows:
+        raise SealingError("the database has no data key yet; run 'relay init'")
+    for (wrapped,) in rows:
+        digest = hashlib.sha256(wrapped).digest()
+        blob = _unwrapped.get(digest)
+        if blob is None:
+            try:
+                blob = crypto.decrypt(wrapped).plaintext
+            except CryptoError as error:
+                raise SealingError(f"a data key does not open with the list key: {error}") from None
+            _unwrapped[digest] = blob
+        if len(blob) != KEY_ID_BYTES + KEY_BYTES:
+            raise SealingError("a data key in the database is malformed")
+        sealer.add(blob[:KEY_ID_BYTES], blob[KEY_ID_BYTES:], current=True)
