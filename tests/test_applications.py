@@ -1,5 +1,5 @@
 """Applications to join the list: reading the template, vouches, approval and rejection,
-through the real CLI on a real SQLite database, keyring and spool."""
+through the real CLI on a real database, keyring and spool."""
 
 from __future__ import annotations
 
@@ -309,6 +309,27 @@ def test_approve_without_key_adds_an_unreachable_member_and_tells_the_contact(
         assert "without a usable key" in notice.message.subject
 
 
+# A trigger that refuses an application's move to approved, as a constraint would: SQLite's
+# RAISE(ABORT) and PostgreSQL's integrity_constraint_violation both surface as IntegrityError.
+_REFUSE_APPROVAL = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_approval BEFORE UPDATE OF state ON applications"
+        " WHEN NEW.state = 'approved' BEGIN SELECT RAISE(ABORT, 'no approval'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_approval() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'no approval' USING ERRCODE = 'integrity_constraint_violation';"
+        " END $$",
+        "CREATE TRIGGER refuse_approval BEFORE UPDATE OF state ON applications FOR EACH ROW"
+        " WHEN (NEW.state = 'approved') EXECUTE FUNCTION refuse_approval()",
+    ],
+}
+_ALLOW_APPROVAL = {
+    "sqlite": "DROP TRIGGER refuse_approval",
+    "postgresql": "DROP FUNCTION refuse_approval() CASCADE",  # and its trigger
+}
+
+
 def test_a_failure_after_the_member_is_added_leaves_neither_member_nor_approval(
     relay: Relay, keys: KeyFactory
 ) -> None:
@@ -319,12 +340,8 @@ def test_a_failure_after_the_member_is_added_leaves_neither_member_nor_approval(
     # The database itself refuses the last step, the application's new state: the member,
     # its key, its backlog and their audit rows were written before it, in the same try.
     with relay.db.engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE TRIGGER refuse_approval BEFORE UPDATE OF state ON applications"
-                " WHEN NEW.state = 'approved' BEGIN SELECT RAISE(ABORT, 'no approval'); END"
-            )
-        )
+        for statement in _REFUSE_APPROVAL[conn.dialect.name]:
+            conn.execute(text(statement))
     before = relay.count(AuditEvent)
     with pytest.raises(IntegrityError, match="no approval"):
         approval.approve(
@@ -345,7 +362,7 @@ def test_a_failure_after_the_member_is_added_leaves_neither_member_nor_approval(
     assert relay.count(AuditEvent) == before
 
     with relay.db.engine.begin() as conn:
-        conn.execute(text("DROP TRIGGER refuse_approval"))
+        conn.execute(text(_ALLOW_APPROVAL[conn.dialect.name]))
     out = relay("application", "approve", "1", "--key", str(key.public_file), "--send-active")
     assert "CVE-2026-3004: 1 embargoed post(s) queued" in out.stdout
     with relay.db.transaction() as s:

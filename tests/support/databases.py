@@ -2,16 +2,18 @@
 
 `RELAY_TEST_DATABASE=postgresql` runs the suite on PostgreSQL (`make test` runs it both
 ways): each relay folder gets its own database on the server of `RELAY_TEST_POSTGRES`
-(default 127.0.0.1:5432, user postgres), named after the folder, empty when the config is
-written; a template's set-up is cloned into it with `CREATE DATABASE ... TEMPLATE` (tens of
-milliseconds). Every database made during a test is dropped after it, and every one left at
-the end of the session.
+(default 127.0.0.1:5432, user postgres), named after the folder. Writing the config only
+names it, as a SQLite file exists only once opened: `template.copy_set_up` clones a
+template's set-up into it with `CREATE DATABASE ... TEMPLATE` (tens of milliseconds), or
+creates it empty (`ensure`) when it copies nothing. Every database named during a test is
+dropped after it, and every one left at the end of the session.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import psycopg
@@ -23,7 +25,9 @@ BACKEND = os.environ.get("RELAY_TEST_DATABASE", SQLITE)
 SERVER = os.environ.get("RELAY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 PREFIX = f"relay_t{os.getpid()}_"
 
-_made: list[str] = []
+_made: list[str] = []  # named or created so far, dropped after the test
+_pending: set[str] = set()  # named by a config, not created yet
+_admin_connection: psycopg.Connection | None = None
 
 only_sqlite = pytest.mark.skipif(BACKEND != SQLITE, reason="about the SQLite file itself")
 only_postgresql = pytest.mark.skipif(BACKEND != POSTGRESQL, reason="needs PostgreSQL")
@@ -47,24 +51,40 @@ def name_of(url: str) -> str | None:
 
 
 def _admin() -> psycopg.Connection:
-    dsn = SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-    return psycopg.connect(dsn, autocommit=True)
+    """One connection to the server's `postgres` database for the whole session: a new
+    one for each statement would cost a backend start every time."""
+    global _admin_connection
+    if _admin_connection is None or _admin_connection.closed:
+        dsn = SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+        _admin_connection = psycopg.connect(dsn, autocommit=True)
+    return _admin_connection
 
 
 def database_for(root: Path) -> str:
     """The `database_url` for a relay whose config lives in `root`: a relative SQLite file,
-    or a new, empty PostgreSQL database."""
+    or a PostgreSQL database named after `root` (created by `clone` or `ensure`). A config
+    written again in the same folder names the same database, as it names the same file."""
     if BACKEND == SQLITE:
         return "sqlite:///state/relay.db"
     name = PREFIX + hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    create(name)
+    if name not in _made:
+        _made.append(name)
+        _pending.add(name)
     return url_of(name)
 
 
+def ensure(url: str) -> None:
+    """Create the database `url` names, empty, if it is only named so far."""
+    name = name_of(url)
+    if name in _pending:
+        create(name)
+
+
 def create(name: str, template: str = "template0") -> None:
-    with _admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    conn = _admin()
+    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    _pending.discard(name)
     if name not in _made:
         _made.append(name)
 
@@ -74,11 +94,29 @@ def clone(template: str, name: str) -> None:
     create(name, template)
 
 
+def _end_sessions(conn: psycopg.Connection, names: list[str]) -> None:
+    """End the sessions still open on `names` and wait until they are gone. DROP DATABASE
+    WITH (FORCE) ends them too, but then waits for them in steps of 100 ms."""
+    sessions = "FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()"
+    conn.execute(f"SELECT pg_terminate_backend(pid) {sessions}", [names])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        row = conn.execute(f"SELECT count(*) {sessions}", [names]).fetchone()
+        if row is None or row[0] == 0:
+            return
+        time.sleep(0.002)
+
+
 def drop_made(keep: tuple[str, ...] = ()) -> None:
     """Drop the databases made so far, except `keep` (the session's templates)."""
-    if not _made:
+    doomed = [n for n in _made if n not in keep and n not in _pending]
+    for name in [n for n in _made if n not in keep and n in _pending]:
+        _made.remove(name)  # named but never created: nothing to drop
+        _pending.discard(name)
+    if not doomed:
         return
-    with _admin() as conn:
-        for name in [n for n in _made if n not in keep]:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            _made.remove(name)
+    conn = _admin()
+    _end_sessions(conn, doomed)
+    for name in doomed:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _made.remove(name)

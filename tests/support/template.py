@@ -100,6 +100,7 @@ class Templates:
             settings = load(self._write_config(root))
             layout = _layout(settings, root, parts)
             assert layout is not None, f"template {kind}: its files must live in its folder"
+            databases.ensure(settings.storage.database_url)
             fingerprint = build(settings)
             stop_agent(settings.gnupg.home)
             database = databases.name_of(settings.storage.database_url)
@@ -145,7 +146,9 @@ def copy_set_up(
 ) -> str | None:
     """Give the relay in `root` a copy of the session's set-up `kind` (the list key's
     fingerprint), or None when it must set up on its own: outside a test session (the
-    benchmarks) or when its settings put the files elsewhere."""
-    if _session is None:
-        return None
-    return _session.get(kind, parts, build).copy_to(settings, root)
+    benchmarks) or when its settings put the files elsewhere. Either way its database
+    exists on return (a PostgreSQL one is only named until then)."""
+    copied = None if _session is None else _session.get(kind, parts, build).copy_to(settings, root)
+    if copied is None:
+        databases.ensure(settings.storage.database_url)
+    return copied
