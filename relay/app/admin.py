@@ -29,7 +29,7 @@ from relay.core.errors import KeyProblem, RelayError
 from relay.core.gpg import GnuPG
 from relay.core.logs import event
 from relay.model import Delivery, DeliveryStatus, MemberKey, MemberState, Sender, SenderKey
-from relay.store import at_rest, audit, data_keys, delivery_queue, key_owners
+from relay.store import at_rest, audit, data_keys, delivery_queue, key_owners, public_keys
 from relay.store.spool import Spool
 
 log = logging.getLogger("relay.admin")
@@ -116,7 +116,7 @@ def init_relay(settings: Settings, actor: str) -> InitReport:
         # below is sealed too, so the key comes first.
         data_keys.ensure(db, crypto, report.fingerprint)
         unseal(db, crypto)
-        at_rest.upgrade(db, Spool(db), settings.storage.spool_dir)
+        at_rest.upgrade(db, Spool(db), settings.storage.spool_dir, crypto)
         if report.key_created:
             with db.transaction() as session:
                 audit.record(
@@ -166,6 +166,7 @@ def add_sender(
     with db.transaction() as session:
         sender = Sender(address=address, keys=[SenderKey(fingerprint=f) for f in fingerprints])
         session.add(sender)
+        public_keys.store(session, crypto, fingerprints)
         audit.record(session, actor, "sender.added", address, fingerprints=fingerprints)
         for fpr in fingerprints:
             audit.record(session, actor, "key.imported", fpr, owner=f"sender {address}")

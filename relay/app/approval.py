@@ -121,7 +121,7 @@ def approve(
             applications.load(session, application_id, lock=True)
         )
         why = f"application {application.id}"
-        member = members.admit(session, alias, name, fingerprints, actor, source=why)
+        member = members.admit(session, crypto, alias, name, fingerprints, actor, source=why)
         member.criteria = {n: application.answers[n] for n in CRITERIA}
         member.vouched_by = application.vouches[0]["member"]
         if not member.domains:

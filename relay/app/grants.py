@@ -50,7 +50,7 @@ from relay.model import (
     SenderKey,
     utcnow,
 )
-from relay.store import audit, key_owners, notices, parties, recipients
+from relay.store import audit, key_owners, notices, parties, public_keys, recipients
 from relay.store.spool import Spool
 
 log = logging.getLogger("relay.grants")
@@ -134,6 +134,7 @@ def share(
     if live is not None and live.state != GrantState.REVOKED:
         raise GrantError(f"{address} already holds a {live.state} grant for {advisory.id}")
     fingerprints = _import_keys(session, crypto, keys)
+    public_keys.store(session, crypto, fingerprints)
 
     grant = Grant(
         advisory_id=advisory.id,

@@ -27,7 +27,7 @@ from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.logs import event
 from relay.model import AuditEvent, Incident, Member, MemberKey, MemberState, utcnow
-from relay.store import audit, key_owners, notices, recipients
+from relay.store import audit, key_owners, notices, public_keys, recipients
 from relay.store.spool import Spool
 
 log = logging.getLogger("relay.members")
@@ -135,6 +135,7 @@ def import_new_member_keys(
 
 def admit(
     session: Session,
+    crypto: Crypto,
     address: str,
     name: str,
     fingerprints: list[str] | None,
@@ -143,7 +144,7 @@ def admit(
 ) -> Member:
     """Add the member (membership's ADD) in the caller's transaction. With `fingerprints`
     (imported by `import_new_member_keys`) those are its keys, a returning member's old ones
-    dropped; without, a returning member keeps the keys it had."""
+    dropped, and stored for every node; without, a returning member keeps the keys it had."""
     if fingerprints is not None:
         detail["fingerprints"] = fingerprints
     member = membership.transition(session, address, Move.ADD, actor, name=name, **detail).member
@@ -151,6 +152,7 @@ def admit(
         member.keys.clear()
         session.flush()  # the old keys' rows go before the new ones arrive
         member.keys.extend(MemberKey(fingerprint=f) for f in fingerprints)
+        public_keys.store(session, crypto, fingerprints)
         for fpr in fingerprints:
             audit.record(session, actor, "key.imported", fpr, owner=f"member {address}")
     return member
@@ -174,7 +176,7 @@ def add_member(
         raise RelayError("that is the list's own address")
     fingerprints = import_new_member_keys(db, crypto, address, key_data)
     with db.transaction() as session:
-        member = admit(session, address, name, fingerprints, actor)
+        member = admit(session, crypto, address, name, fingerprints, actor)
         session.flush()
         view = member_view(crypto, member)  # in the session: a returning member's incidents
     event(log, "member.added", address=address, keys=len(fingerprints))
@@ -211,6 +213,7 @@ def add_member_keys(
         mine = {k.fingerprint for k in member.keys}
         added = [f for f in fingerprints if f not in mine]
         member.keys.extend(MemberKey(fingerprint=f) for f in added)
+        public_keys.store(session, crypto, added)
         for fpr in added:
             audit.record(session, actor, "key.imported", fpr, owner=f"member {address}")
         released = 0

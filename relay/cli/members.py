@@ -1,4 +1,4 @@
-"""`relay member suspend|resume|show|update|sync`, `relay key import|check` and
+"""`relay member suspend|resume|show|update|sync`, `relay key import|refresh|check` and
 `relay advisory status|report`: membership, key health and contributing back.
 
 Part of the `relay` command: importing this module adds its commands to the `member`,
@@ -14,7 +14,15 @@ from pathlib import Path
 
 import click
 
-from relay.app import admin, contributions, groups_file, keyhealth, members, membership
+from relay.app import (
+    admin,
+    contributions,
+    groups_file,
+    key_refresh,
+    keyhealth,
+    members,
+    membership,
+)
 from relay.app.membership import Move
 from relay.cli.advisory import advisory
 from relay.cli.context import app_of as _app
@@ -205,6 +213,26 @@ def key_import(ctx: click.Context, key_file: Path, address: str) -> None:
     click.echo(f"key(s) added to {done.member.address}: {', '.join(done.added)}")
     if done.released:
         click.echo(f"{done.released} held delivery(ies) queued again")
+
+
+@key.command("refresh")
+@click.argument(
+    "key_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.pass_context
+def key_refresh_command(ctx: click.Context, key_file: Path) -> None:
+    """Bring keys the list holds up to date (a new expiry, a subkey, a revocation).
+
+    Every key in the file must belong to a member, a sender or a grant; a revoked or
+    expired key is taken in, and the relay stops encrypting to it.
+    """
+    app = _app(ctx)
+    data = admin.read_key_file(key_file)
+    done, released = key_refresh.refresh_keys(app.db, app.crypto, data, audit.cli_actor())
+    for key_ in done:
+        click.echo(f"key refreshed: {key_.fingerprint} ({key_.status}): {', '.join(key_.owners)}")
+    if released:
+        click.echo(f"{released} held delivery(ies) queued again")
 
 
 @key.command("check")

@@ -27,7 +27,7 @@ from relay.model import utcnow
 from relay.runners.dispatcher import Dispatcher
 from relay.runners.scheduler import EmbargoScheduler
 from relay.runners.supervision import Health, pause_or_stop
-from relay.store import cluster, delivery_queue
+from relay.store import cluster, delivery_queue, public_keys
 
 log = logging.getLogger("relay.node")
 
@@ -67,6 +67,9 @@ class Node:
         self.ttl = failover - self.beat
         self.leading_until: datetime | None = None
         self._on_lead = on_lead
+        # Keys imported through any node reach this keyring (relay/store/public_keys.py).
+        self._keys_since: datetime | None = None
+        self._keys_due = self.started_at
 
     @property
     def leads(self) -> bool:
@@ -109,6 +112,23 @@ class Node:
         elif self.scheduler.running:
             event(log, "no longer leading the scheduler", node=self.name)
             self._step_down()
+        if now >= self._keys_due:
+            await self._follow_keys(now)
+
+    async def _follow_keys(self, now: datetime) -> None:
+        """Every key at start, then what changed, at most every check_interval."""
+        self._keys_due = now + self.settings.embargo.check_interval
+        try:
+            count, self._keys_since = await asyncio.to_thread(
+                public_keys.follow, self.db, self.dispatcher.crypto, self._keys_since
+            )
+        except Exception as error:  # the heartbeat went through; only the keys wait
+            self.health.failed("keys", error)
+            log.exception("following the database's keys failed")
+            return
+        self.health.recovered("keys")
+        if count:
+            event(log, "keys followed", keys=count, node=self.name)
 
     async def _release_orphans(self, now: datetime) -> None:
         """Copies leased by a node that died go back to the queue for the living."""

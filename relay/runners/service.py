@@ -98,7 +98,7 @@ class Relay:
 
     async def start(self, *, dispatch: bool = True) -> None:
         await asyncio.to_thread(
-            at_rest.upgrade, self.db, self.spool, self.settings.storage.spool_dir
+            at_rest.upgrade, self.db, self.spool, self.settings.storage.spool_dir, self.crypto
         )
         recovered = await asyncio.to_thread(delivery_queue.recover, self.db, (self.name, None, ""))
         if recovered:

@@ -1,6 +1,8 @@
-"""What a migration cannot do without the list key, done by `relay init` and at the start of
-`relay serve`: seal the embargoed text written before sealing existed, and move the files
-of an old spool folder into the database. Both are idempotent and cheap when done."""
+"""What a migration cannot do without the list key or the keyring, done by `relay init` and
+at the start of `relay serve`: seal the embargoed text written before sealing existed, move
+the files of an old spool folder into the database, and copy the keys an older keyring held
+alone into the table every node follows (relay/store/public_keys.py). Each is idempotent
+and cheap when done."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from typing import Any
 
 from sqlalchemy import text, update
 
+from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.logs import event
 from relay.core.sealing import TEXT_PREFIX
 from relay.model import Advisory, AuditEvent, Contribution, Incident, Message
+from relay.store import public_keys
 from relay.store.spool import Spool, import_folder
 
 log = logging.getLogger("relay.at_rest")
@@ -55,9 +59,13 @@ def seal_plaintext(db: Database) -> int:
     return sealed
 
 
-def upgrade(db: Database, spool: Spool, spool_folder: Path) -> None:
-    """Seal what is plain and move an old spool folder in (needs the data key attached)."""
+def upgrade(db: Database, spool: Spool, spool_folder: Path, crypto: Crypto) -> None:
+    """Seal what is plain, move an old spool folder in (needs the data key attached) and
+    store the keys only `crypto`'s keyring held."""
     moved = import_folder(db, spool, spool_folder)
     sealed = seal_plaintext(db)
     if moved or sealed:
         event(log, "sealed at rest", spool_messages_moved=moved, values_sealed=sealed)
+    stored = public_keys.backfill(db, crypto)
+    if stored:
+        event(log, "public keys stored", keys=stored)
