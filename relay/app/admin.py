@@ -110,6 +110,13 @@ def init_relay(settings: Settings, actor: str) -> InitReport:
         except KeyProblem:
             if any(k.secret for k in crypto.list_keys()):
                 raise  # several secret keys: an administrator must sort that out
+            if data_keys.present(db):
+                # Another node's database: a new key here could never open its data keys.
+                raise RelayError(
+                    "the database belongs to a relay whose list key is not in this GnuPG home"
+                    f" ({settings.gnupg.home}): bring it with 'relay node export-key' on a"
+                    " running node and 'relay node import-key' here"
+                ) from None
             fingerprint = crypto.generate_key(settings.list.name, settings.list.address)
             report = InitReport(fingerprint, key_created=True)
         # Embargoed text is sealed under a data key wrapped to the list key; the audit row

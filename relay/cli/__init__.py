@@ -15,6 +15,7 @@ from relay.cli import (  # noqa: F401  (importing a module registers its command
     held,
     incidents,
     members,
+    node,
     roster,
     share,
     status,

@@ -50,6 +50,18 @@ _GPG_OPTIONS = [
     "--trust-model",
     "always",
 ]
+# A passphrase-encrypted key file: a strong s2k, and no passphrase left in gpg-agent's cache.
+_S2K = [
+    "--s2k-mode",
+    "3",
+    "--s2k-digest-algo",
+    "SHA512",
+    "--s2k-count",
+    "65011712",
+    "--s2k-cipher-algo",
+    "AES256",
+    "--no-symkey-cache",
+]
 _GPG_CONF = "no-auto-key-retrieve\nauto-key-locate local\nno-random-seed-file\n"
 
 
@@ -211,6 +223,66 @@ class GnuPG:
         if not data:
             raise KeyProblem(f"no key {fingerprint} in the keyring")
         return data.encode() if isinstance(data, str) else data
+
+    # The list's secret key, moved to a new node under a passphrase
+
+    def export_secret_key(self, fingerprint: str, passphrase: str) -> bytes:
+        """The secret key, armoured and encrypted under `passphrase` (AES256, iterated and
+        salted SHA-512 s2k). The key in the clear passes only through gpg's pipes and this
+        process's memory, never a file."""
+        secret = self._gpg.export_keys(
+            fingerprint, secret=True, armor=False, expect_passphrase=False
+        )
+        if not secret:
+            raise KeyProblem(f"no secret key {fingerprint} in the keyring")
+        try:
+            result = self._gpg.encrypt(
+                secret,
+                None,
+                symmetric="AES256",
+                passphrase=passphrase,
+                armor=True,
+                extra_args=_S2K,
+            )
+        except ValueError:  # python-gnupg refuses a passphrase with a line break
+            raise CryptoError("the passphrase must be one line") from None
+        keywords = {s[0] for s in _status(result.stderr)}
+        if not result.ok or "END_ENCRYPTION" not in keywords:
+            raise CryptoError(f"encryption failed: {result.status or 'unknown error'}")
+        return bytes(result.data)
+
+    def import_secret_key(self, data: bytes, passphrase: str) -> str:
+        """Decrypt what `export_secret_key` wrote and import the one secret key it holds;
+        its fingerprint. A home holds one secret key (the list's), so one that holds
+        another is refused; the same key again changes nothing."""
+        try:
+            result = self._gpg.decrypt(
+                data, passphrase=passphrase, extra_args=["--no-symkey-cache"]
+            )
+        except ValueError:
+            raise CryptoError("the passphrase must be one line") from None
+        status = _status(result.stderr)
+        if not any(s[0] == "NEED_PASSPHRASE_SYM" for s in status):
+            raise CryptoError("not a passphrase-encrypted key file (relay node export-key)")
+        if any(s[0] == "ERROR" and s[-1].endswith("BAD_PASSPHRASE") for s in status):
+            raise CryptoError("wrong passphrase")
+        if "DECRYPTION_OKAY" not in {s[0] for s in status}:
+            raise CryptoError("the key file could not be decrypted (damaged or incomplete)")
+        secret = bytes(result.data)
+        found = [k for k in self._gpg.scan_keys_mem(secret) if k.get("type") == "sec"]
+        if len(found) != 1:
+            raise KeyProblem("the key file must hold exactly one secret key")
+        fingerprint = found[0]["fingerprint"].upper()
+        present = {k["fingerprint"].upper() for k in self._gpg.list_keys(secret=True)}
+        if present - {fingerprint}:
+            raise KeyProblem(
+                f"this GnuPG home already holds another secret key ({', '.join(sorted(present))})"
+            )
+        self._gpg.import_keys(secret)
+        imported = self.key_info(fingerprint)
+        if imported is None or not imported.secret:
+            raise CryptoError(f"GnuPG did not import the secret key {fingerprint}")
+        return fingerprint
 
     def generate_key(self, name: str, address: str) -> str:
         """A signing (ed25519) + encryption (cv25519) key without passphrase."""

@@ -25,11 +25,16 @@ log = logging.getLogger("relay.data_keys")
 _unwrapped: dict[bytes, bytes] = {}  # sha256 of a wrapped key -> the key
 
 
+def present(db: Database) -> bool:
+    """The database has a data key: a relay, with its list key, already uses it."""
+    with db.transaction() as session:
+        return session.scalar(select(DataKey.id).limit(1)) is not None
+
+
 def ensure(db: Database, crypto: Crypto, list_fingerprint: str) -> bool:
     """Make the database's first data key unless it has one; True if one was made."""
-    with db.transaction() as session:
-        if session.scalar(select(DataKey.id).limit(1)) is not None:
-            return False
+    if present(db):
+        return False
     key_id, key = new_key()
     wrapped = crypto.encrypt(key_id + key, [list_fingerprint])
     with db.transaction() as session:
