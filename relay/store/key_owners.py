@@ -1,9 +1,9 @@
 """Who owns which key: the list key, members' encryption keys, senders' signing keys, and
 the keys of people a member shared an advisory with (grants).
 
-Keys live in the GnuPG home; ownership lives in the database. A member's usable
-keys are resolved at delivery time, so an expiry or revocation takes effect at
-once and never leads to plaintext.
+Keys live in each node's GnuPG home, which follows the database's copies (relay/store/
+public_keys.py); ownership lives in the database. A member's usable keys are resolved at
+delivery time, so an expiry or revocation takes effect at once and never leads to plaintext.
 """
 
 from __future__ import annotations
