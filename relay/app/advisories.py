@@ -37,6 +37,7 @@ from relay.store import audit
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _CVE = re.compile(r"^cve-\d{4}-\d{4,}$", re.IGNORECASE)
 ASSIGNED_PREFIX = "ADV"
+_NUMBERING_LOCK = 0x41445649  # a PostgreSQL advisory lock's key ("ADVI")
 
 
 class AdvisoryError(RelayError):
@@ -346,6 +347,10 @@ def _valid_id(advisory_id: str) -> str:
 
 def _next_id(session: Session, now: datetime) -> str:
     prefix = f"{ASSIGNED_PREFIX}-{now.year}-"
+    if session.get_bind().dialect.name == "postgresql":
+        # Nodes number posts at the same time: one at a time, each seeing the last one's
+        # committed number (the lock is held until this transaction ends).
+        session.execute(select(func.pg_advisory_xact_lock(_NUMBERING_LOCK)))
     taken = session.execute(select(Advisory.id).where(Advisory.id.startswith(prefix))).scalars()
     numbers = [int(rest) for ident in taken if (rest := ident[len(prefix) :]).isdigit()]
     return f"{prefix}{max(numbers, default=0) + 1:04d}"

@@ -36,6 +36,7 @@ class Status:
     checked_at: datetime
     nodes: list[NodeStatus]
     scheduler_leader: str | None
+    scheduler_leader_since: datetime | None  # when it took the lease
     queue: dict[str, int]
     oldest_due_at: datetime | None
     oldest_due_age_s: float | None
@@ -71,6 +72,7 @@ def status(db: Database, settings: Settings, now: datetime) -> Status:
         for n in seen.nodes
     ]
     leader = next((n.name for n in nodes if n.leads_scheduler), None)
+    since = lease.acquired_at if leader is not None and lease is not None else None
     age = (now - seen.oldest_due_at).total_seconds() if seen.oldest_due_at else None
     problems = []
     running = [n for n in nodes if n.running]
@@ -90,4 +92,6 @@ def status(db: Database, settings: Settings, now: datetime) -> Status:
     next_lift = (
         {"advisory": seen.next_lift[0], "lift_at": seen.next_lift[1]} if seen.next_lift else None
     )
-    return Status(now, nodes, leader, seen.queue, seen.oldest_due_at, age, next_lift, problems)
+    return Status(
+        now, nodes, leader, since, seen.queue, seen.oldest_due_at, age, next_lift, problems
+    )

@@ -57,6 +57,10 @@ def _show(seen: relay_status.Status) -> None:
     ]
     columns = ["node", "state", "scheduler", "heartbeat", "last claim", "last sent", "errors/h"]
     table("Nodes", columns, rows)
+    if seen.scheduler_leader is not None:
+        click.echo(
+            f"scheduler: {seen.scheduler_leader} since {short_when(seen.scheduler_leader_since)}"
+        )
     queue = ", ".join(f"{state} {count}" for state, count in sorted(seen.queue.items()))
     click.echo(f"queue: {queue or 'empty'}")
     if seen.oldest_due_age_s is not None:

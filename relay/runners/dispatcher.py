@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from relay.app import advisories
 from relay.core.config import Settings
 from relay.core.crypto import Crypto, KeyInfo
@@ -233,6 +235,12 @@ class Dispatcher:
                         outcomes.put_nowait(_outcome(job.delivery_id, result, ready.keys))
                     elif ready is not None:
                         outcomes.put_nowait(ready)
+                except SQLAlchemyError as error:
+                    # The database failed while the copy was prepared (nothing was sent):
+                    # not the copy's fault, so it goes back to the queue uncounted.
+                    log.exception("delivery %s: the database failed; queued again", job.delivery_id)
+                    self.health.failed("delivery", error)
+                    outcomes.put_nowait(delivery_queue.Attempt.unprepared(job.delivery_id, error))
                 except Exception as error:
                     # Recorded on the copy (count and reason): retried on the schedule and
                     # failed after `max_errors`, never leased again and again.
@@ -282,7 +290,13 @@ class Dispatcher:
                             code=outcome.code,
                         )
                 if changed:
-                    await asyncio.to_thread(self._after_record, changed)
+                    try:
+                        await asyncio.to_thread(self._after_record, changed)
+                    except Exception as error:
+                        # A notice not queued must not end the recorder: every later
+                        # outcome would wait unrecorded while copies go on being sent.
+                        self.health.failed("record", error)
+                        log.exception("after recording %d outcomes", len(changed))
 
     async def _record(
         self, ready: list[delivery_queue.Attempt]
@@ -329,7 +343,14 @@ class Dispatcher:
         self.last_claim_at = utcnow()
         if not ids:
             return []
-        return await asyncio.to_thread(self._load, ids)
+        try:
+            return await asyncio.to_thread(self._load, ids)
+        except Exception:
+            # Claimed but not read: give them back rather than leave them leased for
+            # `lease_for` (if the database is gone, the failover or our restart does).
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(delivery_queue.release, self.db, ids)
+            raise
 
     def _load(self, ids: list[int]) -> list[Job]:
         self._keys = {k.fingerprint: k for k in self.crypto.list_keys()}

@@ -1,13 +1,14 @@
 """This node among others on one database: its heartbeat, and the scheduler's lease.
 
 Every `beat` (failover_after / 6) the node writes what it knows of itself (relay/store/
-cluster.py) and takes or renews the scheduler's lease for `failover_after - beat`. Only the
-holder runs the embargo scheduler; the others keep trying, so when the holder dies (and
-stops renewing) one of them holds the lease within `failover_after` of its last renewal
-and starts the scheduler, which first runs what fell due meanwhile. A node that cannot
-reach the database cannot renew either: it stops its scheduler as soon as its lease has
-run out, before another may take it, so two nodes never both schedule for long; and a lift
-is a conditional change, so even they would lift once.
+cluster.py) and takes or renews the scheduler's lease for `failover_after - 2 beats`. Only
+the holder runs the embargo scheduler; the others keep trying, so when the holder dies (and
+stops renewing) one of them holds the lease at most a beat (and the time of one heartbeat)
+after it ran out, within `failover_after` of the death, and starts the scheduler, which
+first runs what fell due meanwhile. A node that cannot reach the database cannot renew
+either: a timer on its event loop stops its scheduler the moment its lease runs out, even
+while a heartbeat hangs, before another may take it, so two nodes never both schedule for
+long; and a lift is a conditional change, so even they would lift once.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ class Node:
         self.started_at = utcnow()
         failover = settings.cluster.failover_after
         self.beat = failover / 6
-        self.ttl = failover - self.beat
+        # Two beats short of failover_after: a beat to notice the lease ran out, and room
+        # for the heartbeat that takes it over.
+        self.ttl = failover - 2 * self.beat
         self.leading_until: datetime | None = None
+        self._lease_timer: asyncio.TimerHandle | None = None
         self._on_lead = on_lead
         # Keys imported through any node reach this keyring (relay/store/public_keys.py).
         self._keys_since: datetime | None = None
@@ -83,7 +87,6 @@ class Node:
             except Exception as error:
                 self.health.failed("heartbeat", error)
                 log.exception("heartbeat failed")
-                self._lost_database()
             else:
                 self.health.recovered("heartbeat")
             await pause_or_stop(stop, self.beat.total_seconds())
@@ -95,12 +98,11 @@ class Node:
             cluster.take, self.db, cluster.SCHEDULER, self.holder, now, self.ttl
         )
         if held:
-            self.leading_until = now + self.ttl
+            self._lead_until(now + self.ttl)
             if not self.scheduler.running:
                 event(log, "leading the scheduler", node=self.name)
-                # On the event loop: APScheduler's asyncio scheduler binds to it. It first
-                # runs what fell due while no node led.
-                self.scheduler.start()
+                # What fell due while no node led runs first, then the jobs are placed.
+                await self.scheduler.take_over()
                 if self._on_lead is not None:
                     self._on_lead()
             else:
@@ -111,7 +113,7 @@ class Node:
                 await asyncio.to_thread(self.scheduler.sync)
         elif self.scheduler.running:
             event(log, "no longer leading the scheduler", node=self.name)
-            self._step_down()
+            self.step_down()
         if now >= self._keys_due:
             await self._follow_keys(now)
 
@@ -140,14 +142,27 @@ class Node:
                 event(log, "recovered", deliveries=freed, from_nodes=",".join(dead))
                 self.dispatcher.wake()
 
-    def _lost_database(self) -> None:
-        """Without the database the lease cannot be renewed: stop scheduling once it ends."""
+    def _lead_until(self, until: datetime) -> None:
+        """Renewed until `until`: the timer that stops the scheduler then moves along."""
+        self.leading_until = until
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+        delay = max(0.0, (until - utcnow()).total_seconds())
+        self._lease_timer = asyncio.get_running_loop().call_later(delay, self._lease_ran_out)
+
+    def _lease_ran_out(self) -> None:
+        """Not renewed in time (the database is locked, gone or slow): stop scheduling now,
+        before another node may take the lease."""
         if self.leading_until is not None and utcnow() >= self.leading_until:
             event(log, "scheduler lease ran out", node=self.name)
-            self._step_down()
+            self.step_down()
 
-    def _step_down(self) -> None:
+    def step_down(self) -> None:
+        """Stop scheduling; on the event loop (APScheduler's scheduler belongs to it)."""
         self.leading_until = None
+        if self._lease_timer is not None:
+            self._lease_timer.cancel()
+            self._lease_timer = None
         self.scheduler.shutdown()
 
     def _report(self) -> cluster.Report:
@@ -164,8 +179,7 @@ class Node:
         )
 
     def stopped(self) -> None:
-        """At an orderly stop: give the lease back (another node leads at once) and say so."""
-        self._step_down()
+        """After `step_down`: give the lease back (another node leads at once) and say so."""
         try:
             cluster.give_up(self.db, cluster.SCHEDULER, self.holder)
             cluster.stopped(self.db, self.name, utcnow())

@@ -125,6 +125,13 @@ class EmbargoScheduler:
         )
         self.sync()
 
+    async def take_over(self) -> None:
+        """`start`, with what fell due run first in a worker thread: it may be many lifts,
+        or wait on a locked database, and the edge and the dispatcher share this loop."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.tick)
+        self.start(catch_up=False)
+
     def shutdown(self) -> None:
         """Stop placing and running jobs; the jobs stay in the database for the next start."""
         if self._scheduler.running:

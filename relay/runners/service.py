@@ -133,6 +133,7 @@ class Relay:
             self._server.close()
             await self._server.wait_closed()
         await self._supervisor.wait(timeout=60)
+        self.node.step_down()
         await asyncio.to_thread(self.node.stopped)
         # The edge's worker threads end before the database goes away.
         await asyncio.to_thread(self.handler.shutdown)

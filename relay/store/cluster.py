@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, case, func, literal, or_, select, update
 
 from relay.core.database import Database, rowcount
 from relay.model import Advisory, AdvisoryState, Delivery, DeliveryStatus, Lease, Node
@@ -60,22 +60,27 @@ def take(db: Database, lease: str, holder: str, now: datetime, ttl: timedelta) -
         if current is None:  # the migration made it; a hand-made database may not have
             session.add(Lease(name=lease, holder=None, expires_at=now))
             session.flush()
+        # acquired_at: kept by a renewal, now for a new holder (the old value is read
+        # before the row changes, in the same statement).
         taken = session.execute(
             update(Lease)
             .where(
                 Lease.name == lease,
                 or_(Lease.holder == holder, Lease.holder.is_(None), Lease.expires_at < now),
             )
-            .values(holder=holder, expires_at=now + ttl)
+            .values(
+                holder=holder,
+                expires_at=now + ttl,
+                acquired_at=case(
+                    (
+                        and_(Lease.holder == holder, Lease.acquired_at.is_not(None)),
+                        Lease.acquired_at,
+                    ),
+                    else_=literal(now, Lease.acquired_at.type),
+                ),
+            )
         )
-        if rowcount(taken) != 1:
-            return False
-        session.execute(
-            update(Lease)
-            .where(Lease.name == lease, Lease.acquired_at.is_(None) | (Lease.holder != holder))
-            .values(acquired_at=now)
-        )
-        return True
+        return rowcount(taken) == 1
 
 
 def give_up(db: Database, lease: str, holder: str) -> None:

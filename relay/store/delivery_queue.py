@@ -112,7 +112,7 @@ def release(db: Database, delivery_ids: list[int]) -> None:
         session.execute(
             update(Delivery)
             .where(Delivery.id.in_(delivery_ids), Delivery.status == DeliveryStatus.ACTIVE)
-            .values(status=DeliveryStatus.QUEUED, lease_until=None)
+            .values(status=DeliveryStatus.QUEUED, lease_until=None, lease_owner=None)
         )
 
 
@@ -121,7 +121,9 @@ class Attempt:
     """What one delivery attempt came to, as reported by the transport."""
 
     delivery_id: int
-    result: str  # "sent" | "temporary" | "permanent" | "error" (the relay's own, unexpected)
+    # "sent" | "temporary" | "permanent" | "error" (the relay's own, unexpected) |
+    # "unprepared" (the database failed before anything was sent)
+    result: str
     code: str
     reason: str
     fingerprints: tuple[str, ...] = ()
@@ -138,6 +140,12 @@ class Attempt:
             else (FailureReason.GRANT_REVOKED, "recipient holds no accepted grant")
         )
         return cls(delivery_id, "permanent", CANCELLED, words, failure=why)
+
+    @classmethod
+    def unprepared(cls, delivery_id: int, error: BaseException) -> Attempt:
+        """The database failed while the copy was being prepared: queued again, uncounted."""
+        words = f"database error: {type(error).__name__}"
+        return cls(delivery_id, "unprepared", INTERNAL, words)
 
     @classmethod
     def error(cls, delivery_id: int, error: BaseException) -> Attempt:
@@ -214,6 +222,11 @@ def record_outcomes(
                 delivery = by_id[outcome.delivery_id]
                 if delivery.status != DeliveryStatus.ACTIVE:
                     continue
+                if outcome.result == "unprepared":
+                    delivery.status, delivery.next_attempt_at = DeliveryStatus.QUEUED, now
+                    delivery.lease_until, delivery.lease_owner = None, None
+                    delivery.last_reason = outcome.reason
+                    continue  # nothing to tell: the copy was not attempted
                 if outcome.result == "temporary":
                     defer(session, delivery, outcome.code, outcome.reason, now=now, retry=retry)
                 elif outcome.result == "error":
