@@ -54,4 +54,4 @@ def _set_up_templates(tmp_path_factory: pytest.TempPathFactory):
     template.start_session(template.Templates(tmp_path_factory.mktemp("templates"), write_config))
     yield
     template.end_session()
-    databases.drop_made()
+    databases.drop_all()

@@ -6,13 +6,16 @@ ways): each relay folder gets its own database on the server of `RELAY_TEST_POST
 names it, as a SQLite file exists only once opened: `template.copy_set_up` clones a
 template's set-up into it with `CREATE DATABASE ... TEMPLATE` (tens of milliseconds), or
 creates it empty (`ensure`) when it copies nothing. Every database named during a test is
-dropped after it, and every one left at the end of the session.
+dropped after it, by a thread of its own while the next test runs, and every one left at
+the end of the session.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -55,9 +58,12 @@ def _admin() -> psycopg.Connection:
     one for each statement would cost a backend start every time."""
     global _admin_connection
     if _admin_connection is None or _admin_connection.closed:
-        dsn = SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
-        _admin_connection = psycopg.connect(dsn, autocommit=True)
+        _admin_connection = psycopg.connect(_dsn(), autocommit=True)
     return _admin_connection
+
+
+def _dsn() -> str:
+    return SERVER.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
 
 
 def database_for(root: Path) -> str:
@@ -94,29 +100,79 @@ def clone(template: str, name: str) -> None:
     create(name, template)
 
 
-def _end_sessions(conn: psycopg.Connection, names: list[str]) -> None:
-    """End the sessions still open on `names` and wait until they are gone. DROP DATABASE
-    WITH (FORCE) ends them too, but then waits for them in steps of 100 ms."""
+def _drop(conn: psycopg.Connection, names: list[str]) -> None:
+    """End the sessions still open on `names`, wait until they are gone, drop them. DROP
+    DATABASE WITH (FORCE) ends them too, but then waits for them in steps of 100 ms."""
     sessions = "FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()"
     conn.execute(f"SELECT pg_terminate_backend(pid) {sessions}", [names])
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         row = conn.execute(f"SELECT count(*) {sessions}", [names]).fetchone()
         if row is None or row[0] == 0:
-            return
+            break
         time.sleep(0.002)
+    for name in names:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class _Dropper:
+    """Drops a finished test's databases on a thread of its own: the next test starts while
+    the server removes the files."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[list[str] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def put(self, names: list[str]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="drop-databases", daemon=True)
+            self._thread.start()
+        self._queue.put(names)
+
+    def join(self) -> None:
+        """Wait for every drop asked for; raise the first that failed."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def _run(self) -> None:
+        with psycopg.connect(_dsn(), autocommit=True) as conn:
+            while (names := self._queue.get()) is not None:
+                try:
+                    _drop(conn, names)
+                except Exception as exc:  # reported by join(), at the end of the session
+                    self._failure = self._failure or exc
+
+
+_dropper = _Dropper()
 
 
 def drop_made(keep: tuple[str, ...] = ()) -> None:
-    """Drop the databases made so far, except `keep` (the session's templates)."""
-    doomed = [n for n in _made if n not in keep and n not in _pending]
-    for name in [n for n in _made if n not in keep and n in _pending]:
-        _made.remove(name)  # named but never created: nothing to drop
-        _pending.discard(name)
-    if not doomed:
-        return
-    conn = _admin()
-    _end_sessions(conn, doomed)
+    """Drop the databases made so far, except `keep` (the session's templates), in the
+    background."""
+    doomed = [n for n in _made if n not in keep]
     for name in doomed:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         _made.remove(name)
+    created = [n for n in doomed if n not in _pending]  # a name never created has no files
+    _pending.difference_update(doomed)
+    if created:
+        _dropper.put(created)
+
+
+def drop_all() -> None:
+    """At the end of the session: wait for the drops under way, then drop what is left."""
+    global _admin_connection
+    _dropper.join()
+    created = [n for n in _made if n not in _pending]
+    _made.clear()
+    _pending.clear()
+    if created:
+        _drop(_admin(), created)
+    if _admin_connection is not None:
+        _admin_connection.close()
+        _admin_connection = None
