@@ -32,6 +32,7 @@ bench: $(STAMP) | system-packages
 	$(VENV)/bin/python -m bench.fanout
 	$(VENV)/bin/python -m bench.scan
 	$(VENV)/bin/python -m bench.flood
+	$(VENV)/bin/python -m bench.cluster
 
 # gpg does the OpenPGP work; python3-venv provides ensurepip, which Debian ships separately.
 system-packages:
