@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # PostgreSQL for the test suite: on 127.0.0.1:5432, user postgres, trust auth on loopback.
-# Does nothing when one is listening already; on a fresh Debian machine it installs Debian's
-# package, starts its cluster and lets loopback connect without a password (a throwaway
-# test machine: nothing but 127.0.0.1 can reach it).
+# When one is listening already it only makes sure pg_dump is there; on a fresh Debian
+# machine it installs Debian's package, starts its cluster and lets loopback connect
+# without a password (a throwaway test machine: nothing but 127.0.0.1 can reach it).
 set -euo pipefail
 
 listening() {
@@ -14,10 +14,17 @@ sys.exit(0 if s.connect_ex(("127.0.0.1", 5432)) == 0 else 1)
 PY
 }
 
-listening && exit 0
-
 sudo=""
 [[ "$(id -u)" -eq 0 ]] || sudo=sudo
+
+if listening; then
+  # A server of its own (a container, another machine's port): the suite still runs pg_dump.
+  command -v pg_dump >/dev/null 2>&1 && exit 0
+  echo "installing: postgresql-client"
+  $sudo apt-get update -q
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-client
+  exit 0
+fi
 if ! command -v pg_lsclusters >/dev/null 2>&1; then
   echo "installing: postgresql"
   $sudo apt-get update -q
