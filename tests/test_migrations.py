@@ -1,5 +1,5 @@
 """The Alembic migrations: they build the schema the models describe, on SQLite and on
-PostgreSQL (127.0.0.1:5432, a throwaway database per test), and carry data across."""
+PostgreSQL (a throwaway database per test on the test server), and carry data across."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from relay.core.database import MIGRATIONS_DIR, Database
 from relay.model import Base
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+from tests.support import databases
 
 
 def _config(db: Database) -> Config:
@@ -38,22 +38,15 @@ def sqlite(tmp_path: Path) -> Iterator[Database]:
 
 @pytest.fixture
 def postgres() -> Iterator[Database]:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"relay_test_{secrets.token_hex(6)}"
+    """An empty database on the test server (tests/support/databases.py), dropped after the test."""
+    name = f"{databases.PREFIX}mig{secrets.token_hex(6)}"
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except OperationalError as exc:  # pragma: no cover - the machine runs PostgreSQL
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}")
-    db = Database(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
-    try:
-        yield db
-    finally:
-        db.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+        databases.create(name)
+    except psycopg.OperationalError as exc:  # pragma: no cover - the machine runs PostgreSQL
+        pytest.skip(f"PostgreSQL is not reachable: {exc}")
+    db = Database(databases.url_of(name))
+    yield db
+    db.dispose()
 
 
 def _differences(db: Database) -> list:
