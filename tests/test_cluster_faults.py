@@ -206,7 +206,7 @@ def test_database_connections_dropped_mid_fanout_delivery_resumes(
 ) -> None:
     members = 120
     with (
-        SmtpSink(delay=0.2) as sink,
+        SmtpSink(delay=0.3) as sink,
         Cluster(tmp_path, keys, f"127.0.0.1:{sink.port}", members=members) as cluster,
     ):
         cluster.start()
