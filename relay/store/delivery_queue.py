@@ -248,27 +248,19 @@ def defer(
 ) -> None:
     """A temporary failure: retry later, or fail once the queue lifetime is over."""
     delivery.attempts += 1
-    delivery.lease_until = None
-    delivery.last_code, delivery.last_reason = code, reason
-    if now - delivery.created_at >= retry.lifetime:
-        words = f"queue lifetime exceeded; last error: {reason}"
-        mark_failed(delivery, FailureReason.EXPIRED, code, words)
-        action = "delivery.failed"
-    else:
-        delivery.status = DeliveryStatus.DEFERRED
-        delivery.next_attempt_at = now + backoff(
-            delivery.attempts, retry.min_backoff, retry.max_backoff
-        )
-        action = "delivery.deferred"
-    audit.record(
+    expired = now - delivery.created_at >= retry.lifetime
+    given_up = (FailureReason.EXPIRED, f"queue lifetime exceeded; last error: {reason}")
+    _again_or_fail(
         session,
-        RELAY_ACTOR,
-        action,
-        str(delivery.id),
-        recipient=delivery.recipient,
-        code=code,
+        delivery,
+        code,
+        reason,
+        tries=delivery.attempts,
+        given_up=given_up if expired else None,
+        deferred="delivery.deferred",
+        now=now,
+        retry=retry,
         attempts=delivery.attempts,
-        message=delivery.message_id,
     )
 
 
@@ -278,27 +270,56 @@ def errored(
     """An unexpected error: counted and retried on the schedule, failed at `max_errors`, so
     no copy is leased and retried forever."""
     delivery.errors += 1
+    exhausted = delivery.errors >= retry.max_errors
+    words = f"internal error {delivery.errors} times; last: {reason}"
+    _again_or_fail(
+        session,
+        delivery,
+        INTERNAL,
+        f"internal error: {reason}",
+        tries=delivery.errors,
+        given_up=(FailureReason.INTERNAL_ERROR, words) if exhausted else None,
+        deferred="delivery.error",
+        now=now,
+        retry=retry,
+        errors=delivery.errors,
+    )
+
+
+def _again_or_fail(
+    session: Session,
+    delivery: Delivery,
+    code: str,
+    reason: str,
+    *,
+    tries: int,
+    given_up: tuple[FailureReason, str] | None,
+    deferred: str,
+    now: datetime,
+    retry: Retry,
+    **detail: object,
+) -> None:
+    """The retry schedule's one step: deferred by the backoff of `tries`, or failed for
+    `given_up` (its reason and words); audited either way."""
     delivery.lease_until = None
-    delivery.last_code, delivery.last_reason = INTERNAL, f"internal error: {reason}"
-    if delivery.errors >= retry.max_errors:
-        words = f"internal error {delivery.errors} times; last: {reason}"
-        mark_failed(delivery, FailureReason.INTERNAL_ERROR, INTERNAL, words)
+    delivery.last_code, delivery.last_reason = code, reason
+    if given_up is not None:
+        why, words = given_up
+        mark_failed(delivery, why, code, words)
         action = "delivery.failed"
     else:
         delivery.status = DeliveryStatus.DEFERRED
-        delivery.next_attempt_at = now + backoff(
-            delivery.errors, retry.min_backoff, retry.max_backoff
-        )
-        action = "delivery.error"
+        delivery.next_attempt_at = now + backoff(tries, retry.min_backoff, retry.max_backoff)
+        action = deferred
     audit.record(
         session,
         RELAY_ACTOR,
         action,
         str(delivery.id),
         recipient=delivery.recipient,
-        code=INTERNAL,
-        errors=delivery.errors,
+        code=code,
         message=delivery.message_id,
+        **detail,
     )
 
 
