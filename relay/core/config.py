@@ -7,6 +7,7 @@ file; errors name the offending key and never show a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -46,6 +47,16 @@ def parse_duration(value: Any) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _address(value: str) -> str:
@@ -92,6 +103,23 @@ class SmtpSettings(_Section):
     idle_timeout: Duration = timedelta(seconds=60)
     # Replies with a 5xx code to commands before the session is cut with 421 4.7.0.
     max_bad_commands: int = Field(10, ge=1)
+    # STARTTLS (RFC 3207): the certificate chain and its private key, PEM files. Both or
+    # neither; re-read on SIGHUP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # MAIL before STARTTLS is refused 530 5.7.0. Unset: required whenever `host` is not a
+    # loopback address (and then tls_cert and tls_key must be set).
+    require_tls: bool | None = None
+    # A bounce (to the list's VERP address) larger than this is refused 552 5.3.4.
+    max_bounce_size: int = Field(256 * 1024, ge=1024)
+
+    @property
+    def is_loopback(self) -> bool:
+        return _is_loopback(self.host)
+
+    @property
+    def tls_required(self) -> bool:
+        return self.require_tls if self.require_tls is not None else not self.is_loopback
 
     @field_validator("idle_timeout")
     @classmethod
@@ -104,6 +132,13 @@ class SmtpSettings(_Section):
     def _caps(self) -> SmtpSettings:
         if self.max_connections_per_ip > self.max_connections:
             raise ValueError("'max_connections_per_ip' must not exceed 'max_connections'")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both 'tls_cert' and 'tls_key', or neither")
+        if self.tls_required and self.tls_cert is None:
+            raise ValueError(
+                "TLS is required (require_tls, or a host that is not loopback): "
+                "set 'tls_cert' and 'tls_key'"
+            )
         return self
 
 
@@ -124,6 +159,17 @@ class DeliverySettings(_Section):
     # Unexpected errors preparing or sending one copy before it ends `failed`
     # ("internal-error"), so no copy is retried forever.
     max_errors: int = Field(5, ge=1, le=100)
+    # TLS to the smarthost: "starttls" (required, never a fallback to plaintext), "implicit"
+    # (TLS from the first byte, port 465) or "none" (plaintext: only ever set on purpose).
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    # CA certificates (PEM) to verify the smarthost with, for a private CA; none: the
+    # system's. The host name is always verified against the certificate.
+    ca_file: Path | None = None
+    # SMTP AUTH: the user, and the password from a file or an environment variable (never
+    # the config file itself).
+    auth_user: str | None = None
+    auth_password_file: Path | None = None
+    auth_password_env: str | None = None
 
     @field_validator("smarthost")
     @classmethod
@@ -141,6 +187,15 @@ class DeliverySettings(_Section):
             raise ValueError("set exactly one of 'smarthost' or 'outbox'")
         if self.min_backoff > self.max_backoff:
             raise ValueError("'min_backoff' must not exceed 'max_backoff'")
+        if self.auth_password_file is not None and self.auth_password_env is not None:
+            raise ValueError("set one of 'auth_password_file' and 'auth_password_env'")
+        has_password = self.auth_password_file is not None or self.auth_password_env is not None
+        if has_password and not self.auth_user:
+            raise ValueError("'auth_user' is needed with a password")
+        if self.auth_user and not has_password:
+            raise ValueError("set 'auth_password_file' or 'auth_password_env' for 'auth_user'")
+        if self.auth_user and self.tls == "none":
+            raise ValueError('SMTP AUTH is never sent in plaintext: auth_user with tls = "none"')
         return self
 
     @property
@@ -240,12 +295,33 @@ class MembersSettings(_Section):
     # Remind members who have not said how far they got with an advisory this long before its lift.
     status_reminder_before: Duration = timedelta(days=2)
 
-    @field_validator("key_expiry_warning", "status_reminder_before")
+    # This many hard bounces of a member's copies within bounce_window mark it `bouncing`
+    # and tell the security contact.
+    bounce_limit: int = Field(3, ge=1)
+    bounce_window: Duration = timedelta(days=7)
+
+    @field_validator("key_expiry_warning", "status_reminder_before", "bounce_window")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
             raise ValueError("must be longer than zero")
         return value
+
+
+class MetricsSettings(_Section):
+    # The Prometheus endpoint (GET /metrics); off unless enabled. Loopback by default:
+    # the counts say how busy the list is, which is itself worth keeping private.
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9125, ge=0, le=65535)
+
+
+class LogSettings(_Section):
+    # "text" (key=value lines) or "json" (one JSON object per line).
+    format: Literal["text", "json"] = "text"
+    # Also write the log here (relative to the config's folder); none: standard error only.
+    file: Path | None = None
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class Settings(_Section):
@@ -258,6 +334,8 @@ class Settings(_Section):
     embargo: EmbargoSettings = EmbargoSettings()
     members: MembersSettings = MembersSettings()
     cluster: ClusterSettings = ClusterSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
     source: Path | None = None
 
 
@@ -317,14 +395,26 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(f"{chosen}: invalid configuration\n{_format_error(exc)}") from None
     base = chosen.resolve().parent
     delivery = settings.delivery
-    if delivery.outbox is not None:
-        delivery = delivery.model_copy(update={"outbox": _resolve(base, delivery.outbox)})
+    for key in ("outbox", "ca_file", "auth_password_file"):
+        value = getattr(delivery, key)
+        if value is not None:
+            delivery = delivery.model_copy(update={key: _resolve(base, value)})
+    smtp = settings.smtp
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(smtp, key)
+        if value is not None:
+            smtp = smtp.model_copy(update={key: _resolve(base, value)})
+    log = settings.log
+    if log.file is not None:
+        log = log.model_copy(update={"file": _resolve(base, log.file)})
     embargo = settings.embargo
     if embargo.policy is not None:
         embargo = embargo.model_copy(update={"policy": _policy_path(base, embargo.policy)})
     return settings.model_copy(
         update={
             "delivery": delivery,
+            "smtp": smtp,
+            "log": log,
             "embargo": embargo,
             "storage": settings.storage.model_copy(
                 update={

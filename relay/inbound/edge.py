@@ -28,8 +28,7 @@ from relay.core.database import Database
 from relay.core.logs import clean, event
 from relay.inbound import Authenticated, Rejection, authenticate, keywords, router
 from relay.inbound.belief import believe
-from relay.inbound.limits import Busy, ConnectionLimits, WorkPool
-from relay.inbound.protocol import RelaySMTP
+from relay.inbound.limits import Busy, WorkPool
 from relay.inbound.replies import (
     BUSY,
     NO_SUCH_LIST,
@@ -236,23 +235,3 @@ class ListHandler:
 def _one_line(text: str) -> str:
     """SMTP replies are single lines: fold an explanation (with its accepted forms) into one."""
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-def make_server_factory(handler: ListHandler, settings: Settings) -> Callable[[], RelaySMTP]:
-    smtp = settings.smtp
-    hostname = smtp.hostname or settings.list.domain
-    limits = ConnectionLimits(smtp.max_connections, smtp.max_connections_per_ip)
-
-    def factory() -> RelaySMTP:
-        return RelaySMTP(
-            handler,
-            limits=limits,
-            max_bad_commands=smtp.max_bad_commands,
-            data_size_limit=smtp.max_message_size,
-            hostname=hostname,
-            ident="Embargo Relay",
-            decode_data=False,
-            timeout=smtp.idle_timeout.total_seconds(),
-        )
-
-    return factory

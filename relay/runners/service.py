@@ -21,7 +21,8 @@ from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.gpg import GnuPG
 from relay.core.logs import event
-from relay.inbound.edge import ListHandler, make_server_factory
+from relay.inbound.edge import ListHandler
+from relay.inbound.server import make_server_factory
 from relay.leaks.index import EmbargoedText
 from relay.model import utcnow
 from relay.outbound.transport import Transport
