@@ -9,7 +9,7 @@ PYTHON := python3
 # apt-get needs root; use sudo only when not already root.
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: serve test test-postgresql bench system-packages clean
+.PHONY: serve test test-postgresql bench system-packages test-packages clean
 
 serve: $(STAMP) | system-packages
 	$(VENV)/bin/relay --config config.example.toml serve
@@ -18,7 +18,7 @@ serve: $(STAMP) | system-packages
 # throwaway database per test). scripts/ensure_postgres.sh installs and starts a server when
 # none listens; it runs first because some tests use PostgreSQL on either pass (the
 # migrations' PostgreSQL cases, several nodes on one database).
-test: $(STAMP) | system-packages
+test: $(STAMP) | system-packages test-packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
@@ -27,7 +27,7 @@ test: $(STAMP) | system-packages
 	RELAY_TEST_DATABASE=postgresql $(VENV)/bin/pytest
 
 # The PostgreSQL pass alone.
-test-postgresql: $(STAMP) | system-packages
+test-postgresql: $(STAMP) | system-packages test-packages
 	scripts/ensure_postgres.sh
 	RELAY_TEST_DATABASE=postgresql $(VENV)/bin/pytest
 
@@ -45,6 +45,20 @@ system-packages:
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# The tests also use Sequoia's sq (interoperability: a copy's signature checked by another
+# OpenPGP implementation) and a real Postfix as the front MTA. Postfix is installed unconfigured
+# ("No configuration"): the tests run private instances of it, never the system's mail service.
+test-packages:
+	@missing=""; \
+	command -v sq >/dev/null 2>&1 || missing="$$missing sq"; \
+	[ -x /usr/sbin/postfix ] || missing="$$missing postfix"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
 		$(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
