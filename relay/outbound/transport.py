@@ -9,6 +9,15 @@ escape as exceptions, so one bad hop cannot take a worker down.
 reuses it; the message is handed over as bytes so nothing re-flattens what was
 signed. `OutboxTransport` writes each copy atomically to a folder, for tests,
 dry runs and sites that pick mail up from disk.
+
+TLS to the smarthost follows Postfix's "encrypt"/"verify" levels for a relayhost: with
+`tls = "starttls"` or `"implicit"` the certificate chain and the host name are verified
+(TLS 1.2 at least), and a session that cannot be secured ends before MAIL, so the copy
+is deferred with the reason and never sent in plaintext instead. The one exception is a
+loopback smarthost (a local front MTA, which then does the real TLS) that offers no
+STARTTLS at all: plaintext is allowed there, but one that offers STARTTLS and fails it
+is never used in plaintext either. SMTP AUTH is sent only over TLS, or to loopback; a
+refused login defers the copy (a fault of this hop, not of the recipient), as Postfix does.
 """
 
 from __future__ import annotations
@@ -16,17 +25,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
+import logging
 import os
 import re
 import secrets
-from dataclasses import dataclass
+import ssl
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiosmtplib
 
 from relay.core.config import DeliverySettings
+from relay.core.errors import ConfigError
+from relay.core.logs import event
+
+log = logging.getLogger("relay.transport")
 
 REASON_LIMIT = 300
 _ADDRESS = re.compile(r"^[!-~]*$")  # printable ASCII, no spaces ("" is the null sender)
@@ -74,14 +92,129 @@ class _NotStarted(Exception):
     """The transaction failed before the server accepted anything (safe to retry)."""
 
 
+class _Unusable(Exception):
+    """The session could not be made safe (TLS, AUTH): nothing was sent; `result` says why."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+TlsMode = Literal["starttls", "implicit", "none"]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user: str
+    password: str = field(repr=False)
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address; a name is not resolved (so it is not loopback)."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def needs_tls(host: str, mode: TlsMode) -> bool:
+    """Whether copies to `host` may only go over TLS.
+
+    Always with "implicit"; with "starttls" unless the smarthost is loopback, where a
+    local front MTA may offer no STARTTLS (its own hop onwards is the one that matters);
+    never with "none", which is only ever set on purpose.
+    """
+    return mode == "implicit" or (mode == "starttls" and not is_loopback(host))
+
+
+def client_context(ca_file: Path | None = None) -> ssl.SSLContext:
+    """Verify the chain (against `ca_file`, else the system's CAs) and the host name."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"delivery.ca_file: cannot load {ca_file}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def credentials_for(settings: DeliverySettings) -> Credentials | None:
+    """The AUTH user and password, read now: a missing one stops the relay at start."""
+    if not settings.auth_user:
+        return None
+    if settings.auth_password_file is not None:
+        password = _password_file(settings.auth_password_file)
+    else:
+        name = settings.auth_password_env
+        assert name is not None  # the settings require one of the two with auth_user
+        password = os.environ.get(name, "")
+        if not password:
+            raise ConfigError(
+                f"delivery.auth_password_env: the environment variable {name} is not set"
+            )
+    return Credentials(settings.auth_user, password)
+
+
+def _password_file(path: Path) -> str:
+    """The first line of a file only its owner can read (as ssh insists for a private key)."""
+    key = "delivery.auth_password_file"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"{key}: {path} is open to group or others (mode {mode:04o}); "
+                f"the password file must be private: chmod 600 {path}"
+            )
+        raw = handle.read()
+    lines = raw.decode("utf-8", "replace").splitlines()
+    if not lines or not lines[0]:
+        raise ConfigError(f"{key}: {path} is empty (the password is its first line)")
+    return lines[0]
+
+
+def _tls_failure(exc: BaseException) -> SendResult | None:
+    """A TLS error anywhere in the chain of causes, as a reason; None if there is none."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        detail = f"certificate verify failed: {cause.verify_message}"
+    else:
+        detail = cause.reason or str(cause)
+    return SendResult(Outcome.TEMPORARY, "tls", clean_reason(f"TLS with the smarthost: {detail}"))
+
+
 class SmtpTransport:
     """Delivery to one smarthost over one reused SMTP connection."""
 
-    def __init__(self, host: str, port: int, *, timeout: float, local_hostname: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        local_hostname: str,
+        tls: TlsMode = "starttls",
+        tls_context: ssl.SSLContext | None = None,
+        credentials: Credentials | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
         self.local_hostname = local_hostname
+        self.tls = tls
+        self.tls_context = tls_context or (client_context() if tls != "none" else None)
+        self.credentials = credentials
         self._smtp: aiosmtplib.SMTP | None = None
         self._lock = asyncio.Lock()
 
@@ -101,9 +234,12 @@ class SmtpTransport:
                     # was accepted, so one attempt on a fresh connection is safe.
                     self._drop()
                     return await self._transaction(sender, recipient, data)
+            except _Unusable as exc:
+                self._drop()
+                return exc.result
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 self._drop()
-                return _trouble(exc)
+                return _tls_failure(exc) or _trouble(exc)
 
     async def close(self) -> None:
         async with self._lock:
@@ -139,16 +275,67 @@ class SmtpTransport:
         return _reply(response.code, response.message)
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        """A session ready for MAIL: connected, secured as configured, logged in."""
         self._drop()
+        implicit = self.tls == "implicit"
         smtp = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
             timeout=self.timeout,
             local_hostname=self.local_hostname,
+            use_tls=implicit,
+            start_tls=False,  # never aiosmtplib's "when offered, else plaintext"
+            tls_context=self.tls_context if implicit else None,
         )
-        await smtp.connect()
+        try:
+            await smtp.connect()
+            await self._hello(smtp)
+            if self.tls == "starttls":
+                await self._starttls(smtp)
+            if self.credentials is not None:
+                await self._login(smtp, self.credentials)
+        except BaseException:
+            smtp.close()
+            raise
         self._smtp = smtp
         return smtp
+
+    async def _starttls(self, smtp: aiosmtplib.SMTP) -> None:
+        if not smtp.supports_extension("starttls"):
+            if needs_tls(self.host, self.tls):
+                raise _Unusable(
+                    SendResult(Outcome.TEMPORARY, "tls", "smarthost offers no STARTTLS")
+                )
+            return  # a loopback front MTA without STARTTLS: plaintext, as allowed
+        try:
+            await smtp.starttls(server_hostname=self.host, tls_context=self.tls_context)
+        except aiosmtplib.SMTPResponseException as exc:
+            reason = clean_reason(f"STARTTLS refused: {exc.code} {exc.message}")
+            raise _Unusable(SendResult(Outcome.TEMPORARY, str(exc.code), reason)) from exc
+        # RFC 3207: what the server offered before TLS counts for nothing after it.
+        await self._hello(smtp)
+
+    async def _login(self, smtp: aiosmtplib.SMTP, credentials: Credentials) -> None:
+        encrypted = smtp.get_transport_info("sslcontext") is not None
+        if not encrypted and not is_loopback(self.host):
+            reason = "SMTP AUTH is never sent in plaintext to a smarthost that is not loopback"
+            raise _Unusable(SendResult(Outcome.TEMPORARY, "auth", reason))
+        if not smtp.supports_extension("auth"):
+            raise _Unusable(SendResult(Outcome.TEMPORARY, "auth", "smarthost offers no AUTH"))
+        try:
+            await smtp.login(credentials.user, credentials.password)
+        except aiosmtplib.SMTPResponseException as exc:
+            # Temporary, as Postfix has it: the login of this hop failed, not the recipient.
+            reason = clean_reason(f"authentication refused: {exc.code} {exc.message}")
+            raise _Unusable(SendResult(Outcome.TEMPORARY, str(exc.code), reason)) from exc
+
+    @staticmethod
+    async def _hello(smtp: aiosmtplib.SMTP) -> None:
+        """EHLO, so the extensions are known; HELO for a server without ESMTP."""
+        try:
+            await smtp.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            await smtp.helo()
 
     async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
         """RSET after a refused transaction; a connection that cannot reset is dropped."""
@@ -225,15 +412,45 @@ class OutboxTransport:
             os.close(folder)
 
 
-def make_transport(settings: DeliverySettings, local_hostname: str) -> Transport:
-    """The transport the settings name: a smarthost or an outbox folder."""
-    if settings.smarthost is not None:
-        host, port = settings.smarthost_address
+def transports_for(settings: DeliverySettings, local_hostname: str) -> Callable[[], Transport]:
+    """Makes the transports the settings name: a smarthost or an outbox folder.
+
+    Called once at start. The password and the CA file are read here, so that a missing
+    or unsafe one stops `relay serve` (ConfigError naming the key) instead of deferring
+    every copy; `tls = "none"` is said once, as a warning.
+    """
+    if settings.smarthost is None:
+        outbox = settings.outbox
+        assert outbox is not None  # the settings require exactly one target
+        return lambda: OutboxTransport(outbox)
+    host, port = settings.smarthost_address
+    if settings.tls == "none":
+        event(
+            log,
+            "warning",
+            level=logging.WARNING,
+            reason="copies go to the smarthost in plaintext (tls = none)",
+            smarthost=settings.smarthost,
+        )
+    mode: TlsMode = settings.tls
+    context = client_context(settings.ca_file) if mode != "none" else None
+    credentials = credentials_for(settings)
+    timeout = settings.connect_timeout.total_seconds()
+
+    def smtp() -> Transport:
         return SmtpTransport(
             host,
             port,
-            timeout=settings.connect_timeout.total_seconds(),
+            timeout=timeout,
             local_hostname=local_hostname,
+            tls=mode,
+            tls_context=context,
+            credentials=credentials,
         )
-    assert settings.outbox is not None  # the settings require exactly one target
-    return OutboxTransport(settings.outbox)
+
+    return smtp
+
+
+def make_transport(settings: DeliverySettings, local_hostname: str) -> Transport:
+    """One transport the settings name (see `transports_for`)."""
+    return transports_for(settings, local_hostname)()

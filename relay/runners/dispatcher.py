@@ -43,7 +43,7 @@ from relay.model import (
 )
 from relay.outbound import gate, preparation
 from relay.outbound.preparation import Job
-from relay.outbound.transport import Outcome, SendResult, Transport, make_transport
+from relay.outbound.transport import Outcome, SendResult, Transport, transports_for
 from relay.policy import forwarding
 from relay.runners.supervision import Backoff, Health, pause_or_stop
 from relay.store import delivery_queue, notices
@@ -95,9 +95,8 @@ class Dispatcher:
         self.crypto = crypto
         self.clock = clock
         hostname = settings.smtp.hostname or settings.list.domain
-        self._transport_factory = transport_factory or (
-            lambda: make_transport(settings.delivery, hostname)
-        )
+        # Built now: a missing password or CA file stops the relay at start.
+        self._transport_factory = transport_factory or transports_for(settings.delivery, hostname)
         self._list_fpr = list_key(crypto).fingerprint
         self._wake = asyncio.Event()
         self._keys: dict[str, KeyInfo] = {}

@@ -12,7 +12,19 @@ counts connections, and can answer scripted replies for the next transactions:
 
 `delay` makes it a slow smarthost (a pause before each DATA reply). Stopping
 drops every open connection, as a crashed smarthost would; `start()` again
-listens on the same port. As a separate process (benchmarks, crash tests):
+listens on the same port.
+
+A smarthost with TLS and AUTH, as a mail provider runs one:
+
+    SmtpSink(starttls=server.server_context(), require_tls=True, auth=("relay", "pw"))
+    SmtpSink(implicit_tls=server.server_context())           # TLS from the first byte
+
+`require_tls` refuses MAIL before STARTTLS (530 5.7.0), and `auth` refuses MAIL before a
+successful AUTH. Each `Received` says whether it came over TLS and as which user;
+`mail_commands` counts every MAIL command that reached the sink, refused or not, so a
+test can tell that nothing was attempted; `logins` lists each AUTH attempt.
+
+As a separate process (benchmarks, crash tests):
 
     python -m tests.support.smtpsink --port 0 --out DIR [--delay SECONDS]
 
@@ -29,6 +41,7 @@ import itertools
 import json
 import os
 import signal
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -36,7 +49,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 ACCEPTED = "250 2.0.0 OK: queued"
 
@@ -46,6 +59,19 @@ class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
+    tls: bool = False  # over STARTTLS or implicit TLS
+    auth_user: str | None = None  # the user the session authenticated as
+
+
+def _over_tls(server: SMTP) -> bool:
+    return server.transport is not None and (
+        server.transport.get_extra_info("sslcontext") is not None
+    )
+
+
+def _user(session: Session) -> str | None:
+    data = session.auth_data
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else None
 
 
 @dataclass
@@ -86,7 +112,15 @@ class _Handler:
         if reply is not None:
             return reply
         data = envelope.original_content or b""
-        self.sink._record(Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), data))
+        self.sink._record(
+            Received(
+                str(envelope.mail_from),
+                tuple(envelope.rcpt_tos),
+                data,
+                tls=_over_tls(server),
+                auth_user=_user(session),
+            )
+        )
         return ACCEPTED
 
 
@@ -105,6 +139,18 @@ class _CountingSMTP(SMTP):
             self._sink._transports.discard(self.transport)
         super().connection_lost(error)
 
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        # Counted before anything is checked: a MAIL the sink refuses was still attempted.
+        self._sink._mail_seen()
+        if self._sink.require_tls and not _over_tls(self):
+            await self.push("530 5.7.0 Must issue a STARTTLS command first")
+            return
+        assert self.session is not None
+        if self._sink.auth is not None and not self.session.authenticated:
+            await self.push("530 5.7.0 Authentication required")
+            return
+        await super().smtp_MAIL(arg)
+
 
 class SmtpSink:
     """An SMTP server on its own thread that keeps what it receives."""
@@ -115,13 +161,28 @@ class SmtpSink:
         port: int = 0,
         out: Path | None = None,
         delay: float = 0.0,
+        *,
+        starttls: ssl.SSLContext | None = None,
+        require_tls: bool = False,
+        implicit_tls: ssl.SSLContext | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
+        if require_tls and starttls is None and implicit_tls is None:
+            raise ValueError("require_tls needs a context: starttls or implicit_tls")
+        if starttls is not None and implicit_tls is not None:
+            raise ValueError("starttls and implicit_tls exclude each other")
         self.host = host
         self.port = port
         self.out = Path(out) if out is not None else None
         self.delay = delay  # seconds to wait before answering each DATA
+        self.starttls = starttls
+        self.require_tls = require_tls
+        self.implicit_tls = implicit_tls
+        self.auth = auth  # (user, password) that AUTH PLAIN / LOGIN accepts
         self.messages: list[Received] = []
         self.connections = 0  # TCP connections accepted since creation
+        self.mail_commands = 0  # MAIL commands received, accepted or refused
+        self.logins: list[tuple[str, bool]] = []  # (user, accepted) per AUTH attempt
         self._changed = threading.Condition()
         self._scripts: list[_Script] = []
         self._transports: set[asyncio.BaseTransport] = set()
@@ -200,7 +261,7 @@ class SmtpSink:
         asyncio.set_event_loop(loop)
         try:
             self._server = loop.run_until_complete(
-                loop.create_server(self._factory, self.host, self.port)
+                loop.create_server(self._factory, self.host, self.port, ssl=self.implicit_tls)
             )
         except OSError as exc:
             self._error = exc
@@ -214,7 +275,28 @@ class SmtpSink:
         loop.close()
 
     def _factory(self) -> SMTP:
-        return _CountingSMTP(self, hostname="smtpsink.test", ident="smtpsink", loop=self._loop)
+        return _CountingSMTP(
+            self,
+            hostname="smtpsink.test",
+            ident="smtpsink",
+            loop=self._loop,
+            tls_context=self.starttls,
+            # aiosmtpd knows only STARTTLS as TLS; over implicit TLS (or a plaintext sink
+            # a test wants AUTH on) it must offer AUTH without it.
+            auth_require_tls=self.starttls is not None,
+            authenticator=self._authenticate,
+        )
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: object
+    ) -> AuthResult:
+        if not isinstance(data, LoginPassword) or self.auth is None:
+            return AuthResult(success=False, handled=False)
+        user = data.login.decode("utf-8", "replace")
+        accepted = (user, data.password.decode("utf-8", "replace")) == self.auth
+        with self._changed:
+            self.logins.append((user, accepted))
+        return AuthResult(success=accepted, handled=False, auth_data=data.login)
 
     async def _shutdown(self) -> None:
         assert self._server is not None
@@ -228,6 +310,10 @@ class SmtpSink:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
+
+    def _mail_seen(self) -> None:
+        with self._changed:
+            self.mail_commands += 1
 
     def _opened(self, transport: asyncio.BaseTransport) -> None:
         self._transports.add(transport)
