@@ -2,7 +2,8 @@
 
 `RelaySMTP` is the protocol alone; what a command means for the list is the handler's
 (edge.py, aiosmtpd's handler hooks). DATA is read in chunks and pre-scanned as it
-arrives (data.py), and a refused post is drained, never kept.
+arrives (data.py), and a refused post is drained, never kept. STARTTLS is aiosmtpd's
+(RFC 3207), with the context of `ServerTLS` (tls.py) as it is when the client asks.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import asyncio
 import logging
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, TLSSetupException, syntax
 
 from relay.core.logs import clean, event
 from relay.inbound import Shape
 from relay.inbound.data import read_data
 from relay.inbound.limits import ConnectionLimits
-from relay.inbound.replies import IDLE, TOO_MANY_ERRORS, TRY_LATER, with_status
+from relay.inbound.replies import ALREADY_TLS, IDLE, TOO_MANY_ERRORS, TRY_LATER, with_status
+from relay.inbound.tls import ServerTLS
 
 log = logging.getLogger("relay.smtp")
 
@@ -32,6 +34,14 @@ class _Envelope(Envelope):
     """aiosmtpd's envelope, with the pre-scan of the content that DATA read."""
 
     shape: Shape | None = None
+
+
+class _Session(Session):
+    """aiosmtpd's session, with the TLS it runs under once STARTTLS is done: the version
+    (for example "TLSv1.3") and the cipher, None before."""
+
+    tls: str | None = None
+    tls_cipher: str | None = None
 
 
 class RelaySMTP(SMTP):
@@ -52,6 +62,14 @@ class RelaySMTP(SMTP):
       limit of five unknown commands answers the same way.
     - DATA is read in chunks (data.py): the wire check and the pre-scan run
       as the bytes arrive, and a refused post is drained, never kept.
+    - STARTTLS (RFC 3207) when `tls` is given: advertised before TLS only, with the
+      context `tls` holds when the client asks (a reload changes new sessions only);
+      `require_starttls` refuses MAIL and the rest before it with 530 5.7.0. After the
+      handshake the session starts over (EHLO again; bytes the client sent behind
+      STARTTLS are discarded, aiosmtpd's doing), its version and cipher are logged and
+      kept on the session (`_Session.tls`); STARTTLS again is 503 5.5.1; a failed
+      handshake closes the connection. The relay takes no SMTP AUTH, so none is
+      advertised under TLS either.
     """
 
     def __init__(
@@ -60,9 +78,18 @@ class RelaySMTP(SMTP):
         *,
         limits: ConnectionLimits | None = None,
         max_bad_commands: int = 10,
+        tls: ServerTLS | None = None,
+        require_starttls: bool = False,
         **kwargs: object,
     ) -> None:
-        super().__init__(handler, **kwargs)  # type: ignore[arg-type]
+        super().__init__(
+            handler,
+            tls_context=tls.context if tls is not None else None,
+            require_starttls=require_starttls,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        self._tls = tls
+        self._auth_methods.clear()  # no SMTP AUTH: the signature is what counts
         self._limits = limits
         self._max_bad_commands = max_bad_commands
         self._bad_commands = 0
@@ -89,6 +116,16 @@ class RelaySMTP(SMTP):
                 return
             self._address = address
         super().connection_made(transport)
+        if self.session is not None and self.session.ssl is not None:  # STARTTLS done
+            self._tls_up(self.session)
+
+    def _tls_up(self, session: Session) -> None:
+        assert isinstance(session, _Session) and session.ssl is not None
+        ssl_object = session.ssl.get("ssl_object")
+        cipher = session.ssl.get("cipher")
+        session.tls = ssl_object.version() if ssl_object is not None else None
+        session.tls_cipher = cipher[0] if cipher else None
+        event(log, "tls", peer=session.peer, version=session.tls, cipher=session.tls_cipher)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
@@ -143,6 +180,8 @@ class RelaySMTP(SMTP):
     async def push(self, status: Any) -> None:
         bad = False
         if isinstance(status, str):
+            if self._in_ehlo and status.startswith("250-AUTH"):
+                return  # nothing to offer (no mechanisms), not advertised
             if self._in_ehlo and status == "250 HELP":
                 await super().push("250-ENHANCEDSTATUSCODES")
             if not (self._in_ehlo and status.startswith("250")):
@@ -157,6 +196,9 @@ class RelaySMTP(SMTP):
 
     async def handle_exception(self, error: Exception) -> str:
         peer = self.session.peer if self.session else "-"
+        if isinstance(error, TLSSetupException):  # aiosmtpd closes the connection
+            event(log, "tls-failed", peer=peer, reason=error.__cause__ or "handshake failed")
+            return TRY_LATER  # never sent
         log.exception("SMTP session error; answered 451 peer=%s", clean(peer))
         return TRY_LATER
 
@@ -175,6 +217,20 @@ class RelaySMTP(SMTP):
             await super().smtp_EHLO(hostname)
         finally:
             self._in_ehlo = False
+
+    # STARTTLS
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            await self.push(ALREADY_TLS)
+            return
+        if self._tls is not None:
+            self.tls_context = self._tls.context  # the certificate as of now (reload)
+        await super().smtp_STARTTLS(arg)
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
 
     # DATA
 

@@ -18,6 +18,7 @@ TRY_LATER = "451 4.3.0 Temporary failure, please try again later"
 BUSY = "451 4.3.2 The relay is busy; please try again later"
 IDLE = "421 4.4.2 {host} Idle too long; closing the connection"
 TOO_MANY_ERRORS = "421 4.7.0 {host} Too many bad commands; closing the connection"
+ALREADY_TLS = "503 5.5.1 Already under TLS"
 
 # aiosmtpd's own replies that need other words or codes.
 _REWRITES = {
@@ -26,6 +27,13 @@ _REWRITES = {
     "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long",
     "502 5.5.1 Too many unrecognized commands, goodbye.": (
         "421 4.7.0 Too many unrecognized commands; closing the connection"
+    ),
+    # STARTTLS (RFC 3207): the one 220 that is no greeting, and its refusals.
+    "220 Ready to start TLS": "220 2.0.0 Ready to start TLS",
+    "454 TLS not available": "454 4.7.0 TLS not available",
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    "554 Command refused due to lack of security": (
+        "554 5.7.0 Command refused due to lack of security"
     ),
 }
 # The enhanced status code given to a reply of aiosmtpd's that has none.
@@ -36,6 +44,7 @@ _STATUS_FOR = {
     "252": "2.5.0",
     "451": "4.3.0",
     "452": "4.3.1",
+    "454": "4.7.0",
     "500": "5.5.2",
     "501": "5.5.4",
     "502": "5.5.1",
