@@ -3,15 +3,20 @@ its logs, each opened on first use so that `--help` never loads the configuratio
 
 Logs: the command owns the process, so it configures the root logger. Full records,
 tracebacks included, go to the log file; the console gets one line per record, and never
-a record the user already saw as "error: ...".
+a record the user already saw as "error: ...". The log file's handler is in place from the
+command's start and opens the file at its first record: an internal error raised before
+the command read its configuration (while it parses an argument) still reaches the file
+that "see the log" means. `[log] format` and `level` apply once the configuration is read.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import IO
 
 import click
 
@@ -19,27 +24,73 @@ from relay.app import admin
 from relay.core.config import Settings, load
 from relay.core.database import Database
 from relay.core.gpg import GnuPG
-from relay.core.logs import clean
+from relay.core.logs import TEXT_DATEFMT, TEXT_FORMAT, clean, formatter
 from relay.store.spool import Spool
 
 log = logging.getLogger("relay.cli")
 _ROOT = logging.getLogger()
 
 FILE_ONLY = {"console": False}  # `extra` of a record the user already saw as "error: ..."
-_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_DATEFMT = "%Y-%m-%dT%H:%M:%S%z"
 
 
 class _OneLine(logging.Formatter):
     """Console records without tracebacks: those go to the log file only."""
 
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
     def format(self, record: logging.LogRecord) -> str:
         saved = record.exc_info, record.exc_text, record.stack_info
         record.exc_info = record.exc_text = record.stack_info = None
         try:
-            return super().format(record)
+            return self.inner.format(record)
         finally:
             record.exc_info, record.exc_text, record.stack_info = saved
+
+
+class _LogFile(logging.StreamHandler[IO[str]]):
+    """The log file, opened at the first record it is given: `where` names it then (and
+    may read the configuration to do so). None from `where`, or a file that cannot be
+    opened (a warning on the console), and the records are dropped."""
+
+    def __init__(self, where: Callable[[], Path | None]) -> None:
+        super().__init__(sys.stderr)
+        self.stream: IO[str] | None = None  # type: ignore[assignment]
+        self.path: Path | None = None
+        self._where = where
+        self._tried = False
+        self.setFormatter(formatter("text"))
+
+    def open(self) -> Path | None:
+        """Open the file now, if not tried yet; its path, None if there is none."""
+        if not self._tried:
+            self._tried = True  # first: the warning below comes back through this handler
+            path = self._where()
+            if path is not None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self.stream = path.open("a", encoding="utf-8")
+                    self.path = path
+                except OSError as exc:
+                    reason = clean(exc.strerror or exc)
+                    log.warning("cannot open log file %s: %s", clean(path), reason)
+        return self.path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.open()
+        if self.stream is not None:
+            super().emit(record)
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+                self.stream = None
+        finally:
+            self.release()
+        logging.Handler.close(self)
 
 
 class App:
@@ -51,13 +102,25 @@ class App:
         self._db: Database | None = None
         self._handlers: list[logging.Handler] = []
         self.console: logging.Handler = logging.NullHandler()
+        self.file = _LogFile(self._log_path)
 
     @cached_property
     def settings(self) -> Settings:
         settings = load(self.config)
-        path = Path(self.log_file) if self.log_file else default_log_file(settings)
-        self.add_handler(_file_handler(path))
+        logging.getLogger("relay").setLevel(settings.log.level)
+        kind = settings.log.format
+        self.file.setFormatter(formatter(kind))
+        self.console.setFormatter(_OneLine(formatter(kind)))
         return settings
+
+    def _log_path(self) -> Path | None:
+        """`--log-file`, else beside the spool; None when the configuration cannot be read."""
+        if self.log_file:
+            return Path(self.log_file)
+        try:
+            return default_log_file(self.settings)
+        except Exception:  # the command reports a broken configuration itself
+            return None
 
     def add_handler(self, handler: logging.Handler | None) -> None:
         """Log through `handler` for the rest of this command."""
@@ -90,12 +153,14 @@ class App:
 
 
 def open_app(config: str | None, log_file: str | None, *, verbose: bool) -> App:
-    """The command's `App`, with the root logger set up and the console handler added."""
+    """The command's `App`, with the root logger set up: the log file's handler (the file
+    opens at the first record) and the console's."""
     _ROOT.setLevel(logging.WARNING)  # libraries: warnings only (alembic is chatty at INFO)
     logging.getLogger("relay").setLevel(logging.INFO)
     # python-gnupg warns about every look-up that finds nothing; the relay does those on purpose.
     logging.getLogger("gnupg").setLevel(logging.ERROR)
     app = App(config, log_file)
+    app.add_handler(app.file)
     app.console = _console_handler(logging.INFO if verbose else logging.WARNING)
     app.add_handler(app.console)
     return app
@@ -111,22 +176,9 @@ def default_log_file(settings: Settings) -> Path:
     return settings.storage.spool_dir.parent / "relay.log"
 
 
-def _file_handler(path: Path) -> logging.Handler | None:
-    """Full records, tracebacks included; None (with a warning) if the file cannot be opened."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8", delay=True)
-    except OSError as exc:
-        log.warning("cannot open log file %s: %s", clean(path), clean(exc.strerror or exc))
-        return None
-    handler.setFormatter(logging.Formatter(_FORMAT, _DATEFMT))
-    handler.setLevel(logging.INFO)
-    return handler
-
-
 def _console_handler(level: int) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine(_FORMAT, _DATEFMT))
+    handler.setFormatter(_OneLine(logging.Formatter(TEXT_FORMAT, TEXT_DATEFMT)))
     handler.setLevel(level)
     handler.addFilter(lambda record: getattr(record, "console", True))
     return handler

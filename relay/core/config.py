@@ -317,10 +317,10 @@ class MetricsSettings(_Section):
 
 
 class LogSettings(_Section):
-    # "text" (key=value lines) or "json" (one JSON object per line).
+    # "text" (key=value lines) or "json" (one JSON object per line), in the log file and
+    # on standard error. The log file itself is `relay --log-file` (relay/cli/context.py).
     format: Literal["text", "json"] = "text"
-    # Also write the log here (relative to the config's folder); none: standard error only.
-    file: Path | None = None
+    # The relay's own records at this level and above (libraries: warnings only).
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -404,9 +404,6 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         value = getattr(smtp, key)
         if value is not None:
             smtp = smtp.model_copy(update={key: _resolve(base, value)})
-    log = settings.log
-    if log.file is not None:
-        log = log.model_copy(update={"file": _resolve(base, log.file)})
     embargo = settings.embargo
     if embargo.policy is not None:
         embargo = embargo.model_copy(update={"policy": _policy_path(base, embargo.policy)})
@@ -414,7 +411,6 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         update={
             "delivery": delivery,
             "smtp": smtp,
-            "log": log,
             "embargo": embargo,
             "storage": settings.storage.model_copy(
                 update={

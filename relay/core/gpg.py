@@ -156,6 +156,23 @@ class GnuPG:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
         return out.stdout.split("\n", 1)[0].rsplit(" ", 1)[-1] if out.stdout else "unknown"
 
+    def close(self) -> None:
+        """Stop the daemons gpg started on demand for this home (gpg-agent, keyboxd, ...):
+        they would outlive the relay, holding the list key's secret in memory. Best
+        effort: a missing gpgconf, or one that fails or hangs, is no reason to fail a stop."""
+        gpgconf = shutil.which("gpgconf")
+        if gpgconf is None:
+            return
+        try:
+            subprocess.run(
+                [gpgconf, "--homedir", str(self.home), "--kill", "all"],
+                capture_output=True,
+                check=False,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return
+
     # Keys
 
     def inspect_keys(self, data: bytes) -> list[KeyInfo]:

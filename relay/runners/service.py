@@ -27,6 +27,7 @@ from relay.leaks.index import EmbargoedText
 from relay.model import utcnow
 from relay.outbound.transport import Transport
 from relay.runners.dispatcher import Dispatcher
+from relay.runners.metrics import Metrics
 from relay.runners.node import Node, node_name
 from relay.runners.scheduler import EmbargoScheduler
 from relay.runners.supervision import Health, Supervisor
@@ -91,6 +92,8 @@ class Relay:
         self._stop = asyncio.Event()
         self._supervisor = Supervisor(self._stop, self.health)
         self._warm_up: asyncio.Task[None] | None = None
+        enabled = settings.metrics.enabled
+        self.metrics = Metrics(settings.metrics, self.db, clock) if enabled else None
 
     @property
     def port(self) -> int:
@@ -112,6 +115,8 @@ class Relay:
         except Exception:
             log.exception("first heartbeat failed; the node keeps trying")
         self._supervisor.start("node", lambda: self.node.run(self._stop))
+        if self.metrics is not None:  # before the edge listens: it counts every reply
+            await asyncio.to_thread(self.metrics.start)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             make_server_factory(self.handler, self.settings),
@@ -138,7 +143,11 @@ class Relay:
         await asyncio.to_thread(self.node.stopped)
         # The edge's worker threads end before the database goes away.
         await asyncio.to_thread(self.handler.shutdown)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         self.db.dispose()
+        # gpg-agent would outlive the relay with the list key's secret in its memory.
+        await asyncio.to_thread(self.crypto.close)
         event(log, "stopped")
 
     async def run_until_stopped(self) -> None:
