@@ -176,7 +176,7 @@ def test_approval_needs_a_vouch_from_an_active_member(relay: Relay) -> None:
         in relay("application", "vouch", "1", "--by", S, code=1).stderr
     )
     assert (
-        "not a member"
+        "no member 'who@nowhere.example'"
         in relay("application", "vouch", "1", "--by", "who@nowhere.example", code=1).stderr
     )
     assert "no application 9" in relay("application", "vouch", "9", "--by", A, code=1).stderr

@@ -352,7 +352,7 @@ def test_member_remove_keeps_the_row_and_cancels_deliveries(
 
 def test_member_remove_unknown_exits_1(initialised: Path) -> None:
     result = relay(initialised, "member", "remove", "nobody@example.net", code=1)
-    assert result.stderr == "error: no member nobody@example.net\n"
+    assert result.stderr == "error: no member 'nobody@example.net'\n"
 
 
 # senders
@@ -374,7 +374,7 @@ def test_sender_add_list_remove(initialised: Path, keys: KeyFactory) -> None:
     relay(initialised, "sender", "remove", "lead@src.example")
     assert json.loads(relay(initialised, "sender", "list", "--json").stdout) == []
     assert relay(initialised, "sender", "remove", "lead@src.example", code=1).stderr == (
-        "error: no authorised sender lead@src.example\n"
+        "error: no sender 'lead@src.example'\n"
     )
     assert [r.action for r in audit_rows(initialised) if r.subject == "lead@src.example"] == [
         "sender.added",

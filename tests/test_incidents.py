@@ -389,13 +389,13 @@ def test_cli_refusals(relay: CliRelay) -> None:
     def report(*args: str) -> str:
         return relay("incident", "report", *args, "--note", "n", code=1).stderr
 
-    assert "no member nobody@x.example" in report(
+    assert "no member 'nobody@x.example'" in report(
         ADVISORY, "--member", "nobody@x.example", "--to", OUTSIDER
     )
     assert "no advisory" in report("CVE-2026-9999", "--member", DISTRO, "--to", OUTSIDER)
     assert "not an email address" in report(ADVISORY, "--member", DISTRO, "--to", "not-an-address")
     assert (
-        "no member nobody@x.example"
+        "no member 'nobody@x.example'"
         in relay("incidents", "--member", "nobody@x.example", code=1).stderr
     )
     with relay.db.transaction() as s:

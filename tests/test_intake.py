@@ -250,7 +250,7 @@ def test_title_and_copy_subject_come_only_from_signed_data(
     assert titles == {
         ADV: ADV,
         "CVE-2026-4343": "Kubelet escape",
-        "CVE-2026-4444": "[EMBARGOED] CVE-2026-4444: apiserver bypass",
+        "CVE-2026-4444": "apiserver bypass",  # without the Subject's tag and the ID
     }
     subjects = sorted(str(c.root["Subject"]) for c in _open_copies(home, distro0, received))
     assert subjects == sorted(
@@ -310,7 +310,8 @@ def test_a_from_mismatch_can_be_flagged_instead(tmp_path: Path, keys: KeyFactory
         assert accepted.detail is not None and accepted.detail["from_mismatch"] == "ceo@example.com"
     (copy,) = _open_copies(home, distro0, received)
     assert "Posted to distributors@example.org by src@example.org" in copy.text
-    assert "From header named ceo@example.com, which is not an address of the signer" in copy.text
+    notice = " ".join(copy.text.split())  # the notice is wrapped at 72 characters
+    assert "From header named ceo@example.com, which is not an address of the signer" in notice
 
 
 def test_incidents_and_statuses_belong_to_the_signer_whatever_mail_from_says(

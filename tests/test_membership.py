@@ -133,15 +133,16 @@ def test_a_move_is_made_only_from_the_states_its_transition_names(home: RelayHom
                 assert state not in rule.sources, (move, state)
                 continue
             assert state in rule.sources, (move, state)
-            assert (change.old, change.new) == (state, rule.target)
+            assert (change.old, change.new) == (state, rule.standing)
             [row] = [r for r in audit(home, rule.action) if r.subject == address]
-            assert (row.detail["old"], row.detail["new"]) == (state, rule.target)
+            assert (row.detail["old"], row.detail["new"]) == (state, rule.standing)
     with home.db.transaction() as s:
         states = {m.address: m.state for m in s.execute(select(Member)).scalars()}
     assert states["suspend@active.example"] == "suspended"
     assert states["remove@suspended.example"] == "removed"
     assert states["add@new.example"] == states["restore@removed.example"] == "active"
     assert states["resume@active.example"] == "active"  # refused: unchanged
+    assert states["bounce@active.example"] == "active"  # and marked bouncing
 
 
 def test_member_detail_shows_keys_organisation_and_history(

@@ -251,3 +251,34 @@ def test_0010_turns_the_words_of_each_failure_into_its_reason(
     assert "failure_reason" not in columns and "last_code" in columns
     command.upgrade(config, "head")
     assert db.is_current()
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0012_gives_every_existing_delivery_its_own_bounce_token(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    db: Database = request.getfixturevalue(backend)
+    config = _config(db)
+    command.upgrade(config, "0006")
+    _delivery_rows(db, 5)  # in the 0006 shape; 0007 gives them their references
+    command.upgrade(config, "0011")
+    command.upgrade(config, "0012")
+    with db.engine.connect() as conn:
+        tokens = conn.execute(text("SELECT bounce_token FROM deliveries")).scalars().all()
+    assert len(tokens) == 5 and len(set(tokens)) == 5
+    assert all(re.fullmatch(r"[a-z2-7]{16}", t) for t in tokens)
+    with pytest.raises(IntegrityError), db.engine.begin() as conn:  # unique
+        conn.execute(text("UPDATE deliveries SET bounce_token = :t"), {"t": tokens[0]})
+    with pytest.raises(IntegrityError), db.engine.begin() as conn:  # not null
+        conn.execute(text("UPDATE deliveries SET bounce_token = NULL"))
+    assert "bouncing_since" in {c["name"] for c in inspect(db.engine).get_columns("members")}
+    assert "bounces" in inspect(db.engine).get_table_names()
+
+    command.downgrade(config, "0011")
+    assert "bounce_token" not in {c["name"] for c in inspect(db.engine).get_columns("deliveries")}
+    assert "bouncing_since" not in {c["name"] for c in inspect(db.engine).get_columns("members")}
+    assert "bounces" not in inspect(db.engine).get_table_names()
+    command.upgrade(config, "head")
+    assert db.is_current()

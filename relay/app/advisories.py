@@ -102,7 +102,37 @@ def subject(advisory_id: str) -> str:
 
 def titled(advisory: Advisory) -> str:
     """'ID (title)', or the ID alone: how the relay's notices name an advisory."""
-    return f"{advisory.id} ({advisory.title})" if advisory.title else advisory.id
+    title = plain_title(advisory.title, advisory.id)
+    return f"{advisory.id} ({title})" if title else advisory.id
+
+
+# A reply or forward prefix, a bracketed list tag ("[EMBARGOED]", "[SECURITY]", the list's
+# own name), or what separates them from the rest.
+_PREFIX = re.compile(r"^(?:(?:re|fwd?|aw|wg|sv)\s*:|\[[^\[\]]*\])\s*", re.IGNORECASE)
+_SEPARATORS = " \t:;,-\u2013\u2014"
+
+
+def plain_title(title: str | None, advisory_id: str | None) -> str:
+    """The title without what a Subject adds around it: leading "Re:"/"Fwd:" prefixes and
+    bracketed list tags, and the advisory's own ID (in front, or at the end in brackets or
+    after a dash), since every listing shows the ID beside the title. "" if nothing else is
+    left.
+
+    "[EMBARGOED] CVE-2026-0001: Kubelet escape" -> "Kubelet escape". A tag in the middle
+    ("Escape in [kubelet]") is the title's own and stays."""
+    text = " ".join((title or "").split())
+    wanted = re.escape(advisory_id.strip()) if advisory_id and advisory_id.strip() else None
+    own_id = re.compile(rf"^{wanted}(?![\w.-])", re.IGNORECASE) if wanted else None
+    trailing = (
+        re.compile(rf"\s*(?:\({wanted}\)|\[{wanted}\]|[-:\u2013\u2014]\s*{wanted})$", re.I)
+        if wanted
+        else None
+    )
+    while found := _PREFIX.match(text) or (own_id.match(text) if own_id else None):
+        text = text[found.end() :].lstrip(_SEPARATORS)
+    if trailing is not None and (found := trailing.search(text)):
+        text = text[: found.start()].rstrip(_SEPARATORS)
+    return text
 
 
 # Reading
@@ -166,7 +196,8 @@ def create(
         warnings = _checked(policy.check(lift_at, announced_at=now, now=now), advisory_id, lift_at)
     advisory = Advisory(
         id=advisory_id,
-        title=" ".join(title.split()) or advisory_id,
+        # A title taken from a post's Subject carries its tags and the ID: those go.
+        title=plain_title(title, advisory_id) or advisory_id,
         state=AdvisoryState.EMBARGOED,
         lift_at=lift_at,
         created_by=actor,

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, object_session
 from relay.app import membership
 from relay.app.key_vetting import import_vetted, key_status, vet_keys
 from relay.app.membership import Move
+from relay.app.transactions import in_transaction
 from relay.core.addresses import normalise_address
 from relay.core.config import Settings
 from relay.core.crypto import Crypto
@@ -164,22 +165,35 @@ def add_member(
     settings: Settings,
     address: str,
     name: str,
-    key_data: bytes,
+    key_data: bytes | None,
     actor: str,
 ) -> MemberView:
-    """Add a member with one or more encryption keys (or bring back a removed member)."""
+    """Add a member with one or more encryption keys (or bring back a removed member).
+
+    Without `key_data` the member is added unreachable, as a groups-file sync or an
+    approval adds one: its copies are held, never sent in plaintext, until
+    `add_member_keys` releases them, and the security contact is told in the same
+    transaction. A returning member keeps the keys it had."""
     address = normalise_address(address)
     name = name.strip()
     if not name:
         raise RelayError("a member needs a name (for example the distribution's name)")
     if address == settings.list.address:
         raise RelayError("that is the list's own address")
-    fingerprints = import_new_member_keys(db, crypto, address, key_data)
-    with db.transaction() as session:
+    fingerprints = None
+    if key_data is not None:
+        fingerprints = import_new_member_keys(db, crypto, address, key_data)
+
+    def work(session: Session, spool: Spool) -> MemberView:
         member = admit(session, crypto, address, name, fingerprints, actor)
         session.flush()
         view = member_view(crypto, member)  # in the session: a returning member's incidents
-    event(log, "member.added", address=address, keys=len(fingerprints))
+        if not view.usable:
+            tell_contact_keyless(session, spool, settings, [address], "command line")
+        return view
+
+    view = in_transaction(db, Spool(db), work)
+    event(log, "member.added", address=address, keys=len(view.fingerprints))
     return view
 
 
@@ -245,7 +259,7 @@ def tell_contact_keyless(
         subject=f"[{lst.name}] {len(addresses)} member(s) without a usable key",
         text="\n".join(lines) + "\n",
         list_domain=lst.domain,
-        reason="members without a key after a groups-file sync",
+        reason=f"members added without a usable key ({why})",
     )
 
 

@@ -1,13 +1,20 @@
 """A member's state: one state machine, and the one writer of `Member.state`.
 
-A member is active, suspended or removed (the row stays for history). `TRANSITIONS` says
-which move leads from which states to which, and `transition` is the only code that
-changes a member's state: it refuses a move the table does not allow, creates the row
-when a new address is added, stops the member's unsent copies when it stops being active,
-and writes the audit row (old and new state, the reason, what was stopped), all in the
-caller's transaction. The CLI (`change_state`; additions with keys in relay/app/members.py),
-the groups-file sync (relay/app/groups_file.py) and approved applications
-(relay/app/applications.py) all go through it.
+A member is active, suspended or removed (the row stays for history), or bouncing: an
+active member whose copies bounced `[members] bounce_limit` times within `bounce_window`
+(relay/app/bounces.py makes the move). A bouncing member is active in every other respect,
+`Member.state` says so and `Member.bouncing_since` marks it: it still receives every copy
+and may post, since a security alias that bounces may recover and a missed advisory costs
+more than a bounce. `relay member resume` makes it plainly active again.
+
+`TRANSITIONS` says which move leads from which standing to which, and `transition` is the
+only code that changes a member's state or its bouncing mark: it refuses a move the table
+does not allow, creates the row when a new address is added, stops the member's unsent
+copies when it stops being active, and writes the audit row (old and new standing, the
+reason, what was stopped), all in the caller's transaction. The CLI (`change_state`;
+additions with keys in relay/app/members.py), the groups-file sync
+(relay/app/groups_file.py), approved applications (relay/app/applications.py) and bounces
+all go through it.
 """
 
 from __future__ import annotations
@@ -24,10 +31,13 @@ from relay.core.addresses import normalise_address
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.logs import event
-from relay.model import Member, MemberState
+from relay.model import Member, MemberState, utcnow
 from relay.store import audit, recipients
 
 log = logging.getLogger("relay.membership")
+
+# The standing of an active member whose copies keep bouncing (`Member.bouncing_since`).
+BOUNCING = "bouncing"
 
 
 class Move(enum.StrEnum):
@@ -36,27 +46,39 @@ class Move(enum.StrEnum):
     SUSPEND = "suspend"
     RESUME = "resume"
     REMOVE = "remove"
+    BOUNCE = "bounce"  # its copies keep bouncing (relay/app/bounces.py)
 
 
 @dataclass(frozen=True)
 class Transition:
-    sources: tuple[MemberState | None, ...]  # None: no member with that address yet
+    sources: tuple[str | None, ...]  # standings; None: no member with that address yet
     target: MemberState
     action: str  # of the audit row
     needs_reason: bool = False  # refused without one: it is kept in the audit trail
+    bouncing: bool = False  # the target is an active member marked bouncing
+
+    @property
+    def standing(self) -> str:
+        return BOUNCING if self.bouncing else self.target.value
 
 
 TRANSITIONS: dict[Move, Transition] = {
     Move.ADD: Transition((None, MemberState.REMOVED), MemberState.ACTIVE, "member.added"),
     Move.RESTORE: Transition((MemberState.REMOVED,), MemberState.ACTIVE, "member.restored"),
     Move.SUSPEND: Transition(
-        (MemberState.ACTIVE,), MemberState.SUSPENDED, "member.suspended", needs_reason=True
+        (MemberState.ACTIVE, BOUNCING),
+        MemberState.SUSPENDED,
+        "member.suspended",
+        needs_reason=True,
     ),
     Move.RESUME: Transition(
-        (MemberState.SUSPENDED,), MemberState.ACTIVE, "member.resumed", needs_reason=True
+        (MemberState.SUSPENDED, BOUNCING), MemberState.ACTIVE, "member.resumed", needs_reason=True
     ),
     Move.REMOVE: Transition(
-        (MemberState.ACTIVE, MemberState.SUSPENDED), MemberState.REMOVED, "member.removed"
+        (MemberState.ACTIVE, BOUNCING, MemberState.SUSPENDED), MemberState.REMOVED, "member.removed"
+    ),
+    Move.BOUNCE: Transition(
+        (MemberState.ACTIVE,), MemberState.ACTIVE, "member.bouncing", bouncing=True
     ),
 }
 
@@ -70,6 +92,13 @@ class StateChange:
     member: Member = field(repr=False, compare=False)  # the row, in the caller's session
 
 
+def standing(member: Member) -> str:
+    """The member's state, or `bouncing` for an active member marked so."""
+    if member.state == MemberState.ACTIVE and member.bouncing_since is not None:
+        return BOUNCING
+    return member.state
+
+
 def find(session: Session, address: str) -> Member | None:
     """The member with this (normalised) address, whatever its state."""
     return session.execute(select(Member).where(Member.address == address)).scalar_one_or_none()
@@ -80,17 +109,17 @@ def check_move(session: Session, address: str, move: Move) -> Member | None:
     table does not allow from the member's state."""
     rule = TRANSITIONS[move]
     member = find(session, address)
-    old = None if member is None else MemberState(member.state)
+    old = None if member is None else standing(member)
     if old in rule.sources:
         return member
     if old is None:
         raise RelayError(f"no member {address}")
     if move == Move.ADD:
         raise RelayError(f"{address} is already a member ({old})")
-    if old == rule.target:
+    if old == rule.standing:
         raise RelayError(f"{address} is already {old}")
     hint = "; add it again with 'relay member add'" if old == MemberState.REMOVED else ""
-    raise RelayError(f"{address} is {old} and cannot be {rule.target} that way{hint}")
+    raise RelayError(f"{address} is {old} and cannot be {rule.standing} that way{hint}")
 
 
 def transition(
@@ -114,8 +143,8 @@ def transition(
     if rule.needs_reason and not reason:
         raise RelayError("give a reason (it is kept in the audit trail)")
     member = check_move(session, address, move)
-    old = None if member is None else member.state
-    fields: dict[str, Any] = {"old": old, "new": rule.target.value}
+    old = None if member is None else standing(member)
+    fields: dict[str, Any] = {"old": old, "new": rule.standing}
     if name is not None:
         fields["name"] = name
     if member is None:
@@ -126,6 +155,8 @@ def transition(
             fields["old_name"] = member.name
             member.name = name
         member.state = rule.target
+    # The mark belongs to an active member only, and every other move ends it.
+    member.bouncing_since = utcnow() if rule.bouncing else None
     if reason is not None:
         fields["reason"] = reason
     cancelled = 0
@@ -134,7 +165,7 @@ def transition(
         cancelled = recipients.cancel_member(session, member.id, actor, words)
         fields["cancelled"] = cancelled
     audit.record(session, actor, rule.action, address, **fields, **detail)
-    return StateChange(address, old, rule.target.value, cancelled, member)
+    return StateChange(address, old, rule.standing, cancelled, member)
 
 
 def change_state(

@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
-from relay.app import advisory_admin
+from relay.app import advisories, advisory_admin
 from relay.app.advisory_admin import AdvisoryChange, AdvisoryView
+from relay.cli import lookup
 from relay.cli.context import app_of
 from relay.cli.output import change_cell, detail_cell, print_json, table, updated_cell
 from relay.cli.root import cli
@@ -91,6 +92,12 @@ def _countdown(view: AdvisoryView, now: datetime) -> str | None:
     return countdown(view.lift_at, now)
 
 
+def _title(view: AdvisoryView) -> str:
+    """The title without the tags and ID a Subject brought (also in titles stored before
+    those were taken off when the advisory was made); "" for none beside the ID."""
+    return advisories.plain_title(view.title, view.id)
+
+
 def _warn(warnings: list[str]) -> None:
     for warning in warnings:
         click.secho(warning, fg="yellow", err=True)
@@ -159,12 +166,15 @@ def advisory_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     if as_json:
         print_json([{**asdict(v), "countdown": _countdown(v, now)} for v in views])
         return
-    rows = [[v.id, v.title, v.state, _lift(v.lift_at), _countdown(v, now) or "-"] for v in views]
+    rows = [
+        [v.id, clean(_title(v)) or "-", v.state, _lift(v.lift_at), _countdown(v, now) or "-"]
+        for v in views
+    ]
     table("Advisories", ["id", "title", "state", "lift time", "countdown"], rows)
 
 
 @advisory.command("show")
-@click.argument("advisory_id", metavar="ID")
+@click.argument("advisory_id", metavar="ID", callback=lookup.advisory)
 @_TZ_FOR_SHOW
 @_JSON
 @click.pass_context
@@ -176,7 +186,11 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
     report = advisory_admin.advisory_report(app.db, advisory_id)
     a = report.advisory
     if as_json:
-        local = a.lift_at.astimezone(ZoneInfo(zone)) if a.lift_at else None
+        local = None
+        # A lift time kept at the calendar's edge (before the parser bounded them) has no
+        # local time east of UTC: the UTC one stands alone.
+        with contextlib.suppress(OverflowError):
+            local = a.lift_at.astimezone(ZoneInfo(zone)) if a.lift_at else None
         print_json(
             {
                 **asdict(a),
@@ -196,7 +210,7 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
         else "none (nothing is posted publicly at the lift)"
     )
     lines = [
-        ("advisory", f"{a.id}: {clean(a.title)}"),
+        ("advisory", f"{a.id}: {clean(title)}" if (title := _title(a)) else a.id),
         ("state", a.state),
         ("lift time", _lift(a.lift_at, zone)),
     ]
@@ -257,7 +271,7 @@ def advisory_show(ctx: click.Context, advisory_id: str, tz: str | None, as_json:
 
 
 @advisory.command("schedule", epilog=_WHEN_EPILOG)
-@click.argument("advisory_id", metavar="ID")
+@click.argument("advisory_id", metavar="ID", callback=lookup.advisory)
 @click.option("--lift", required=True, metavar="WHEN", help="The new lift time.")
 @_TZ_FOR_WHEN
 @click.option("--reason", help="Why (told to the members, kept in the audit trail).")
@@ -287,7 +301,7 @@ def advisory_schedule(
 
 
 @advisory.command("lift")
-@click.argument("advisory_id", metavar="ID")
+@click.argument("advisory_id", metavar="ID", callback=lookup.advisory)
 @click.option("--reason", help="Why now, e.g. the embargo was broken (told to the members).")
 @click.pass_context
 def advisory_lift(ctx: click.Context, advisory_id: str, reason: str | None) -> None:
@@ -302,7 +316,7 @@ def advisory_lift(ctx: click.Context, advisory_id: str, reason: str | None) -> N
 
 
 @advisory.command("confirm")
-@click.argument("advisory_id", metavar="ID")
+@click.argument("advisory_id", metavar="ID", callback=lookup.advisory)
 @click.option("--reason", help="Why (told to the members, kept in the audit trail).")
 @click.pass_context
 def advisory_confirm(ctx: click.Context, advisory_id: str, reason: str | None) -> None:
@@ -323,7 +337,7 @@ def advisory_confirm(ctx: click.Context, advisory_id: str, reason: str | None) -
 
 
 @advisory.command("cancel")
-@click.argument("advisory_id", metavar="ID")
+@click.argument("advisory_id", metavar="ID", callback=lookup.advisory)
 @click.option("--reason", help="Why (kept in the audit trail).")
 @click.pass_context
 def advisory_cancel(ctx: click.Context, advisory_id: str, reason: str | None) -> None:
@@ -334,7 +348,7 @@ def advisory_cancel(ctx: click.Context, advisory_id: str, reason: str | None) ->
 
 
 @advisory.command("public-text")
-@click.argument("advisory_id", metavar="ID")
+@click.argument("advisory_id", metavar="ID", callback=lookup.advisory)
 @click.argument("text_file", metavar="FILE", type=click.File("rb"))
 @click.pass_context
 def advisory_public_text(ctx: click.Context, advisory_id: str, text_file: IO[bytes]) -> None:
@@ -354,7 +368,13 @@ def advisory_public_text(ctx: click.Context, advisory_id: str, text_file: IO[byt
 
 
 @cli.command("audit")
-@click.option("--advisory", "advisory_id", metavar="ID", help="Only this advisory's changes.")
+@click.option(
+    "--advisory",
+    "advisory_id",
+    metavar="ID",
+    help="Only this advisory's changes.",
+    callback=lookup.advisory,
+)
 @click.option(
     "--limit", default=50, show_default=True, type=click.IntRange(min=1), help="Newest N rows."
 )

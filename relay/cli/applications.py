@@ -16,6 +16,7 @@ import click
 from relay.app import admin, applications, approval
 from relay.app.application_form import CRITERIA
 from relay.app.applications import ApplicationView
+from relay.cli import lookup
 from relay.cli.context import app_of as _app
 from relay.cli.output import change_cell as _change_cell
 from relay.cli.output import detail_cell as _detail_cell
@@ -28,7 +29,7 @@ from relay.core.times import format_when
 from relay.store import audit
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-_ID = click.argument("application_id", metavar="ID", type=int)
+_ID = click.argument("application_id", metavar="ID", type=int, callback=lookup.application)
 
 
 @cli.group()
@@ -83,7 +84,14 @@ def application_submit(ctx: click.Context, file: Path, as_json: bool) -> None:
 
 @application.command("vouch")
 @_ID
-@click.option("--by", "member", required=True, metavar="MEMBER", help="The vouching member.")
+@click.option(
+    "--by",
+    "member",
+    required=True,
+    metavar="MEMBER",
+    help="The vouching member.",
+    callback=lookup.member,
+)
 @click.pass_context
 def application_vouch(ctx: click.Context, application_id: int, member: str) -> None:
     """Record that an active member vouches for an application."""

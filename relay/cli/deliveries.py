@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from relay.app import admin
+from relay.cli import lookup
 from relay.cli.context import app_of
 from relay.cli.output import print_json, short_when, table
 from relay.cli.root import cli
@@ -44,7 +45,7 @@ def queue(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 
 
 @queue.command("retry")
-@click.argument("delivery_id", type=int)
+@click.argument("delivery_id", type=int, callback=lookup.delivery)
 @click.pass_context
 def queue_retry(ctx: click.Context, delivery_id: int) -> None:
     """Queue a held, deferred or failed delivery for an attempt now."""

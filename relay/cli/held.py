@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from relay.app import moderation
+from relay.cli import lookup
 from relay.cli.context import app_of
 from relay.cli.output import print_json, table
 from relay.cli.root import cli
@@ -60,7 +61,7 @@ def held_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @held.command("release")
-@click.argument("message_id")
+@click.argument("message_id", callback=lookup.post)
 @click.pass_context
 def held_release(ctx: click.Context, message_id: str) -> None:
     """Send a held post on to its audience."""
@@ -69,7 +70,7 @@ def held_release(ctx: click.Context, message_id: str) -> None:
 
 
 @held.command("reject")
-@click.argument("message_id")
+@click.argument("message_id", callback=lookup.post)
 @click.option("--reason", required=True, help="Why the post is refused (recorded).")
 @click.pass_context
 def held_reject(ctx: click.Context, message_id: str, reason: str) -> None:

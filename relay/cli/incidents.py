@@ -12,6 +12,7 @@ from __future__ import annotations
 import click
 
 from relay.app import incidents
+from relay.cli import lookup
 from relay.cli.context import app_of
 from relay.cli.output import print_json, table
 from relay.cli.root import cli
@@ -23,8 +24,20 @@ _NOTE = click.option("--note", required=True, help="What happened (kept with the
 
 
 @cli.group("incidents", invoke_without_command=True)
-@click.option("--member", "member", metavar="ADDRESS", help="Only this member's incidents.")
-@click.option("--advisory", "advisory_id", metavar="ID", help="Only this advisory's incidents.")
+@click.option(
+    "--member",
+    "member",
+    metavar="ADDRESS",
+    help="Only this member's incidents.",
+    callback=lookup.member,
+)
+@click.option(
+    "--advisory",
+    "advisory_id",
+    metavar="ID",
+    help="Only this advisory's incidents.",
+    callback=lookup.advisory,
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def incidents_group(
@@ -64,7 +77,7 @@ def _resolved(view: incidents.IncidentView) -> str:
 
 
 @incidents_group.command("resolve")
-@click.argument("incident_id", metavar="ID", type=int)
+@click.argument("incident_id", metavar="ID", type=int, callback=lookup.incident)
 @_NOTE
 @click.pass_context
 def incident_resolve(ctx: click.Context, incident_id: int, note: str) -> None:
@@ -74,8 +87,15 @@ def incident_resolve(ctx: click.Context, incident_id: int, note: str) -> None:
 
 
 @incidents_group.command("report")
-@click.argument("advisory_id", metavar="ADVISORY")
-@click.option("--member", "member", required=True, metavar="ADDRESS", help="Who leaked it.")
+@click.argument("advisory_id", metavar="ADVISORY", callback=lookup.advisory)
+@click.option(
+    "--member",
+    "member",
+    required=True,
+    metavar="ADDRESS",
+    help="Who leaked it.",
+    callback=lookup.member,
+)
 @click.option(
     "--to",
     "recipients",

@@ -24,6 +24,7 @@ from relay.app import (
     membership,
 )
 from relay.app.membership import Move
+from relay.cli import lookup
 from relay.cli.advisory import advisory
 from relay.cli.context import app_of as _app
 from relay.cli.output import change_cell as _change_cell
@@ -50,7 +51,7 @@ def _when(value: datetime | None, never: str = "-") -> str:
 
 
 @member.command("suspend")
-@click.argument("address")
+@click.argument("address", callback=lookup.member)
 @_REASON
 @click.pass_context
 def member_suspend(ctx: click.Context, address: str, reason: str) -> None:
@@ -62,7 +63,7 @@ def member_suspend(ctx: click.Context, address: str, reason: str) -> None:
 
 
 @member.command("resume")
-@click.argument("address")
+@click.argument("address", callback=lookup.member)
 @_REASON
 @click.pass_context
 def member_resume(ctx: click.Context, address: str, reason: str) -> None:
@@ -72,7 +73,7 @@ def member_resume(ctx: click.Context, address: str, reason: str) -> None:
 
 
 @member.command("show")
-@click.argument("address")
+@click.argument("address", callback=lookup.member)
 @_JSON
 @click.pass_context
 def member_show(ctx: click.Context, address: str, as_json: bool) -> None:
@@ -112,10 +113,12 @@ def member_show(ctx: click.Context, address: str, as_json: bool) -> None:
 
 
 @member.command("update")
-@click.argument("address")
+@click.argument("address", callback=lookup.member)
 @click.option("--name", help="The distribution's name.")
 @click.option("--domain", "domains", multiple=True, help="A domain its team uses (repeatable).")
-@click.option("--vouched-by", metavar="MEMBER", help="The member that vouched for it.")
+@click.option(
+    "--vouched-by", metavar="MEMBER", help="The member that vouched for it.", callback=lookup.member
+)
 @click.pass_context
 def member_update(
     ctx: click.Context,
@@ -200,7 +203,13 @@ def member_sync(
 @click.argument(
     "key_file", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
-@click.option("--member", "address", required=True, help="The member the keys belong to.")
+@click.option(
+    "--member",
+    "address",
+    required=True,
+    help="The member the keys belong to.",
+    callback=lookup.member,
+)
 @click.pass_context
 def key_import(ctx: click.Context, key_file: Path, address: str) -> None:
     """Add keys to a member; each must be usable for encryption (RSA of 2048 bits or more).
@@ -262,8 +271,8 @@ def key_check(ctx: click.Context, as_json: bool) -> None:
 
 
 @advisory.command("status")
-@click.argument("advisory_id", metavar="ID")
-@click.argument("address", metavar="MEMBER")
+@click.argument("advisory_id", metavar="ID", callback=lookup.advisory)
+@click.argument("address", metavar="MEMBER", callback=lookup.member)
 @click.argument("status", type=click.Choice([s.value for s in ContributionStatus]))
 @click.option("--text", help="What was found or done (required with issue-found).")
 @click.pass_context
@@ -282,7 +291,7 @@ def advisory_status(
 
 
 @advisory.command("report")
-@click.argument("advisory_id", metavar="ID")
+@click.argument("advisory_id", metavar="ID", callback=lookup.advisory)
 @_JSON
 @click.pass_context
 def advisory_report(ctx: click.Context, advisory_id: str, as_json: bool) -> None:

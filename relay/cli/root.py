@@ -29,6 +29,13 @@ EX_INTERNAL = 70  # EX_SOFTWARE in sysexits.h
 class RelayGroup(click.Group):
     """Turns errors into one line on stderr and the documented exit codes."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # `relay` alone asks what there is to do: the help, and success (click says 2).
+        if not args and not ctx.resilient_parsing:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -14,6 +14,7 @@ import click
 
 from relay.app import admin, members, membership
 from relay.app.membership import Move
+from relay.cli import lookup
 from relay.cli.context import app_of
 from relay.cli.output import print_json, short_when, table
 from relay.cli.root import cli
@@ -32,19 +33,31 @@ def member() -> None:
 @click.option(
     "--key",
     "key_file",
-    required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="File with the member's public key(s), armoured or binary.",
+    help="File with the member's public key(s), armoured or binary (default: none yet).",
 )
 @click.pass_context
-def member_add(ctx: click.Context, address: str, name: str, key_file: Path) -> None:
-    """Add a member; every key in the file must be usable for encryption."""
+def member_add(ctx: click.Context, address: str, name: str, key_file: Path | None) -> None:
+    """Add a member; every key in the file must be usable for encryption.
+
+    Without --key the member is added with no key: its copies are held (never sent in
+    plaintext) until 'relay key import', and the security contact is told.
+    """
     app = app_of(ctx)
-    data = admin.read_key_file(key_file)
+    data = None if key_file is None else admin.read_key_file(key_file)
     view = members.add_member(
         app.db, app.crypto, app.settings, address, name, data, audit.cli_actor()
     )
-    click.echo(f"member added: {view.address} with key(s) {', '.join(view.fingerprints)}")
+    if view.fingerprints:
+        click.echo(f"member added: {view.address} with key(s) {', '.join(view.fingerprints)}")
+    else:
+        click.echo(f"member added: {view.address} with no key")
+    if not view.usable:
+        why = f"no usable key ({view.problem})" if view.fingerprints else "no key"
+        click.echo(
+            f"note: {why}: copies to this member are held until a key is added "
+            f"('relay key import FILE --member {view.address}'); the security contact was told"
+        )
 
 
 @member.command("list")
@@ -73,7 +86,7 @@ def member_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
 
 
 @member.command("remove")
-@click.argument("address")
+@click.argument("address", callback=lookup.member)
 @click.option("--reason", help="Why (kept in the audit trail).")
 @click.pass_context
 def member_remove(ctx: click.Context, address: str, reason: str | None) -> None:
@@ -124,7 +137,7 @@ def sender_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @sender.command("remove")
-@click.argument("address")
+@click.argument("address", callback=lookup.sender)
 @click.pass_context
 def sender_remove(ctx: click.Context, address: str) -> None:
     """Withdraw a sender's authorisation."""

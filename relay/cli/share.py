@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from relay.app import admin, grants
+from relay.cli import lookup
 from relay.cli.context import app_of
 from relay.cli.output import print_json, table
 from relay.cli.root import cli
@@ -40,7 +41,7 @@ def share() -> None:
 
 
 @share.command("add")
-@click.argument("advisory_id", metavar="ADVISORY")
+@click.argument("advisory_id", metavar="ADVISORY", callback=lookup.advisory)
 @click.argument("address")
 @click.option(
     "--key",
@@ -49,7 +50,14 @@ def share() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="File with the person's public key(s); usable for encryption.",
 )
-@click.option("--for", "member", required=True, metavar="MEMBER", help="The member who asks.")
+@click.option(
+    "--for",
+    "member",
+    required=True,
+    metavar="MEMBER",
+    help="The member who asks.",
+    callback=lookup.member,
+)
 @click.pass_context
 def share_add(
     ctx: click.Context, advisory_id: str, address: str, key_file: Path, member: str
@@ -74,7 +82,13 @@ def share_add(
 
 
 @share.command("list")
-@click.option("--advisory", "advisory_id", metavar="ID", help="Only this advisory's grants.")
+@click.option(
+    "--advisory",
+    "advisory_id",
+    metavar="ID",
+    help="Only this advisory's grants.",
+    callback=lookup.advisory,
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def share_list(ctx: click.Context, advisory_id: str | None, as_json: bool) -> None:
@@ -110,7 +124,7 @@ def _since(view: grants.GrantView) -> str:
 
 
 @share.command("revoke")
-@click.argument("grant_id", type=int, metavar="ID")
+@click.argument("grant_id", type=int, metavar="ID", callback=lookup.grant)
 @click.option("--reason", help="Why (kept in the audit trail).")
 @click.pass_context
 def share_revoke(ctx: click.Context, grant_id: int, reason: str | None) -> None:

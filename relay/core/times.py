@@ -40,6 +40,22 @@ class WhenError(ValueError):
     """A time that cannot be read as one definite instant; the message says how to fix it."""
 
 
+# The instants the relay keeps: two days inside datetime's calendar, so that showing one in
+# any zone (UTC-12 to UTC+14) and the relay's own arithmetic on it (a reminder 48 hours
+# before) stay inside it too. Whether a lift that far out is reasonable is the list's
+# policy ([timing.max_embargo]), not the parser's.
+EARLIEST = datetime(1, 1, 3, tzinfo=UTC)
+LATEST = datetime(9999, 12, 29, 23, 59, 59, tzinfo=UTC)
+
+
+def _kept(result: datetime, text: str) -> datetime:
+    if result > LATEST:
+        raise WhenError(f"{text!r} lies beyond any date this relay can keep")
+    if result < EARLIEST:
+        raise WhenError(f"{text!r} lies before any date this relay can keep")
+    return result
+
+
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
@@ -96,9 +112,19 @@ def parse_when(
         if start.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         try:
-            return (start + parse_duration(m.group(1).replace(" ", ""))).astimezone(UTC)
+            result = (start + parse_duration(m.group(1).replace(" ", ""))).astimezone(UTC)
         except (OverflowError, ValueError):  # beyond year 9999: no definite instant
             raise WhenError(f"{text.strip()!r} lies beyond any date this relay can keep") from None
+        return _kept(result, text.strip())
+    try:
+        return _kept(_absolute(text, default_tz), text.strip())
+    except OverflowError:  # a wall time near year 1 or 9999, moved by its offset past it
+        side = "before" if text.strip().startswith("0") else "beyond"
+        raise WhenError(f"{text.strip()!r} lies {side} any date this relay can keep") from None
+
+
+def _absolute(text: str, default_tz: str | None) -> datetime:
+    """A date-time with an offset, a zone name or `default_tz`, in UTC."""
     m = _WHEN.match(text)
     if m is None:
         raise WhenError(f"cannot read {text.strip()!r} as a time\n{ACCEPTED_FORMS}")
@@ -139,7 +165,10 @@ def format_when(dt: datetime, tz: str | None = None) -> str:
     shown = _stamp(dt.astimezone(UTC))
     if tz is None:
         return shown
-    local = dt.astimezone(_zone(tz))
+    try:
+        local = dt.astimezone(_zone(tz))
+    except OverflowError:  # kept before the parser bounded lift times: UTC alone still says it
+        return shown
     if local.utcoffset() == timedelta(0) and local.tzname() == "UTC":
         return shown
     return f"{shown} ({_stamp(local)}, {tz})"

@@ -7,7 +7,9 @@ check, in the intake pool; the rest (the strict parse, what the relay believes o
 post, the keyword lines of its signed part, the durable accept and its routing) in the
 pool of signed posts, so junk never waits in front of a signed post. It answers `250`
 only after the queue transaction has committed. Any unexpected failure answers `451`,
-so the sender keeps the message and retries.
+so the sender keeps the message and retries. The list's bounce addresses (VERP, one per
+copy sent) take bounces instead, alone in their transaction, read and applied in the
+intake pool and never distributed (relay/inbound/bounces.py).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy.orm import Session
 
 from relay.app import advisories, incidents
+from relay.app import bounces as app_bounces
 from relay.core.config import Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.logs import clean, event
-from relay.inbound import Authenticated, Rejection, authenticate, keywords, router
+from relay.inbound import Authenticated, Rejection, authenticate, bounces, keywords, router
 from relay.inbound.belief import believe
 from relay.inbound.limits import Busy, WorkPool
 from relay.inbound.replies import (
@@ -104,16 +107,61 @@ class ListHandler:
         address: str,
         options: list[str],
     ) -> str:
-        if address.lower() != self.settings.list.address:
+        list_address = self.settings.list.address
+        token = bounces.token_of(address, list_address)
+        if token is None and address.lower() != list_address:
             event(log, "rejected", peer=session.peer, rcpt=address, code="550 5.1.1")
             return NO_SUCH_LIST
-        if len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
+        # A bounce address is alone in its transaction (inbound/bounces.py).
+        if token is not None and envelope.rcpt_tos:
+            return bounces.SEPARATELY
+        if token is None and bounces.bounce_of(envelope.rcpt_tos, list_address) is not None:
+            return bounces.SEPARATELY
+        if token is not None:
+            if bounces.too_big(envelope.mail_options, self.settings.smtp.max_bounce_size):
+                return bounces.TOO_BIG
+            try:
+                known = await self.intake.run(app_bounces.recipient_for, self.db, token)
+            except Busy:
+                return BUSY
+            except Exception:
+                log.exception("bounce address lookup failed; answered 451")
+                return TRY_LATER
+            if known is None:
+                event(log, "rejected", peer=session.peer, rcpt=address, code="550 5.1.1")
+                return NO_SUCH_LIST
+        elif len(envelope.rcpt_tos) >= self.settings.smtp.max_recipients:
             return TOO_MANY_RCPTS
         envelope.rcpt_tos.append(address)  # repeats count toward the limit too
         return RCPT_OK
 
+    async def _bounce_data(self, session: SmtpSession, raw: bytes, token: str) -> str:
+        """DATA to a bounce address: read and applied in the intake pool, never distributed."""
+        if len(raw) > self.settings.smtp.max_bounce_size:
+            event(log, "rejected", peer=session.peer, bounce=True, code="552 5.3.4")
+            return bounces.TOO_BIG
+        try:
+            applied = await self.intake.run(
+                bounces.receive, self.db, self.spool, self.settings, raw, token, utcnow()
+            )
+        except Busy:
+            return BUSY
+        except Rejection as rejection:
+            code = f"{rejection.code} {rejection.status}"
+            event(log, "rejected", peer=session.peer, bounce=True, code=code, reason=rejection.text)
+            return rejection.reply
+        except Exception:
+            log.exception("bounce failed; answered 451 peer=%s", clean(session.peer))
+            return TRY_LATER
+        if applied.notice is not None:
+            self.on_accept()  # the security contact's notice is queued
+        return bounces.RECEIVED
+
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
+        token = bounces.bounce_of(envelope.rcpt_tos, self.settings.list.address)
+        if token is not None:
+            return await self._bounce_data(session, raw, token)
         if len(raw) > self.settings.smtp.max_message_size:
             return TOO_BIG
         mail_from = envelope.mail_from or ""

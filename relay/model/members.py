@@ -40,6 +40,10 @@ class Member(Base):
     domains: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     criteria: Mapped[dict[str, str]] = mapped_column(JSON, default=dict, server_default="{}")
     vouched_by: Mapped[str | None] = mapped_column(String(320))
+    # Set while an active member is bouncing (relay/app/membership.py): its copies bounced
+    # `[members] bounce_limit` times within `bounce_window`. It still receives and posts
+    # like any active member (a security alias may recover; a missed advisory is worse).
+    bouncing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     keys: Mapped[list[MemberKey]] = relationship(
         back_populates="member", cascade="all, delete-orphan", order_by="MemberKey.id"
     )

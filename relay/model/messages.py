@@ -20,6 +20,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from relay.core.references import new_reference
 from relay.core.sealing import SealedBytes, SealedText
+from relay.core.verp import new_token
 from relay.model.base import Base, UTCDateTime, utcnow
 from relay.model.members import Member
 
@@ -59,6 +60,7 @@ class FailureReason(enum.StrEnum):
     GRANT_REVOKED = "grant-revoked"  # its recipient no longer holds an accepted grant
     MODERATOR_REJECTED = "moderator-rejected"  # a moderator refused the post
     INTERNAL_ERROR = "internal-error"  # reserved: the copy's preparation kept raising
+    BOUNCED = "bounced"  # sent, then a delivery status notification said it failed for good
     UNKNOWN = "unknown"  # failed before reasons were recorded, for a reason no longer known
 
 
@@ -140,6 +142,9 @@ class Delivery(Base):
     # The per-recipient reference the copy carries inside (relay/references.py), also fixed
     # when the delivery is queued: a leaked copy names its recipient by it.
     reference: Mapped[str] = mapped_column(String(20), unique=True, default=new_reference)
+    # The copy's envelope sender is the VERP address with this token (relay/core/verp.py),
+    # so its bounce names the delivery; random, unlike the id, so bounces cannot be forged.
+    bounce_token: Mapped[str] = mapped_column(String(32), unique=True, default=new_token)
     # A copy held (`last_code` "embargo") until this advisory's lift because its text
     # quotes it; None: held for the copy's own advisory.
     held_for: Mapped[str | None] = mapped_column(String(64))
@@ -152,6 +157,24 @@ class Delivery(Base):
     advisory_id: Mapped[str | None] = mapped_column(ForeignKey("advisories.id"), index=True)
     message: Mapped[Message] = relationship(back_populates="deliveries")
     member: Mapped[Member | None] = relationship()
+
+
+class Bounce(Base):
+    """A hard bounce of one delivery (relay/app/bounces.py): at most one per delivery, so
+    the same notification twice counts once. A member's rows within `[members]
+    bounce_window` decide whether it is bouncing; soft bounces are in the audit only."""
+
+    __tablename__ = "bounces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), unique=True
+    )
+    member_id: Mapped[int | None] = mapped_column(
+        ForeignKey("members.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(16))  # the DSN's, e.g. "5.1.1"
 
 
 class UsedSignature(Base):

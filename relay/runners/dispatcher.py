@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from relay.app import advisories
+from relay.core import verp
 from relay.core.config import Settings
 from relay.core.crypto import Crypto, KeyInfo
 from relay.core.database import Database
@@ -102,6 +103,7 @@ class Dispatcher:
         self._keys: dict[str, KeyInfo] = {}
         self._payloads = preparation.Payloads(spool)
         self._inflight: dict[int, Job] = {}  # sent, outcome not yet recorded (for the log)
+        self._tokens: dict[int, str] = {}  # claimed delivery -> its bounce token (VERP)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crypto_pool = ThreadPoolExecutor(
             settings.delivery.workers, thread_name_prefix="crypto"
@@ -229,7 +231,7 @@ class Dispatcher:
                     if isinstance(ready, Ready):
                         self._inflight[job.delivery_id] = job
                         result = await transport.send(
-                            self.settings.list.address, job.recipient, ready.data
+                            self._envelope_sender(job), job.recipient, ready.data
                         )
                         outcomes.put_nowait(_outcome(job.delivery_id, result, ready.keys))
                     elif ready is not None:
@@ -247,6 +249,7 @@ class Dispatcher:
                     self.health.failed("delivery", error)
                     outcomes.put_nowait(delivery_queue.Attempt.error(job.delivery_id, error))
                 finally:
+                    self._tokens.pop(job.delivery_id, None)
                     work.task_done()
                     if work.empty():
                         self._wake.set()
@@ -353,7 +356,15 @@ class Dispatcher:
 
     def _load(self, ids: list[int]) -> list[Job]:
         self._keys = {k.fingerprint: k for k in self.crypto.list_keys()}
-        return preparation.load_jobs(self.db, ids, self.clock(), self._ask_gate)
+        jobs = preparation.load_jobs(self.db, ids, self.clock(), self._ask_gate)
+        self._tokens.update(delivery_queue.bounce_tokens(self.db, ids))
+        return jobs
+
+    def _envelope_sender(self, job: Job) -> str:
+        """The copy's VERP address, so its bounce names its delivery (relay/core/verp.py)."""
+        token = self._tokens.get(job.delivery_id)
+        lst = self.settings.list.address
+        return lst if token is None else verp.bounce_address(lst, token)
 
     def _seal(self, job: Job, keys: list[str]) -> bytes:
         payload = self._payloads.get(job.message_id)

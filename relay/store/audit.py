@@ -1,12 +1,14 @@
 """Append-only audit trail: every administrative or policy change becomes a row.
 
 Rows say who, what, on which subject, and the old and new values; never message
-content or key material.
+content or key material. Who is `cli:<user>` for an administrator, `relay` for the relay
+itself and `key:<fingerprint>` for a signed post.
 """
 
 from __future__ import annotations
 
 import getpass
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +24,20 @@ def cli_actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return "cli:unknown"
+
+
+def key_actor(fingerprint: str) -> str:
+    """The actor of what a signed post did: its signing key."""
+    return f"key:{fingerprint}"
+
+
+# Rows of a post accepted before its actor was `key:<fingerprint>` name the bare fingerprint.
+_BARE_FINGERPRINT = re.compile(r"^(?:[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64})$")
+
+
+def shown_actor(actor: str) -> str:
+    """An actor as the listings show it: a bare fingerprint of an older row as `key:...`."""
+    return key_actor(actor) if _BARE_FINGERPRINT.match(actor) else actor
 
 
 def record(session: Session, actor: str, action: str, subject: str, **detail: Any) -> AuditEvent:
@@ -51,7 +67,7 @@ def audit_view(e: AuditEvent) -> AuditView:
     return AuditView(
         id=e.id,
         at=e.at,
-        actor=e.actor,
+        actor=shown_actor(e.actor),
         action=e.action,
         subject=e.subject,
         old=detail.pop("old", None),

@@ -4,10 +4,11 @@ write a delivery's state.
 States (Postfix names): queued -> active -> sent, or deferred (retried at
 `next_attempt_at`), held (waits for its `HoldReason` to pass), failed (settled unsent, for
 its `FailureReason`). relay/store/incoming.py and relay/store/notices.py add deliveries;
-from then on a status changes only in relay/store/: through `hold`, `mark_failed` and
-`requeue` here, or a bulk update (a claim, a lift, a key imported), whoever decides it:
-the dispatcher's outcomes, the moderator (relay/store/moderation.py), a recipient arriving,
-leaving or becoming reachable (relay/store/recipients.py).
+from then on a status changes only in relay/store/: through `hold`, `mark_failed`,
+`bounced` and `requeue` here, or a bulk update (a claim, a lift, a key imported), whoever
+decides it: the dispatcher's outcomes, a bounce (relay/app/bounces.py), the moderator
+(relay/store/moderation.py), a recipient arriving, leaving or becoming reachable
+(relay/store/recipients.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from relay.model import (
     MemberState,
     utcnow,
 )
+from relay.model.messages import Bounce
 from relay.store import audit
 
 RELAY_ACTOR = "relay"
@@ -104,6 +106,15 @@ def claim_due(
             .execution_options(synchronize_session=False)
         ).scalars()
         return sorted(taken, key=ids.index)
+
+
+def bounce_tokens(db: Database, delivery_ids: list[int]) -> dict[int, str]:
+    """The bounce token of each claimed delivery: its copy's envelope sender names it."""
+    with db.transaction() as session:
+        rows = session.execute(
+            select(Delivery.id, Delivery.bounce_token).where(Delivery.id.in_(delivery_ids))
+        )
+        return {delivery_id: token for delivery_id, token in rows}
 
 
 def release(db: Database, delivery_ids: list[int]) -> None:
@@ -376,6 +387,37 @@ def mark_failed(delivery: Delivery, why: FailureReason, code: str, reason: str) 
     delivery.hold_reason = None  # a hold reason belongs to a held delivery only
     delivery.lease_until = None
     delivery.last_code, delivery.last_reason = code, reason
+
+
+# Statuses in which a hard bounce settles a copy: sent, deferred by a later attempt, or
+# still active when a quick bounce overtakes the record of its sending (which then finds
+# it no longer active and leaves it failed).
+BOUNCEABLE = (DeliveryStatus.SENT, DeliveryStatus.DEFERRED, DeliveryStatus.ACTIVE)
+
+
+def bounced(
+    session: Session, delivery: Delivery, status: str, reason: str, *, now: datetime
+) -> Bounce:
+    """A notification said the copy failed for good: failed (`BOUNCED`, its status and
+    diagnostic) if it is `BOUNCEABLE`, recorded once as the delivery's `Bounce`, and audited,
+    in the caller's transaction. A copy in any other state (queued again by an
+    administrator, cancelled meanwhile) keeps its state."""
+    settled = delivery.status in BOUNCEABLE
+    if settled:
+        mark_failed(delivery, FailureReason.BOUNCED, status, reason)
+    bounce = Bounce(delivery_id=delivery.id, member_id=delivery.member_id, at=now, status=status)
+    session.add(bounce)
+    audit.record(
+        session,
+        RELAY_ACTOR,
+        "delivery.bounced",
+        str(delivery.id),
+        recipient=delivery.recipient,
+        code=status,
+        message=delivery.message_id,
+        failed=settled,
+    )
+    return bounce
 
 
 def requeue(delivery: Delivery, now: datetime, *, held: HoldReason | None = None) -> None:

@@ -192,7 +192,7 @@ def accept_post(
                 count += 1
             audit.record(
                 session,
-                f"key:{post.signer}",
+                audit.key_actor(post.signer),
                 "message.accepted",
                 message_id,
                 deliveries=count,
@@ -232,7 +232,11 @@ def keep_refused(
             session.flush()
             record(session, spool, message_id)
             audit.record(
-                session, f"key:{post.signer}", "message.refused", message_id, size=len(post.raw)
+                session,
+                audit.key_actor(post.signer),
+                "message.refused",
+                message_id,
+                size=len(post.raw),
             )
     except IntegrityError:
         replayed = used_signature(db, post.signature) if post.signature else None
