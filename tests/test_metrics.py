@@ -7,22 +7,27 @@ Real SMTP in, real gpg, a capturing sink as the smarthost, SQLite or PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import update
 
 from relay.app import advisory_admin, incidents
+from relay.core import config as relay_config
 from relay.core.config import MetricsSettings
 from relay.core.database import Database
 from relay.model import Advisory, AdvisoryState, Delivery, DeliveryStatus
-from relay.runners.metrics import BOUNCED, Metrics
+from relay.runners.metrics import BOUNCED, DatabaseCollector, Metrics
 from tests.support import databases
 from tests.support.keys import KeyFactory
 from tests.support.mail import pgp_mime_signed, text_entity
@@ -32,7 +37,9 @@ from tests.support.relayhome import (
     RelayHome,
     RelayThread,
     distributors,
+    migrated_database,
     smtp_post,
+    write_config,
 )
 from tests.support.smtpsink import SmtpSink
 
@@ -222,3 +229,52 @@ def test_a_database_that_fails_makes_database_up_0_not_a_failed_scrape(tmp_path:
     assert value(samples, "relay_smtp_accepted_total") == 0
     assert not any(name.startswith("relay_deliveries") for name, _ in samples)
     assert not any(name.startswith("relay_queue") for name, _ in samples)
+
+
+@contextlib.contextmanager
+def _locked(url: str) -> Iterator[None]:
+    """The database locked by another connection, so a read waits: SQLite's file taken
+    exclusively, or PostgreSQL's deliveries table."""
+    if databases.on_postgresql():
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            conn.execute("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+            yield
+            conn.rollback()
+        return
+    lock = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        lock.execute("PRAGMA locking_mode=EXCLUSIVE")
+        lock.execute("BEGIN EXCLUSIVE")
+        lock.execute("UPDATE alembic_version SET version_num = version_num")
+        yield
+        lock.execute("ROLLBACK")
+    finally:
+        lock.close()
+
+
+def _database_up(registry: CollectorRegistry) -> float | None:
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        if family.name == "relay_database_up":
+            return family.samples[0].value
+    return None
+
+
+def test_a_database_that_does_not_answer_in_time_is_down_until_it_answers(
+    tmp_path: Path,
+) -> None:
+    settings = relay_config.load(write_config(tmp_path))
+    db = migrated_database(tmp_path, settings)
+    collector = DatabaseCollector(db, lambda: datetime.now(UTC), limit=0.5)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    try:
+        assert _database_up(registry) == 1
+        db.dispose()  # no pooled connection keeps the SQLite file from being locked
+        with _locked(db.url):
+            assert _database_up(registry) == 0
+            # Again: a read still waiting is not joined by another one.
+            assert _database_up(registry) == 0
+        wait_for(lambda: _database_up(registry) == 1, "the database answering again")
+    finally:
+        collector.close()
+        db.dispose()
