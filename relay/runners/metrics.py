@@ -37,7 +37,15 @@ from relay.core.config import MetricsSettings
 from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.core.logs import clean, event, observe
-from relay.model import Advisory, AuditEvent, Delivery, DeliveryStatus, Incident, IncidentKind
+from relay.model import (
+    Advisory,
+    AuditEvent,
+    Delivery,
+    DeliveryStatus,
+    FailureReason,
+    Incident,
+    IncidentKind,
+)
 from relay.store.delivery_queue import RELAY_ACTOR
 
 log = logging.getLogger("relay.metrics")
@@ -61,9 +69,9 @@ def _due(now: datetime) -> ColumnElement[bool]:
     )
 
 
-# A hard bounce settles its copy failed with this reason (and an audit row
-# "delivery.bounced"); before bounce handling there are none, and the count is 0.
-BOUNCED = "bounced"
+# A hard bounce settles its copy failed with this reason (relay/app/bounces.py; an audit
+# row "delivery.bounced" too); counting copies counts each bounced copy once.
+BOUNCED = FailureReason.BOUNCED
 _BOUNCES = select(func.count()).select_from(Delivery).where(Delivery.failure_reason == BOUNCED)
 
 # Lifts the scheduler made (the relay's actor; an administrator's or a confirmed early
