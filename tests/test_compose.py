@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import quopri
 import re
+import tomllib
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.header import Header
@@ -20,9 +21,12 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from relay.cli.root import cli
 from relay.core.errors import CryptoError
 from relay.core.gpg import GnuPG
+from relay.model import Advisory, AdvisoryState
 from relay.outbound.compose import (
     OBSCURED_SUBJECT,
     Copy,
@@ -30,9 +34,12 @@ from relay.outbound.compose import (
     build_encrypted_notice,
     build_plain_notice,
 )
+from relay.outbound.preface import copy_note, embargo_preface, poster_notes, wrap
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.keys import TestKey as Key
-from tests.support.mail import OpenedCopy
+from tests.support.mail import OpenedCopy, pgp_mime_signed, text_entity
+from tests.support.relayhome import RelayThread, distributors, smtp_post
+from tests.support.smtpsink import SmtpSink
 
 LIST = "distributors@example.org"
 LIST_ID = "Distributors <distributors.example.org>"
@@ -55,6 +62,8 @@ PAYLOAD = (
     ".a line starting with a dot\r\n"
 ).encode()
 STRUCTURAL = {"mime-version", "content-type"}
+# Outside and unsigned on purpose: the list's public key, for the member's client.
+UNPROTECTED = {"autocrypt"}
 
 
 class Relay:
@@ -138,7 +147,8 @@ def encryption_subkeys(ring: Keyring, fingerprint: str) -> list[str]:
 def outer_fields(wire: bytes) -> list[str]:
     """The non-structural outer fields, as the HP-Outer lines record them."""
     outer = message_from_bytes(wire, policy=policy.default)
-    return [f"{name}: {value}" for name, value in outer.items() if name.lower() not in STRUCTURAL]
+    skip = STRUCTURAL | UNPROTECTED
+    return [f"{name}: {value}" for name, value in outer.items() if name.lower() not in skip]
 
 
 def text_of(part: EmailMessage) -> str:
@@ -215,7 +225,17 @@ def test_outer_is_pgp_mime_with_only_the_allowed_fields(wire: bytes) -> None:
     assert text.count(b"-----BEGIN PGP MESSAGE-----") == 1
     assert text.strip().endswith(b"-----END PGP MESSAGE-----")
     assert sorted(outer.keys()) == sorted(
-        ["From", "To", "Subject", "Date", "Message-ID", "List-Id", "MIME-Version", "Content-Type"]
+        [
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "List-Id",
+            "Autocrypt",
+            "MIME-Version",
+            "Content-Type",
+        ]
     )
     assert outer["From"] == LIST
     assert outer["To"] == LIST  # members are envelope recipients only
@@ -371,8 +391,11 @@ def test_no_confidential_text_appears_outside(wire: bytes, opened: OpenedCopy) -
     for secret in secrets:
         assert secret not in wire, secret
     assert b"\r\nSubject: [...]\r\n" in wire
-    for name in (b"Autocrypt", b"User-Agent", b"Received", b"In-Reply-To", b"X-Embargo", b"X-Copy"):
+    for name in (b"User-Agent", b"Received", b"In-Reply-To", b"X-Embargo", b"X-Copy"):
         assert name.lower() not in wire.lower()
+    # The one Autocrypt header names the list and carries the list's public key, nothing else.
+    (autocrypt,) = message_from_bytes(wire, policy=policy.compat32).get_all("Autocrypt")
+    assert autocrypt.split(";")[0].strip() == f"addr={LIST}"
 
 
 # 6: wire hygiene
@@ -505,7 +528,7 @@ def test_encrypted_notice_keeps_subject_and_text_inside(
     assert_wire_hygiene(wire)
     assert b"expires" not in wire and b"carol@example.net" not in wire
     outer = message_from_bytes(wire, policy=policy.default)
-    assert outer["To"] == "alice@example.net"
+    assert outer["To"] == LIST  # the recipient is named inside only, like a member
     assert outer["Subject"] == OBSCURED_SUBJECT
     opened = OpenedCopy(alice_ring, wire)
     assert sorted(opened.enc_to) == encryption_subkeys(alice_ring, alice.fingerprint)
@@ -515,3 +538,179 @@ def test_encrypted_notice_keeps_subject_and_text_inside(
     assert opened.root.get_all("HP-Outer") == outer_fields(wire)
     (text,) = opened.root.get_payload()
     assert text_of(text) == NOTICE + "\n"
+
+
+# The list's key outside: the Autocrypt header
+
+
+def autocrypt_of(wire: bytes) -> tuple[list[bytes], dict[str, str]]:
+    """The Autocrypt field's lines as sent, and its attributes once unfolded."""
+    head = wire.split(b"\r\n\r\n", 1)[0]
+    start = head.index(b"\r\nAutocrypt:") + 2
+    lines = [head[start:].split(b"\r\n")[0]]
+    for line in head[start:].split(b"\r\n")[1:]:
+        if not line.startswith(b" "):
+            break
+        lines.append(line)
+    value = b" ".join(line.strip() for line in lines).decode().removeprefix("Autocrypt: ")
+    return lines, {k.strip(): v.strip() for k, v in (a.split("=", 1) for a in value.split(";"))}
+
+
+def test_the_autocrypt_header_is_the_list_key_well_folded(
+    wire: bytes, relay: Relay, alice_ring: Keyring
+) -> None:
+    lines, attributes = autocrypt_of(wire)
+    assert all(len(line) <= 78 for line in lines) and len(lines) > 3
+    assert attributes["addr"] == LIST and attributes["prefer-encrypt"] == "mutual"
+    keydata = base64.b64decode("".join(attributes["keydata"].split()), validate=True)
+    listing, _ = alice_ring.status(["--with-colons", "--show-keys"], keydata)
+    rows = [line.split(":") for line in listing.decode().splitlines()]
+    assert next(r[9] for r in rows if r[0] == "fpr") == relay.fingerprint
+    assert [r[9] for r in rows if r[0] == "uid"] == [f"Distributors <{LIST}>"]
+    assert [r[0] for r in rows if r[0] in ("pub", "sub", "sec", "ssb")] == ["pub", "sub"]
+
+
+def test_the_autocrypt_header_is_outside_the_signature(
+    wire: bytes, opened: OpenedCopy, alice_ring: Keyring, relay: Relay
+) -> None:
+    lines, _ = autocrypt_of(wire)
+    field = b"\r\n".join(lines) + b"\r\n"
+    assert b"Autocrypt" not in opened.root_bytes  # no HP-Outer line, nothing signed
+    for changed in (wire.replace(field, b""), wire.replace(b"\r\n" + lines[-1], b"\r\n AAAA")):
+        assert changed != wire
+        again = OpenedCopy(alice_ring, changed)
+        assert again.signer == relay.fingerprint
+        assert again.root_bytes == opened.root_bytes
+    assert message_from_bytes(wire, policy=policy.default).get_content_type() == (
+        "multipart/encrypted"
+    )
+
+
+def test_a_copy_signed_by_a_key_without_the_lists_user_id_has_no_autocrypt_header(
+    alice: Key, alice_ring: Keyring
+) -> None:
+    forged = build_encrypted(
+        make_copy(), GnuPG(alice_ring.home), alice.fingerprint, [alice.fingerprint]
+    )
+    assert b"Autocrypt" not in forged
+
+
+# Every copy's outer To is the list
+
+
+def test_a_copy_for_one_person_names_them_inside_only(
+    relay: Relay, alice: Key, alice_ring: Keyring
+) -> None:
+    person = "dev@distro-a.example"
+    wire = build_encrypted(
+        make_copy(to=person), relay.crypto, relay.fingerprint, [alice.fingerprint]
+    )
+    assert person.encode() not in wire
+    assert message_from_bytes(wire, policy=policy.default)["To"] == LIST
+    opened = OpenedCopy(alice_ring, wire)
+    assert opened.root["To"] == person
+    assert f"To: {LIST}" in opened.root.get_all("HP-Outer")
+
+
+def test_the_terms_copy_of_a_grant_is_to_the_list(
+    tmp_path: Path, keys: KeyFactory, sink: SmtpSink
+) -> None:
+    home = distributors(tmp_path, keys, sink.port, members=1)
+    member = keys.make("distro0", "security@distro0.example")
+    dev = keys.make("dev0", "dev@distro0.example")
+    src = keys.make("src", "src@example.org")
+    body = "X-Advisory: CVE-2026-5151\nX-Embargo-Until: +9d\n\nThe flaw.\n"
+    post = pgp_mime_signed(
+        home.client(src),
+        src.fingerprint,
+        text_entity(body),
+        subject="s",
+        sender=src.address,
+        to=LIST,
+    )
+    config = ["--config", str(home.config_path)]
+    with RelayThread(home.settings) as relay:
+        assert relay.run(smtp_post(relay.port, post))[0] == 250
+        sink.wait_for(1, timeout=60)
+        args = ["share", "CVE-2026-5151", dev.address, "--key", str(dev.public_file)]
+        shared = CliRunner().invoke(cli, [*config, *args, "--for", member.address])
+        assert shared.exit_code == 0, shared.output
+        (terms,) = [m for m in sink.wait_for(2, timeout=60) if m.rcpt_tos == (dev.address,)]
+    outer = message_from_bytes(terms.data, policy=policy.default)
+    assert outer["To"] == LIST and outer["From"] == LIST
+    assert dev.address.encode() not in terms.data
+    opened = OpenedCopy(home.client(dev), terms.data)
+    assert opened.signer == home.list_fpr and "X-Accept:" in opened.text
+    assert opened.root["To"] == dev.address  # the person, inside the encryption only
+
+
+# The notice in each copy: lines of at most 72 characters
+
+
+def too_long(text: str) -> list[str]:
+    """Lines over 72 characters, but for one word that cannot break (an address)."""
+    return [line for line in text.splitlines() if len(line) > 72 and " " in line.strip()]
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "relay" / "policies"
+
+
+@pytest.mark.parametrize("rules", ["", *sorted(p.name for p in SHIPPED.glob("*.toml"))])
+@pytest.mark.parametrize("state", ["unset", "embargoed", "lifted", "cancelled"])
+def test_no_line_of_a_copys_notice_exceeds_72_characters(
+    state: str, rules: str, relay: Relay, alice: Key, alice_ring: Keyring
+) -> None:
+    lift = datetime(2026, 12, 3, 16, 0, tzinfo=UTC)
+    advisory = Advisory(
+        id="CVE-2026-424242",
+        title="t",
+        state={"lifted": AdvisoryState.LIFTED, "cancelled": AdvisoryState.CANCELLED}.get(
+            state, AdvisoryState.EMBARGOED
+        ),
+        lift_at=None if state == "unset" else lift,
+        lifted_at=lift if state == "lifted" else None,
+    )
+    words = tomllib.loads((SHIPPED / rules).read_text())["notice"] if rules else None
+    contact = "security-response-committee@kubernetes-security.example.org"
+    notes = [embargo_preface(advisory, words, security_contact=contact)]
+    notes += poster_notes(
+        "distributors-announce@kubernetes.io",
+        "security-response-lead@vendor.example.com",
+        "0123456789ABCDEF0123456789ABCDEF01234567",
+        "A Very Long Display Name <somebody.else@an-unrelated-domain.example>",
+    )
+    notes.append(copy_note("security-team@a-long-distribution-name.example.org", ALICE_REF))
+    text = "\n".join(notes)
+    assert too_long(text) == []
+    flowed = " ".join(text.split())
+    if state != "lifted":
+        assert f"tell {contact} at once: exactly what leaked and to whom." in flowed
+    if rules:  # the policy's words, re-wrapped, all there
+        assert " ".join(words.split()) in flowed
+
+    # And as the member reads it: the decoded first part of the copy.
+    wire = build_encrypted(
+        make_copy(preface=text), relay.crypto, relay.fingerprint, [alice.fingerprint]
+    )
+    first = OpenedCopy(alice_ring, wire).root.get_payload()[0]
+    assert text_of(first) == text + ("" if text.endswith("\n") else "\n")
+    assert too_long(text_of(first)) == []
+
+
+def test_the_width_check_can_fail() -> None:
+    assert too_long("x " * 40) == ["x " * 40]
+    assert too_long("a" * 80) == []  # one unbreakable word
+
+
+def test_wrapping_keeps_paragraphs_and_list_items() -> None:
+    text = wrap(
+        "First paragraph, short.\n\n- an item that is long enough to need a second line when"
+        " filled at seventy-two\n- a second item\n1. numbered"
+    )
+    assert text == (
+        "First paragraph, short.\n\n"
+        "- an item that is long enough to need a second line when filled at\n"
+        "  seventy-two\n"
+        "- a second item\n"
+        "1. numbered\n"
+    )

@@ -14,6 +14,7 @@ from relay.cli import (  # noqa: F401  (importing a module registers its command
     deliveries,
     held,
     incidents,
+    key,
     members,
     node,
     roster,

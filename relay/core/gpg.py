@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from pathlib import Path
 
 import gnupg
@@ -240,6 +241,41 @@ class GnuPG:
         if not data:
             raise KeyProblem(f"no key {fingerprint} in the keyring")
         return data.encode() if isinstance(data, str) else data
+
+    def export_public_key(
+        self,
+        fingerprint: str,
+        *,
+        address: str | None = None,
+        only_encryption_subkeys: bool = False,
+        armor: bool = False,
+    ) -> bytes:
+        """The public key as published: minimal (each user ID with its latest self-signature,
+        no third-party signatures, nothing secret); with `address`, only the user IDs of that
+        address; with `only_encryption_subkeys`, only the subkeys that can encrypt now (an
+        Autocrypt header's keydata). Binary unless `armor`."""
+        info = self.key_info(fingerprint)
+        if info is None:
+            raise KeyProblem(f"no key {fingerprint} in the keyring")
+        if address is not None and not any(
+            parseaddr(uid)[1].lower() == address.lower() for uid in info.uids
+        ):
+            raise KeyProblem(f"key {info.fingerprint} has no user ID for {address}")
+        if only_encryption_subkeys and not info.can_encrypt:
+            raise KeyProblem(f"key {info.fingerprint} has no usable encryption subkey")
+        args = ["--export-options", "export-minimal"]
+        if address is not None:
+            args += ["--export-filter", f"keep-uid=mbox = {address.lower()}"]
+        if only_encryption_subkeys:
+            args += ["--export-filter", "drop-subkey=usage !~ e || expired -t || revoked -t"]
+        if armor:
+            args.append("--armor")
+        # python-gnupg's export_keys takes no export filters: run gpg with its command line.
+        command = self._gpg.make_args([*args, "--export", info.fingerprint], False)
+        result = subprocess.run(command, capture_output=True, check=False)
+        if result.returncode != 0 or not result.stdout:
+            raise CryptoError(f"gpg could not export key {info.fingerprint}")
+        return result.stdout
 
     # The list's secret key, moved to a new node under a passphrase
 

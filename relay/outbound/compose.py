@@ -9,8 +9,14 @@ alter that name without breaking the list's signature.
 The real headers live only inside, on a `multipart/mixed` root marked both
 `protected-headers="v1"` (Thunderbird, K-9, mutt) and `hp="cipher"` (RFC 9788), with
 one `HP-Outer` line per outer field. Outside, only an allow-list travels and the
-Subject is the literal `[...]` (RFC 9788 `hcp_baseline`); for posts `To` is the list
-address and the member is only the envelope recipient.
+Subject is the literal `[...]` (RFC 9788 `hcp_baseline`); `To` is the list address on
+every copy (inside, a notice's `To` names its one recipient), and the recipient is only
+the envelope recipient.
+
+Outside the encryption, and so outside the signature, each copy also carries the list's
+`Autocrypt:` header (relay/app/list_key.py): the list's public key, for the member's
+client to check the signature with. It is public, no `HP-Outer` line records it (RFC 9788
+treats it as unprotected, which it is), and changing it changes nothing that was signed.
 
 The carried payload is spliced in byte for byte: re-serialising it with the `email`
 package could re-fold or re-encode what its author signed. Everything else is built
@@ -28,6 +34,7 @@ from datetime import UTC, datetime
 from email import policy
 from email.utils import format_datetime
 
+from relay.app import list_key
 from relay.core.crypto import Crypto
 from relay.core.errors import CryptoError
 from relay.core.mime import text_part
@@ -71,19 +78,26 @@ class Copy:
 def build_encrypted(copy: Copy, crypto: Crypto, signer: str, recipient_keys: list[str]) -> bytes:
     """One copy: its payload root signed by `signer`, encrypted to `recipient_keys` only."""
     outer = _outer_fields(
-        copy.list_address, copy.list_id, copy.to, copy.message_id, OBSCURED_SUBJECT, copy.date
+        copy.list_address,
+        copy.list_id,
+        copy.list_address,  # the real To (a notice's recipient) travels inside only
+        copy.message_id,
+        OBSCURED_SUBJECT,
+        copy.date,
     )
     signed = crypto.sign_encrypt(payload_root(copy, outer), recipient_keys, signer)
-    return _envelope(outer, _armoured(signed, b"MESSAGE"))
+    autocrypt = list_key.autocrypt_header(crypto, signer, copy.list_address)
+    return _envelope(outer, _armoured(signed, b"MESSAGE"), autocrypt or b"")
 
 
 def payload_root(copy: Copy, outer: list[tuple[str, str]]) -> bytes:
     """The Cryptographic Payload (RFC 9788): protected headers, the preface, the payload.
 
-    `outer` are the fields sent outside, recorded inside as one `HP-Outer` line each."""
+    `outer` are the fields sent outside, recorded inside as one `HP-Outer` line each; inside,
+    the real Subject and To stand in for theirs."""
     _check_entity(copy.payload)
-    subject = _one_line("Subject", copy.subject)
-    protected = [(name, subject if name == "Subject" else value) for name, value in outer]
+    real = {"Subject": _one_line("Subject", copy.subject), "To": _one_line("To", copy.to)}
+    protected = [(name, real.get(name, value)) for name, value in outer]
     if copy.in_reply_to is not None:
         protected.append(("In-Reply-To", _one_line("In-Reply-To", copy.in_reply_to)))
     if copy.reference is not None:
@@ -187,7 +201,9 @@ def _outer_fields(
     return [(name, _one_line(name, value)) for name, value in fields]
 
 
-def _envelope(outer: list[tuple[str, str]], armour: bytes) -> bytes:
+def _envelope(outer: list[tuple[str, str]], armour: bytes, unprotected: bytes = b"") -> bytes:
+    """The outer message: `outer` (folded), the `unprotected` fields as given (folded and
+    CRLF-terminated already), then the PGP/MIME structure around `armour`."""
     boundary = _boundary(armour)
     version = b"Content-Type: application/pgp-encrypted\r\n"
     version += b"Content-Description: PGP/MIME version identification\r\n\r\nVersion: 1\r\n"
@@ -197,6 +213,7 @@ def _envelope(outer: list[tuple[str, str]], armour: bytes) -> bytes:
     message = b"".join(
         [
             *(_fold(name, value) for name, value in outer),
+            unprotected,
             _fold("MIME-Version", "1.0"),
             # Written directly: the boundary is fresh per copy, so folding would never be cached.
             b'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted";\r\n'

@@ -1,21 +1,29 @@
 """The words each copy of a post carries above the post, inside the list's signature and
 encryption: the embargo notice, who posted it, whose copy it is; and the header fields
 protected with them.
+
+Every line is wrapped at 72 characters, like the rest of the list's mail, the list policy's
+own words included (a policy file wraps as its author liked); only a word longer than that
+(an address, say) stands on a line of its own, unbroken.
 """
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 from relay.core.times import format_when
 from relay.model import Advisory, AdvisoryState
+
+WIDTH = 72
+# A line that starts an item of a list ("- ", "* ", "1. ", "2) "): it keeps its own line.
+_ITEM = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
 
 
 def embargo_preface(
     advisory: Advisory, policy_rules_text: str | None = None, *, security_contact: str
 ) -> str:
     """The short notice at the top of each copy of a post (wording of the list's policy)."""
-    leak = f"If anything leaks, tell {security_contact} at once: exactly what leaked and to whom."
     if advisory.state == AdvisoryState.LIFTED:
         when = format_when(advisory.lifted_at) if advisory.lifted_at else "its lift"
         lines = [f"Advisory {advisory.id}: the embargo was lifted at {when}; it no longer applies."]
@@ -28,13 +36,16 @@ def embargo_preface(
             head = f"EMBARGOED until {format_when(advisory.lift_at)} (advisory {advisory.id})."
         lines = [
             head,
-            "Share it only within your team, on a need-to-know basis, and only with people",
-            "who agree to the same terms; do not make it public, share it or hint at it.",
-            leak,
+            "Share it only within your team, on a need-to-know basis, and only with people"
+            " who agree to the same terms; do not make it public, share it or hint at it.",
+            # Broken after the clause, so that what to do stays on one line.
+            "If anything leaks, even by mistake,",
+            f"tell {security_contact} at once: exactly what leaked and to whom.",
         ]
+    text = "".join(wrap(line) for line in lines)
     if policy_rules_text:
-        lines.append(policy_rules_text.strip())
-    return "\n".join(lines) + "\n"
+        text += wrap(policy_rules_text)
+    return text
 
 
 def protected_fields(advisory: Advisory) -> tuple[tuple[str, str], ...]:
@@ -50,19 +61,57 @@ def poster_notes(
 ) -> list[str]:
     """Who posted the post, by the key the relay verified (and a From that was not theirs)."""
     notes = [
-        f"Posted to {list_address} by {poster or 'an authorised sender'}; "
-        f"the relay verified the OpenPGP signature of key {signer}.\n"
+        wrap(
+            f"Posted to {list_address} by {poster or 'an authorised sender'}; "
+            f"the relay verified the OpenPGP signature of key {signer}."
+        )
     ]
     if from_mismatch:
         notes.append(
-            f"Note: the post's From header named {from_mismatch}, which is not an "
-            "address of the signer.\n"
+            wrap(
+                f"Note: the post's From header named {from_mismatch}, which is not an "
+                "address of the signer."
+            )
         )
     return notes
 
 
 def copy_note(recipient: str, reference: str) -> str:
     """The last lines of every copy's notice: whose copy this is, and its reference."""
-    line = f"Copy reference {reference}: this copy was made for {recipient} alone."
-    wrapped = textwrap.fill(line, 72, break_long_words=False, break_on_hyphens=False)
-    return f"{wrapped}\nEach copy the list sends is individual, so a leaked copy can be traced.\n"
+    return wrap(f"Copy reference {reference}: this copy was made for {recipient} alone.") + wrap(
+        "Each copy the list sends is individual, so a leaked copy can be traced."
+    )
+
+
+def wrap(text: str) -> str:
+    """`text` filled at `WIDTH`, each line ending in a newline: paragraphs (split at blank
+    lines) keep their breaks, list items start their own lines with a hanging indent, and
+    no word is broken (an address longer than the width stands alone)."""
+    paragraphs = re.split(r"\n\s*\n", text.strip())
+    return "\n".join("".join(_fill(item) for item in _items(p)) for p in paragraphs)
+
+
+def _items(paragraph: str) -> list[str]:
+    """The lines of a paragraph joined into items: a new item at each list marker."""
+    items: list[str] = []
+    for line in paragraph.splitlines():
+        if items and not _ITEM.match(line):
+            items[-1] += " " + line.strip()
+        else:
+            items.append(line.rstrip())
+    return items
+
+
+def _fill(item: str) -> str:
+    marker = _ITEM.match(item)
+    indent = " " * len(marker.group(0)) if marker else ""
+    return (
+        textwrap.fill(
+            item,
+            WIDTH,
+            subsequent_indent=indent,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+        + "\n"
+    )
