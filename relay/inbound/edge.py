@@ -200,6 +200,7 @@ class ListHandler:
             advisory=accepted.advisory_id,
             member=report.member or "-",
             held=bool(report.routing.hold),
+            tls=getattr(session, "tls", None) or "-",
         )
         change = report.change
         if change is not None and (change.created or change.moved):

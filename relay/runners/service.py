@@ -2,7 +2,8 @@
 heartbeat and, while this node holds its lease, the embargo scheduler.
 
 `Relay` wires the parts together and can be started and stopped from tests; `serve` runs
-it until SIGINT or SIGTERM. The long-running tasks run under a `Supervisor`: one that ends
+it until SIGINT or SIGTERM, and SIGHUP re-reads the edge's TLS certificate and key
+(`Relay.reload_tls`). The long-running tasks run under a `Supervisor`: one that ends
 unexpectedly is logged and started again (relay/runners/supervision.py). At start, copies
 this node left active go back to the queue, so nothing accepted is lost across restarts,
 and the node that leads the scheduler runs the lifts and reminders that fell due meanwhile.
@@ -23,6 +24,7 @@ from relay.core.gpg import GnuPG
 from relay.core.logs import event
 from relay.inbound.edge import ListHandler
 from relay.inbound.server import make_server_factory
+from relay.inbound.tls import ServerTLS
 from relay.leaks.index import EmbargoedText
 from relay.model import utcnow
 from relay.outbound.transport import Transport
@@ -46,6 +48,8 @@ class Relay:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.settings = settings
+        # The edge's certificate, loaded now: a bad one stops the relay before it starts.
+        self.tls = ServerTLS.from_settings(settings.smtp)
         self.db = Database(settings.storage.database_url)
         if not self.db.is_current():
             raise RelayError("the database schema is not current; run 'relay init'")
@@ -119,13 +123,24 @@ class Relay:
             await asyncio.to_thread(self.metrics.start)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            make_server_factory(self.handler, self.settings),
+            make_server_factory(self.handler, self.settings, self.tls),
             host=self.settings.smtp.host,
             port=self.settings.smtp.port,
         )
-        event(log, "listening", host=self.settings.smtp.host, port=self.port, node=self.name)
+        smtp = self.settings.smtp
+        tls = "off" if self.tls is None else "required" if smtp.tls_required else "offered"
+        event(log, "listening", host=smtp.host, port=self.port, node=self.name, tls=tls)
         if dispatch:
             self._supervisor.start("dispatcher", lambda: self.dispatcher.run(self._stop))
+
+    def reload_tls(self) -> bool:
+        """Re-read `[smtp] tls_cert` and `tls_key` (SIGHUP): sessions from now on get the
+        new certificate; open sessions, the listening socket and the queue are untouched.
+        One that cannot be loaded keeps the certificate in use (logged as an error)."""
+        if self.tls is None:
+            event(log, "tls-reload-skipped", level=logging.WARNING, reason="no smtp.tls_cert")
+            return False
+        return self.tls.reload()
 
     def _index_embargoed_text(self) -> None:
         with self.db.transaction() as session:
@@ -159,6 +174,7 @@ async def _serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, relay._stop.set)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload_tls)
     await relay.start()
     print(
         f"Embargo Relay listening on {settings.smtp.host}:{relay.port} "
@@ -170,5 +186,5 @@ async def _serve(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run the relay until SIGINT or SIGTERM."""
+    """Run the relay until SIGINT or SIGTERM; SIGHUP re-reads the TLS certificate."""
     asyncio.run(_serve(settings))
