@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from relay.app import bounces, membership
+from relay.app import bounces, members, membership
 from relay.app.bounces import Failure
 from relay.core import verp
 from relay.model import AuditEvent, Delivery, DeliveryStatus, Member, Message
@@ -314,6 +314,10 @@ def test_bounces_up_to_the_limit_mark_the_member_bouncing_and_tell_the_contact(
 
     member = _member(home, MEMBER)
     assert membership.standing(member) == "bouncing" and member.state == "active"
+    # What `relay member list` and `member show` print.
+    with home.db.transaction() as s:
+        listed = s.execute(select(Member).where(Member.address == MEMBER)).scalar_one()
+        assert members.member_view(home.crypto, listed).state == "bouncing"
     (row,) = _actions(home, "member.bouncing")
     assert row.subject == MEMBER and row.detail
     assert (row.detail["old"], row.detail["new"]) == ("active", "bouncing")

@@ -90,7 +90,7 @@ def member_view(crypto: Crypto, member: Member, incidents: int | None = None) ->
     return MemberView(
         address=member.address,
         name=member.name,
-        state=member.state,
+        state=membership.standing(member),
         fingerprints=fingerprints,
         usable=bool(usable),
         problem=problem,

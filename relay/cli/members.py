@@ -67,7 +67,8 @@ def member_suspend(ctx: click.Context, address: str, reason: str) -> None:
 @_REASON
 @click.pass_context
 def member_resume(ctx: click.Context, address: str, reason: str) -> None:
-    """Make a suspended member active again; it receives what is posted from now on."""
+    """Make a suspended member active again, or clear a bouncing mark (its alias works
+    again); it receives what is posted from now on."""
     change = membership.change_state(_app(ctx).db, address, Move.RESUME, audit.cli_actor(), reason)
     click.echo(f"member resumed: {change.address}")
 

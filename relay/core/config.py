@@ -49,7 +49,8 @@ def parse_duration(value: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address; a name is not resolved (so it is not loopback)."""
     name = host.strip("[]").lower()
     if name == "localhost":
         return True
@@ -115,7 +116,7 @@ class SmtpSettings(_Section):
 
     @property
     def is_loopback(self) -> bool:
-        return _is_loopback(self.host)
+        return is_loopback(self.host)
 
     @property
     def tls_required(self) -> bool:

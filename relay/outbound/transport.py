@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import os
 import re
@@ -40,7 +39,7 @@ from typing import Literal, Protocol
 
 import aiosmtplib
 
-from relay.core.config import DeliverySettings
+from relay.core.config import DeliverySettings, is_loopback
 from relay.core.errors import ConfigError
 from relay.core.logs import event
 
@@ -107,17 +106,6 @@ TlsMode = Literal["starttls", "implicit", "none"]
 class Credentials:
     user: str
     password: str = field(repr=False)
-
-
-def is_loopback(host: str) -> bool:
-    """`localhost` or a loopback address; a name is not resolved (so it is not loopback)."""
-    name = host.strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def needs_tls(host: str, mode: TlsMode) -> bool:

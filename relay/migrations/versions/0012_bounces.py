@@ -56,10 +56,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("members") as batch:
-        batch.drop_column("bouncing_since")
     op.drop_index("ix_bounces_member_id", "bounces")
     op.drop_table("bounces")
+    if op.get_bind().dialect.name == "sqlite":
+        # Dropping a column rebuilds `members` and `deliveries`, which other tables
+        # reference: foreign keys must be off (as in 0003), and the connection is detached
+        # so it is not reused with them off.
+        op.get_bind().connection.detach()
+        op.execute("PRAGMA foreign_keys=OFF")
+    with op.batch_alter_table("members") as batch:
+        batch.drop_column("bouncing_since")
     with op.batch_alter_table("deliveries") as batch:
         batch.drop_constraint("uq_deliveries_bounce_token", type_="unique")
         batch.drop_column("bounce_token")
