@@ -11,6 +11,8 @@ zone.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from typing import Any
 
 import click
@@ -44,6 +46,11 @@ class RelayGroup(click.Group):
         except RelayError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
+        except BrokenPipeError:
+            # `relay queue | head`: the reader left, which is no error of the relay's.
+            # Point stdout at /dev/null so the interpreter's own flush at exit stays quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except Exception as exc:
             log.error(
                 "internal error in %s", ctx.invoked_subcommand, exc_info=True, extra=FILE_ONLY
