@@ -59,6 +59,7 @@ class Job:
     member_active: bool
     copy_message_id: str
     reference: str
+    bounce_token: str  # the copy's envelope sender is the list's VERP address with it
     subject: str
     poster: str  # the signing key's registered owner
     from_mismatch: str | None
@@ -134,6 +135,7 @@ def load_jobs(db: Database, ids: list[int], now: datetime, ask_gate: AskGate) ->
                 d.c.member_id,
                 d.c.copy_message_id,
                 d.c.reference,
+                d.c.bounce_token,
                 d.c.plaintext_allowed,
                 m.c.kind,
                 m.c.subject,
@@ -182,6 +184,7 @@ def load_jobs(db: Database, ids: list[int], now: datetime, ask_gate: AskGate) ->
                     member_active=active,
                     copy_message_id=r.copy_message_id,
                     reference=r.reference,
+                    bounce_token=r.bounce_token,
                     subject=r.subject,
                     poster=r.poster,
                     from_mismatch=r.from_mismatch,

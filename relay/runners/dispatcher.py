@@ -103,7 +103,6 @@ class Dispatcher:
         self._keys: dict[str, KeyInfo] = {}
         self._payloads = preparation.Payloads(spool)
         self._inflight: dict[int, Job] = {}  # sent, outcome not yet recorded (for the log)
-        self._tokens: dict[int, str] = {}  # claimed delivery -> its bounce token (VERP)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._crypto_pool = ThreadPoolExecutor(
             settings.delivery.workers, thread_name_prefix="crypto"
@@ -249,7 +248,6 @@ class Dispatcher:
                     self.health.failed("delivery", error)
                     outcomes.put_nowait(delivery_queue.Attempt.error(job.delivery_id, error))
                 finally:
-                    self._tokens.pop(job.delivery_id, None)
                     work.task_done()
                     if work.empty():
                         self._wake.set()
@@ -356,15 +354,11 @@ class Dispatcher:
 
     def _load(self, ids: list[int]) -> list[Job]:
         self._keys = {k.fingerprint: k for k in self.crypto.list_keys()}
-        jobs = preparation.load_jobs(self.db, ids, self.clock(), self._ask_gate)
-        self._tokens.update(delivery_queue.bounce_tokens(self.db, ids))
-        return jobs
+        return preparation.load_jobs(self.db, ids, self.clock(), self._ask_gate)
 
     def _envelope_sender(self, job: Job) -> str:
         """The copy's VERP address, so its bounce names its delivery (relay/core/verp.py)."""
-        token = self._tokens.get(job.delivery_id)
-        lst = self.settings.list.address
-        return lst if token is None else verp.bounce_address(lst, token)
+        return verp.bounce_address(self.settings.list.address, job.bounce_token)
 
     def _seal(self, job: Job, keys: list[str]) -> bytes:
         payload = self._payloads.get(job.message_id)

@@ -108,15 +108,6 @@ def claim_due(
         return sorted(taken, key=ids.index)
 
 
-def bounce_tokens(db: Database, delivery_ids: list[int]) -> dict[int, str]:
-    """The bounce token of each claimed delivery: its copy's envelope sender names it."""
-    with db.transaction() as session:
-        rows = session.execute(
-            select(Delivery.id, Delivery.bounce_token).where(Delivery.id.in_(delivery_ids))
-        )
-        return {delivery_id: token for delivery_id, token in rows}
-
-
 def release(db: Database, delivery_ids: list[int]) -> None:
     """Give back claimed deliveries that were never started (orderly shutdown)."""
     with db.transaction() as session:
