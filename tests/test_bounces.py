@@ -384,6 +384,8 @@ def test_junk_at_the_bounce_addresses_is_refused_and_changes_nothing(
             "a plain message": crlf(b"From: someone@example.net\nSubject: hello\n\nhello\n"),
             "the signed post itself": post,
             "a DSN for another recipient": _dsn(copy, recipient="security@distro1.example"),
+            # Names the member, and has no From: one of flufl.bounce's detectors raises.
+            "a note naming the member": crlf(f"Subject: hi\n\n{MEMBER} is fine\n".encode()),
         }
         for why, data in refused.items():
             code, reply = relay.run(_send(relay.port, [copy.mail_from], data))

@@ -11,7 +11,8 @@ anything, so a bounce is hostile input, read only within bounds:
 - flufl.bounce's detectors (heuristic regular expressions for the non-standard formats)
   see at most its first `SCAN_BYTES`: a bounce's report comes first, what follows is the
   returned message;
-- any exception while reading it refuses it (`550 5.6.0`).
+- a detector that raises finds nothing; any other exception while reading it refuses
+  it (`550 5.6.0`).
 
 `read_bounce` returns the failures found (`relay.app.bounces.Failure`): for each RFC 3464
 per-recipient block its Action, Status and Diagnostic-Code, and for the other formats what
@@ -101,7 +102,7 @@ def read_bounce(raw: bytes, recipient: str) -> list[Failure]:
             raise Rejection(550, "5.1.1", NOT_A_BOUNCE)
         failures = list(_dsn_failures(message))
         scanned = message if len(raw) <= SCAN_BYTES else email.message_from_bytes(raw[:SCAN_BYTES])
-        temporary, permanent = all_failures(scanned)
+        temporary, permanent = _detected(scanned)
     except Rejection:
         raise
     except Exception as exc:
@@ -116,6 +117,18 @@ def read_bounce(raw: bytes, recipient: str) -> list[Failure]:
                 failures.append(Failure(address, hard, status, "non-standard bounce"))
                 reported.add(address)
     return failures
+
+
+def _detected(message: email.message.Message) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """flufl.bounce's temporary and permanent failures. Its detectors stop at the first
+    that raises (Yale's, on a message without From), so one that fails on this message
+    counts as finding nothing: the RFC 3464 reading above stands on its own, and junk
+    stays junk (550 5.1.1) rather than "unreadable"."""
+    try:
+        return all_failures(message)
+    except Exception as exc:
+        log.info("bounce detector failed: %s", type(exc).__name__)
+        return frozenset(), frozenset()
 
 
 def _mentions(message: email.message.Message, recipient: bytes) -> bool:
