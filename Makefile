@@ -52,9 +52,12 @@ system-packages:
 # The tests also use Sequoia's sq (interoperability: a copy's signature checked by another
 # OpenPGP implementation) and a real Postfix as the front MTA. Postfix is installed unconfigured
 # ("No configuration"): the tests run private instances of it, never the system's mail service.
+# The console's browser tests drive Debian's Chromium through Playwright (its own browser
+# downloads are not used).
 test-packages:
 	@missing=""; \
 	command -v sq >/dev/null 2>&1 || missing="$$missing sq"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/sbin/postfix ] || missing="$$missing postfix"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \

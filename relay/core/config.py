@@ -317,6 +317,37 @@ class MetricsSettings(_Section):
     port: int = Field(9125, ge=0, le=65535)
 
 
+class WebSettings(_Section):
+    # The operator's console (`relay web`, or `relay serve` when enabled): pages and the
+    # HTTP API under /api/v1. Loopback by default; any other host needs tls_cert/tls_key.
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8025, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # A login session ends after this long without a request, and at the latest after
+    # session_max however busy it is.
+    session_idle: Duration = timedelta(minutes=30)
+    session_max: Duration = timedelta(hours=12)
+    # Failed logins allowed per account name and per client address within login_window.
+    login_attempts: int = Field(5, ge=1)
+    login_window: Duration = timedelta(minutes=15)
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> WebSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("[web] tls_cert and tls_key go together")
+        if self.tls_cert is None and not is_loopback(self.host):
+            raise ValueError(
+                f"[web] host {self.host!r} is not loopback: set tls_cert and tls_key (HTTPS)"
+            )
+        return self
+
+    @property
+    def https(self) -> bool:
+        return self.tls_cert is not None
+
+
 class LogSettings(_Section):
     # "text" (key=value lines) or "json" (one JSON object per line), in the log file and
     # on standard error. The log file itself is `relay --log-file` (relay/cli/context.py).
@@ -336,6 +367,7 @@ class Settings(_Section):
     members: MembersSettings = MembersSettings()
     cluster: ClusterSettings = ClusterSettings()
     metrics: MetricsSettings = MetricsSettings()
+    web: WebSettings = WebSettings()
     log: LogSettings = LogSettings()
     source: Path | None = None
 
@@ -405,6 +437,11 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         value = getattr(smtp, key)
         if value is not None:
             smtp = smtp.model_copy(update={key: _resolve(base, value)})
+    web = settings.web
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(web, key)
+        if value is not None:
+            web = web.model_copy(update={key: _resolve(base, value)})
     embargo = settings.embargo
     if embargo.policy is not None:
         embargo = embargo.model_copy(update={"policy": _policy_path(base, embargo.policy)})
@@ -412,6 +449,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         update={
             "delivery": delivery,
             "smtp": smtp,
+            "web": web,
             "embargo": embargo,
             "storage": settings.storage.model_copy(
                 update={
