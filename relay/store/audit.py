@@ -1,7 +1,8 @@
 """Append-only audit trail: every administrative or policy change becomes a row.
 
 Rows say who, what, on which subject, and the old and new values; never message
-content or key material. Who is `cli:<user>` for an administrator, `relay` for the relay
+content or key material. Who is `cli:<user>` for an administrator at the command line, `web:<admin>` in the
+console or its API, `relay` for the relay
 itself and `key:<fingerprint>` for a signed post.
 """
 
@@ -24,6 +25,11 @@ def cli_actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return "cli:unknown"
+
+
+def web_actor(admin: str) -> str:
+    """An administrator acting through the console or its HTTP API."""
+    return f"web:{admin}"
 
 
 def key_actor(fingerprint: str) -> str:
