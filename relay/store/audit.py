@@ -1,9 +1,9 @@
 """Append-only audit trail: every administrative or policy change becomes a row.
 
 Rows say who, what, on which subject, and the old and new values; never message
-content or key material. Who is `cli:<user>` for an administrator at the command line, `web:<admin>` in the
-console or its API, `relay` for the relay
-itself and `key:<fingerprint>` for a signed post.
+content or key material. Who is `cli:<user>` for an administrator at the command line,
+`web:<admin>` in the console or its HTTP API, `relay` for the relay itself and
+`key:<fingerprint>` for a signed post.
 """
 
 from __future__ import annotations
