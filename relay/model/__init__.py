@@ -3,6 +3,7 @@
 May import: `relay.core`.
 """
 
+from relay.model.admins import Admin, AdminSession, AdminToken, LoginFailure
 from relay.model.advisories import (
     Advisory,
     AdvisoryReminder,
@@ -43,6 +44,9 @@ from relay.model.public_keys import PublicKey
 
 __all__ = [
     "PENDING_STATUSES",
+    "Admin",
+    "AdminSession",
+    "AdminToken",
     "Advisory",
     "AdvisoryReminder",
     "AdvisoryState",
@@ -63,6 +67,7 @@ __all__ = [
     "IncidentKind",
     "KeyReminder",
     "Lease",
+    "LoginFailure",
     "Member",
     "MemberKey",
     "MemberState",
