@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import click
 
-from relay.app import advisories, advisory_admin
+from relay.app import advisories, advisory_admin, audit_chain
 from relay.app.advisory_admin import AdvisoryChange, AdvisoryView
 from relay.cli import lookup
 from relay.cli.context import app_of
@@ -367,7 +367,7 @@ def advisory_public_text(ctx: click.Context, advisory_id: str, text_file: IO[byt
     )
 
 
-@cli.command("audit")
+@cli.group("audit", invoke_without_command=True)
 @click.option(
     "--advisory",
     "advisory_id",
@@ -381,7 +381,12 @@ def advisory_public_text(ctx: click.Context, advisory_id: str, text_file: IO[byt
 @_JSON
 @click.pass_context
 def audit_trail(ctx: click.Context, advisory_id: str | None, limit: int, as_json: bool) -> None:
-    """The audit trail, newest last: when, who, what, old and new value, and why."""
+    """The audit trail, newest last: when, who, what, old and new value, and why.
+
+    `relay audit verify` checks the trail's hash chain.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     app = app_of(ctx)
     rows = advisory_admin.audit_trail(app.db, advisory_id, limit)
     if as_json:
@@ -395,3 +400,26 @@ def audit_trail(ctx: click.Context, advisory_id: str | None, limit: int, as_json
             for r in rows
         ],
     )
+
+
+@audit_trail.command("verify")
+@_JSON
+@click.pass_context
+def audit_verify(ctx: click.Context, as_json: bool) -> None:
+    """Check the audit trail's hash chain, every row, oldest first.
+
+    Each row holds the SHA-256 of its content and of the row before it: a row edited,
+    removed or added in the database directly breaks the chain there. Exit 1 names the
+    first row that does not match. The head hash printed on success anchors the chain:
+    kept somewhere else, it also shows rows cut off the end together with the head.
+    """
+    app = app_of(ctx)
+    check = audit_chain.verify_chain(app.db)
+    if as_json:
+        print_json(check)
+    else:
+        click.echo(check.describe())
+        if check.ok and check.head is not None:
+            click.echo(f"head: {check.head}")
+    if not check.ok:
+        ctx.exit(1)

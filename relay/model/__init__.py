@@ -11,7 +11,7 @@ from relay.model.advisories import (
     PendingChange,
     PendingChangeState,
 )
-from relay.model.audit import AuditEvent
+from relay.model.audit import AuditChainHead, AuditEvent
 from relay.model.base import Base, UTCDateTime, utcnow
 from relay.model.cluster import Lease, Node
 from relay.model.data_keys import DataKey
@@ -52,6 +52,7 @@ __all__ = [
     "AdvisoryState",
     "Application",
     "ApplicationState",
+    "AuditChainHead",
     "AuditEvent",
     "Base",
     "Contribution",

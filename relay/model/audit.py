@@ -26,3 +26,20 @@ class AuditEvent(Base):
     subject: Mapped[str] = mapped_column(String(320), index=True)
     # Sealed: a detail may carry an advisory's title or words (relay/core/sealing.py).
     detail: Mapped[dict | None] = mapped_column(SealedJSON("audit_events.detail"))
+    # The hash chain (relay/store/audit_chain.py): the row's place in the chain, the hash
+    # of the row before it and its own, set in the transaction that adds the row.
+    seq: Mapped[int | None] = mapped_column(Integer, unique=True)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    row_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The chain's newest link, one row: locked by each transaction that adds audit rows,
+    so links are made one transaction at a time, on one node or several; it also tells a
+    verifier where the chain should end (rows cut off the end show as missing)."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    seq: Mapped[int] = mapped_column(Integer)
+    row_hash: Mapped[str] = mapped_column(String(64))

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from relay.model import AuditEvent
+from relay.store import audit_chain
 
 
 def cli_actor() -> str:
@@ -50,6 +51,7 @@ def record(session: Session, actor: str, action: str, subject: str, **detail: An
     """Add one audit row in the caller's transaction (so it commits with the change)."""
     event = AuditEvent(actor=actor, action=action, subject=subject, detail=detail or None)
     session.add(event)
+    audit_chain.track(session, event)
     return event
 
 
