@@ -14,13 +14,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from relay.app import advisory_admin, known
+from relay.app import advisory_admin
 from relay.app.advisory_admin import AdvisoryView, PendingChangeView
 from relay.core.errors import RelayError
 from relay.core.times import countdown
 from relay.model import AdvisoryState, utcnow
 from relay.store import audit
-from relay.web.api_errors import Refused, refused_as, responses, status_of
+from relay.web.api_errors import Refused, refused_as, require_known, responses, status_of
 from relay.web.api_models import (
     NO_NUL,
     AdvisoryChangeOut,
@@ -113,7 +113,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
     db, spool, settings = console.db, console.spool, console.settings
 
     def known_advisory(advisory_id: str) -> None:
-        known.require(db, "advisory", advisory_id)
+        require_known(db, "advisory", advisory_id)
 
     @router.get(
         "/advisories",

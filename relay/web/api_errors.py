@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from relay.app import known
 from relay.app.advisories import (
     AdvisoryClosed,
     EmbargoTimeUnreadable,
@@ -31,6 +32,7 @@ from relay.app.advisories import (
 from relay.app.confirmations import ConfirmationError
 from relay.app.known import Unknown
 from relay.core.addresses import AddressRefused
+from relay.core.database import Database
 from relay.core.errors import RelayError
 from relay.policy.timing import PolicyError
 from relay.web.api_models import ErrorOut
@@ -64,6 +66,17 @@ class Refused(Exception):
 def status_of(exc: RelayError, default: int = HTTPStatus.CONFLICT) -> int:
     """The HTTP status of a use-case's refusal."""
     return next((status for kind, status in _BY_KIND if isinstance(exc, kind)), default)
+
+
+def require_known(db: Database, kind: known.Kind, value: str | int) -> None:
+    """`known.require`, as the CLI checks a name: 404 for one the relay does not hold,
+    422 for one that cannot name anything (an address that is not one)."""
+    try:
+        known.require(db, kind, value)
+    except Unknown:
+        raise
+    except RelayError as exc:
+        raise Refused(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
 
 
 def refused_as(status: int) -> Callable[[F], F]:

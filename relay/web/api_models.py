@@ -160,14 +160,12 @@ class AdvisoryIn(Model):
         examples=["CVE-2026-1234"],
     )
     title: Text = Field(examples=["Kubelet escape"])
-    lift: Text | None = Field(
-        default=None, description=_LIFT_DESCRIPTION, examples=["2026-12-01T15:00:00+01:00"]
-    )
+    lift: Text | None = Field(default=None, description=_LIFT_DESCRIPTION, examples=["+30d"])
     tz: str | None = _TZ
 
 
 class ScheduleIn(Model):
-    lift: Text = Field(description=_LIFT_DESCRIPTION, examples=["2026-12-01 14:00Z", "+7d"])
+    lift: Text = Field(description=_LIFT_DESCRIPTION, examples=["+7d", "in 36h"])
     tz: str | None = _TZ
     reason: Reason = None
 

@@ -15,12 +15,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 
 from relay.app import admin as admin_app
-from relay.app import advisory_admin, audit_chain, incidents, known, members, moderation
+from relay.app import advisory_admin, audit_chain, incidents, members, moderation
 from relay.app.membership import Move, StateChange, change_state
 from relay.core.errors import RelayError
 from relay.store import audit
 from relay.web.api_advisories import audit_row_out
-from relay.web.api_errors import Refused, responses, status_of
+from relay.web.api_errors import Refused, require_known, responses, status_of
 from relay.web.api_models import (
     NO_NUL,
     AuditRowOut,
@@ -38,8 +38,9 @@ from relay.web.context import Console
 
 MessageId = Annotated[str, Path(pattern=NO_NUL, description="The post's message id.")]
 Address = Annotated[str, Path(pattern=NO_NUL, description="The member's address.")]
-# Row ids are 64-bit integers in either database: a larger number names nothing.
-DeliveryId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The delivery's id.")]
+# Row ids are PostgreSQL `integer`s: a larger number names nothing, and is refused before
+# the database refuses it with an error.
+DeliveryId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The delivery's id.")]
 _FILTER = {"pattern": NO_NUL}
 
 
@@ -130,7 +131,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         responses=responses(404, 409, 422),
     )
     def release_post(message_id: MessageId, name: Admin) -> ModeratedOut:
-        known.require(db, "post", message_id)
+        require_known(db, "post", message_id)
         copies = moderation.release(db, message_id, audit.web_actor(name))
         return ModeratedOut(message_id=message_id, copies=copies)
 
@@ -141,7 +142,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         responses=responses(404, 409, 422),
     )
     def reject_post(message_id: MessageId, body: RequiredReasonIn, name: Admin) -> ModeratedOut:
-        known.require(db, "post", message_id)
+        require_known(db, "post", message_id)
         copies = moderation.reject(db, message_id, audit.web_actor(name), body.reason)
         return ModeratedOut(message_id=message_id, copies=copies)
 
@@ -167,7 +168,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         responses=responses(404, 409, 422),
     )
     def retry_delivery(delivery_id: DeliveryId, name: Admin) -> DeliveryOut:
-        known.require(db, "delivery", delivery_id)
+        require_known(db, "delivery", delivery_id)
         return delivery_out(admin_app.retry_delivery(db, delivery_id, audit.web_actor(name)))
 
     # Members
@@ -186,7 +187,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         return [member_out(m) for m in views]
 
     def moved(address: str, move: Move, name: str, reason: str | None) -> StateChangeOut:
-        known.require(db, "member", address)
+        require_known(db, "member", address)
         try:
             change = change_state(db, address, move, audit.web_actor(name), reason)
         except RelayError as exc:
@@ -235,9 +236,9 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         ] = None,
     ) -> list[IncidentOut]:
         if member is not None:
-            known.require(db, "member", member)
+            require_known(db, "member", member)
         if advisory is not None:
-            known.require(db, "advisory", advisory)
+            require_known(db, "advisory", advisory)
         found = incidents.list_incidents(db, member=member, advisory_id=advisory)
         return [incident_out(i) for i in found]
 
@@ -255,7 +256,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         limit: Annotated[int, Query(ge=1, le=10_000, description="The newest N rows.")] = 50,
     ) -> list[AuditRowOut]:
         if advisory is not None:
-            known.require(db, "advisory", advisory)
+            require_known(db, "advisory", advisory)
         return [audit_row_out(r) for r in advisory_admin.audit_trail(db, advisory, limit)]
 
     @router.get(
