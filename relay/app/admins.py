@@ -242,6 +242,8 @@ def issue_token(
     label = " ".join(label.split()) if label else None
     if label and len(label) > _LABEL_LENGTH:
         raise AdminError(f"the label is too long: at most {_LABEL_LENGTH} characters")
+    if label and not label.isprintable():
+        raise AdminError("the label must be printable text")
     secret = TOKEN_PREFIX + _new_secret()
     with db.transaction() as session:
         admin = _get(session, name)

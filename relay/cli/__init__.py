@@ -9,6 +9,7 @@ this package does. Commands call `relay.app` only: no module here runs a query.
 """
 
 from relay.cli import (  # noqa: F401  (importing a module registers its commands)
+    admins,
     advisory,
     applications,
     deliveries,
