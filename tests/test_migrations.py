@@ -282,3 +282,30 @@ def test_0012_gives_every_existing_delivery_its_own_bounce_token(
     assert "bounces" not in inspect(db.engine).get_table_names()
     command.upgrade(config, "head")
     assert db.is_current()
+
+
+_ADMIN_TABLES = {"admins", "admin_tokens", "web_sessions", "login_failures"}
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_0013_adds_the_admin_tables_and_takes_them_away(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    db: Database = request.getfixturevalue(backend)
+    config = _config(db)
+    command.upgrade(config, "0013")
+    assert set(inspect(db.engine).get_table_names()) >= _ADMIN_TABLES
+    add = (
+        "INSERT INTO admins (name, password_hash, created_at, created_by)"
+        " VALUES ('alice', '$argon2id$x', '2026-12-02 10:00:00', 'cli:root')"
+    )
+    with db.engine.begin() as conn:
+        conn.execute(text(add))
+    with pytest.raises(IntegrityError), db.engine.begin() as conn:  # one row per name
+        conn.execute(text(add))
+    command.downgrade(config, "0012")
+    assert not _ADMIN_TABLES & set(inspect(db.engine).get_table_names())
+    command.upgrade(config, "head")
+    assert db.is_current()
