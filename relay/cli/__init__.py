@@ -22,6 +22,7 @@ from relay.cli import (  # noqa: F401  (importing a module registers its command
     share,
     status,
     trace,
+    web,
 )
 from relay.cli.root import cli, main
 

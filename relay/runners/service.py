@@ -1,5 +1,6 @@
 """The running relay: one asyncio loop with the SMTP edge, the dispatcher, this node's
-heartbeat and, while this node holds its lease, the embargo scheduler.
+heartbeat, while this node holds its lease, the embargo scheduler, and the console
+(relay/web) when `[web] enabled` is true.
 
 `Relay` wires the parts together and can be started and stopped from tests; `serve` runs
 it until SIGINT or SIGTERM, and SIGHUP re-reads the edge's TLS certificate and key
@@ -35,6 +36,8 @@ from relay.runners.scheduler import EmbargoScheduler
 from relay.runners.supervision import Health, Supervisor
 from relay.store import at_rest, data_keys, delivery_queue
 from relay.store.spool import Spool
+from relay.web.context import Console
+from relay.web.server import WebServer
 
 log = logging.getLogger("relay.service")
 
@@ -98,6 +101,9 @@ class Relay:
         self._warm_up: asyncio.Task[None] | None = None
         enabled = settings.metrics.enabled
         self.metrics = Metrics(settings.metrics, self.db, clock) if enabled else None
+        # The console shares the relay's database, keyring and spool (and closes none).
+        console = Console(settings, self.db, self.crypto, self.spool)
+        self.web = WebServer(console) if settings.web.enabled else None
 
     @property
     def port(self) -> int:
@@ -121,6 +127,10 @@ class Relay:
         self._supervisor.start("node", lambda: self.node.run(self._stop))
         if self.metrics is not None:  # before the edge listens: it counts every reply
             await asyncio.to_thread(self.metrics.start)
+        if self.web is not None:  # a port taken or a bad certificate stops the relay here
+            web = self.web
+            web.listen()
+            self._supervisor.start("web", lambda: web.run(self._stop))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             make_server_factory(self.handler, self.settings, self.tls),
