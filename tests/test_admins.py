@@ -247,8 +247,9 @@ def test_failed_logins_per_name_throttle_even_the_right_password(
             at = T0 + timedelta(minutes=n)
             admins.log_in(relay.db, "alice", "wrong password!", f"198.51.100.{n}", web, now=at)
     now = T0 + timedelta(minutes=6)
-    with pytest.raises(admins.LoginThrottled) as caught:
-        admins.log_in(relay.db, "alice", PASSWORD, "203.0.113.1", web, now=now)
+    for _ in range(20):  # hammering a throttled name writes one audit row, not twenty
+        with pytest.raises(admins.LoginThrottled) as caught:
+            admins.log_in(relay.db, "alice", PASSWORD, "203.0.113.1", web, now=now)
     assert caught.value.retry_after == T0 + web.login_window - now  # the oldest counted
     assert "try again in 540 seconds" in str(caught.value)
     # The oldest failure leaves the window: one more try; failing it throttles again.
@@ -265,7 +266,8 @@ def test_failed_logins_per_name_throttle_even_the_right_password(
     admins.log_in(relay.db, "alice", PASSWORD, "203.0.113.1", web, now=later)
     actions = [a for a, _ in _actions(relay)]
     assert actions.count("login.refused") == web.login_attempts + 1
-    assert actions.count("login.throttled") == 2 and actions.count("login") == 2
+    # Throttled twice within one window: audited once (each attempt is in the log).
+    assert actions.count("login.throttled") == 1 and actions.count("login") == 2
 
 
 def test_failed_logins_per_client_throttle_every_name(

@@ -315,6 +315,24 @@ def _failures(
     return max(waits) if waits else None
 
 
+# When each name's throttling was last audited, in this process: one row per name and
+# window is the evidence; a client hammering a locked name would otherwise write a row
+# (and take the audit chain's lock) per request. Each attempt is still logged.
+_THROTTLE_AUDITED: dict[tuple[str, str], datetime] = {}  # (database, subject) -> when
+_THROTTLE_AUDITED_MAX = 10_000
+
+
+def _throttle_recorded(db: Database, subject: str, settings: WebSettings, now: datetime) -> bool:
+    key = (db.url, subject)
+    last = _THROTTLE_AUDITED.get(key)
+    if last is not None and now - last < settings.login_window:
+        return True
+    if len(_THROTTLE_AUDITED) >= _THROTTLE_AUDITED_MAX:
+        _THROTTLE_AUDITED.clear()
+    _THROTTLE_AUDITED[key] = now
+    return False
+
+
 def log_in(
     db: Database,
     name: str,
@@ -333,7 +351,7 @@ def log_in(
     with db.transaction() as session:
         session.execute(delete(LoginFailure).where(LoginFailure.at <= now - settings.login_window))
         wait = _failures(session, typed, client, settings, now)
-        if wait is not None:
+        if wait is not None and not _throttle_recorded(db, subject, settings, now):
             audit.record(session, "relay", "login.throttled", subject, client=client)
         admin = _find(session, name) if _NAME.fullmatch(name) else None
         stored = admin.password_hash if admin is not None else None
