@@ -1,5 +1,6 @@
-"""The HTTP API served for tests: a set-up relay, its console, an administrator with a
-token, and a real uvicorn server on 127.0.0.1 and a free port, in a thread of its own.
+"""The HTTP API served for tests: a set-up relay, its console (`create_app`, which includes
+the API's router), an administrator with a token, and a real uvicorn server on 127.0.0.1
+and a free port, in a thread of its own.
 
     with serve_api(tmp_path, keys, members) as api:
         api.client.get("/api/v1/advisories")     # httpx, the bearer token already set
@@ -24,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from relay.app import admins
-from relay.web.api import api_router
+from relay.web.app import create_app
 from relay.web.context import Console
 from tests.support.cli import CliRelay, set_up
 from tests.support.keys import KeyFactory
@@ -35,10 +36,8 @@ SETUP = "cli:setup"
 
 
 def api_app(console: Console) -> FastAPI:
-    """An application holding only the API, as the console's includes it."""
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    app.include_router(api_router(console))
-    return app
+    """The console's application, which includes the API's router."""
+    return create_app(console)
 
 
 class Server:
