@@ -31,7 +31,7 @@ Page = Annotated[Visitor, Depends(logged_in)]
 
 STATES = [s.value for s in DeliveryStatus]
 _EXPLAINED = (DeliveryStatus.HELD, DeliveryStatus.FAILED, DeliveryStatus.DEFERRED)
-_CHANGES = ("advisory.created", "advisory.scheduled")
+_CHANGES = ("advisory.created", "advisory.scheduled", "advisory.moved")
 
 
 @router.get("/login", response_class=HTMLResponse)
