@@ -74,6 +74,9 @@ NUMBERED = [
     (["incidents", "resolve", "999", "--note", "n"], "no incident 999"),
     (["share", "revoke", "999"], "no grant 999"),
     (["queue", "retry", "999"], "no delivery 999"),
+    # Beyond a PostgreSQL integer: still "no such", not a database error.
+    (["queue", "retry", "81362389620217488"], "no delivery 81362389620217488"),
+    (["incidents", "resolve", "4294967296", "--note", "n"], "no incident 4294967296"),
     (["held", "release", "0123456789abcdef"], "no post '0123456789abcdef'"),
     (["held", "reject", "0123456789abcdef", "--reason", "r"], "no post '0123456789abcdef'"),
     (["application", "show", "999"], "no application 999"),

@@ -30,8 +30,18 @@ class Unknown(RelayError):
     """A name or number that names nothing the relay holds."""
 
 
+# Row ids are 32-bit integers on PostgreSQL: a larger number names nothing, and asking
+# for it would be a database error, not an answer.
+_MAX_ID = 2**31 - 1
+
+
 def _by_id(model: type) -> Callable[[Session, str | int], bool]:
-    return lambda session, value: session.get(model, value) is not None
+    def find(session: Session, value: str | int) -> bool:
+        if isinstance(value, int) and not 0 < value <= _MAX_ID:
+            return False
+        return session.get(model, value) is not None
+
+    return find
 
 
 _FINDS: dict[Kind, Callable[[Session, str | int], bool]] = {
