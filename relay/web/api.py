@@ -39,7 +39,7 @@ the offset; a lift time is accepted in any zone, never without one.
 _bearer = HTTPBearer(
     auto_error=False,
     scheme_name="bearer",
-    description="A token issued to an administrator (relay admin token issue).",
+    description="A token issued to an administrator by `relay admin token NAME`.",
 )
 
 
