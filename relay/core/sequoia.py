@@ -72,7 +72,6 @@ _MICALG = {
 }
 # pysequoia's enums compare but do not hash: tuples, not sets.
 _KEY_TAGS = (Tag.PublicKey, Tag.PublicSubkey, Tag.SecretKey, Tag.SecretSubkey)
-_SECRET_TAGS = (Tag.SecretKey, Tag.SecretSubkey)
 _LISTING_SECONDS = 60  # as gpg.py: a key's description is cached at most this long
 
 
@@ -261,7 +260,9 @@ class Sequoia:
             certs = pysequoia.Cert.split_bytes(data)
         except _REFUSED:
             return []
-        return [(c, any(p.tag in _SECRET_TAGS for p in _packets(bytes(c)))) for c in certs]
+        # A Cert's own bytes leave its secrets out: look for them in what was given.
+        secret = {str(p.fingerprint).upper() for p in _packets(data) if p.tag == Tag.SecretKey}
+        return [(c, c.fingerprint.upper() in secret) for c in certs]
 
     def inspect_keys(self, data: bytes) -> list[KeyInfo]:
         """Describe the keys in `data` without importing them."""
