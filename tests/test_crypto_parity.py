@@ -269,8 +269,10 @@ def test_secret_keys_and_files_without_a_key_are_refused(
     dave = keys.make("parity-dave")
     (info,) = crypto.inspect_keys(dave.secret)
     assert info.secret and info.fingerprint == dave.fingerprint
-    with pytest.raises(KeyProblem, match="secret key"):
-        crypto.import_keys(dave.secret)
+    alice = keys.make("parity-alice")
+    for data in (dave.secret, alice.public + dave.secret):  # alone, or after a public key
+        with pytest.raises(KeyProblem, match="secret key"):
+            crypto.import_keys(data)
     assert crypto.key_info(dave.fingerprint) is None
     with pytest.raises(KeyProblem, match="no OpenPGP public key"):
         crypto.import_keys(b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnonsense\n")

@@ -16,6 +16,7 @@ NotImplementedError rather than guess.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable
@@ -72,6 +73,7 @@ _MICALG = {
 }
 # pysequoia's enums compare but do not hash: tuples, not sets.
 _KEY_TAGS = (Tag.PublicKey, Tag.PublicSubkey, Tag.SecretKey, Tag.SecretSubkey)
+_ARMOUR = re.compile(rb"-----BEGIN PGP [A-Z ]+-----.*?-----END PGP [A-Z ]+-----", re.DOTALL)
 _LISTING_SECONDS = 60  # as gpg.py: a key's description is cached at most this long
 
 
@@ -261,7 +263,13 @@ class Sequoia:
         except _REFUSED:
             return []
         # A Cert's own bytes leave its secrets out: look for them in what was given.
-        secret = {str(p.fingerprint).upper() for p in _packets(data) if p.tag == Tag.SecretKey}
+        blocks = _ARMOUR.findall(data) or [data]  # PacketPile reads one armoured block
+        secret = {
+            str(p.fingerprint).upper()
+            for block in blocks
+            for p in _packets(block)
+            if p.tag == Tag.SecretKey
+        }
         return [(c, c.fingerprint.upper() in secret) for c in certs]
 
     def inspect_keys(self, data: bytes) -> list[KeyInfo]:
