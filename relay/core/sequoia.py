@@ -252,7 +252,10 @@ class Sequoia:
             expires_at=expires_at,
             revoked=revoked,
             expired=expired,
-            can_encrypt=accepted and not (revoked or expired) and _encrypts_to(cert),
+            can_encrypt=accepted
+            and not (revoked or expired)
+            and _encrypts_to(cert)
+            and _has_live_encryption_subkey(cert, now),
             secret=secret,
         )
 
@@ -675,33 +678,47 @@ def _latest_and_revocations(signatures: list[Packet]) -> list[Packet]:
     return ([latest] if latest is not None else []) + revocations
 
 
-def _encryption_subkeys_only(packets: list[Packet], now: datetime) -> list[Packet]:
-    """Drop every subkey (with its signatures) that cannot encrypt now: no encryption flag,
-    expired, or revoked. Only drops: Sequoia checks what is kept when it parses it back."""
-    out: list[Packet] = []
-    keep = True
+def _subkeys(packets: list[Packet]) -> list[tuple[int, list[Packet]]]:
+    """Each subkey's position in `packets`, with the primary's own signatures that follow it."""
+    groups = []
     for index, packet in enumerate(packets):
         if packet.tag == Tag.PublicSubkey:
             signatures = []
             for following in packets[index + 1 :]:
                 if following.tag != Tag.Signature:
                     break
-                signatures.append(following)
-            keep = _subkey_encrypts(packet, signatures, now)
-        elif packet.tag in (Tag.UserID, Tag.UserAttribute):
-            keep = True
-        if keep:
-            out.append(packet)
-    return out
+                if _self_issued(following, packets[0]):
+                    signatures.append(following)
+            groups.append((index, signatures))
+    return groups
+
+
+def _encryption_subkeys_only(packets: list[Packet], now: datetime) -> list[Packet]:
+    """Drop every subkey (with its signatures) that cannot encrypt now: no encryption flag,
+    expired, or revoked. Only drops: Sequoia checks what is kept when it parses it back."""
+    dropped: set[int] = set()
+    for index, signatures in _subkeys(packets):
+        if not _subkey_encrypts(packets[index], signatures, now):
+            dropped.update(range(index, index + 1 + len(signatures)))
+    return [packet for index, packet in enumerate(packets) if index not in dropped]
+
+
+def _has_live_encryption_subkey(cert: pysequoia.Cert, now: datetime) -> bool:
+    """Whether a subkey's own binding says it encrypts and has neither expired nor been
+    revoked. pysequoia shows no subkey validity, and its encrypt falls back to an expired
+    subkey when no live one is left (gpg refuses): this is read only ever to refuse."""
+    packets = _packets(bytes(cert))
+    return any(_subkey_encrypts(packets[i], sigs, now) for i, sigs in _subkeys(packets))
 
 
 def _subkey_encrypts(subkey: Packet, signatures: list[Packet], now: datetime) -> bool:
     if any(s.signature_type == SignatureType.SubkeyRevocation for s in signatures):
         return False
     bindings = [s for s in signatures if s.signature_type == SignatureType.SubkeyBinding]
-    if not bindings:
+    epoch = datetime.min.replace(tzinfo=UTC)
+    binding = max(bindings, key=lambda s: s.signature_created or epoch, default=None)
+    if binding is None:
         return False
-    binding = bindings[-1]  # _minimal left the latest one only
     flags = binding.key_flags
     if flags is None or not (flags.transport_encryption or flags.storage_encryption):
         return False
