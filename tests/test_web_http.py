@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from relay.app import advisory_admin
 from relay.model import Advisory, AuditEvent, Delivery
@@ -248,3 +248,17 @@ def test_relay_serve_starts_the_console_when_enabled(tmp_path: Path, keys: KeyFa
             assert client.get("/api/v1/openapi.json").status_code == 200
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base}/login")
+
+
+def test_the_audit_page_shows_the_chain_check(console: ConsoleThread, relay: CliRelay):
+    with _logged_in(console.url) as (client, _):
+        page = client.get("/audit").text
+        assert 'class="chain ok"' in page and "Chain verified" in page
+        assert f"web:{ADMIN}" in page  # the login's own row
+        with relay.db.engine.begin() as conn:
+            first = conn.execute(text("SELECT min(id) FROM audit_events")).scalar_one()
+            conn.execute(
+                text("UPDATE audit_events SET actor = 'cli:mallory' WHERE id = :id"), {"id": first}
+            )
+        broken = client.get("/audit").text
+        assert 'class="chain broken"' in broken and f"BROKEN at row {first}" in broken

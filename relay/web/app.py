@@ -16,6 +16,7 @@ from relay.app.advisories import UnknownAdvisory
 from relay.app.known import Unknown
 from relay.core.errors import RelayError
 from relay.web import actions, pages
+from relay.web.api import api_router
 from relay.web.auth import CsrfRefused, NotLoggedIn, visitor_of
 from relay.web.context import Console
 from relay.web.flash import Flashes
@@ -106,17 +107,6 @@ async def _refused(request: Request, exc: Exception) -> Response:
     )
 
 
-def _api_router(console: Console) -> object | None:
-    try:
-        from relay.web.api import api_router
-    except ImportError as exc:
-        if exc.name != "relay.web.api":
-            raise  # the API module is there but broken: that must not pass quietly
-        log.warning("relay.web.api is not installed: the console runs without /api/v1")
-        return None
-    return api_router(console)
-
-
 def create_app(console: Console) -> FastAPI:
     app = FastAPI(
         title="Embargo Relay console",
@@ -129,9 +119,7 @@ def create_app(console: Console) -> FastAPI:
     app.add_exception_handler(NotLoggedIn, _not_logged_in)
     app.add_exception_handler(CsrfRefused, _csrf_refused)
     app.add_exception_handler(RelayError, _refused)
-    router = _api_router(console)
-    if router is not None:
-        app.include_router(router)  # type: ignore[arg-type]
+    app.include_router(api_router(console))
     app.include_router(pages.router)
     app.include_router(actions.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -15,6 +15,7 @@ from relay.app import (
     admin,
     advisories,
     advisory_admin,
+    audit_chain,
     grants,
     incidents,
     members,
@@ -190,19 +191,16 @@ def incidents_page(request: Request, visitor: Page) -> Response:
 # Audit and health
 
 
-def chain_check(request: Request) -> Any:
-    """The audit chain's check (relay/app/audit_chain.py), None where it is not there."""
-    try:
-        from relay.app import audit_chain
-    except ImportError:
-        return None
-    return audit_chain.verify_chain(console_of(request).db)
-
-
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, visitor: Page, limit: int = 200) -> Response:
     rows = advisory_admin.audit_trail(console_of(request).db, None, max(1, min(limit, 5000)))
-    return render(request, "audit.html", visitor, rows=rows, check=chain_check(request))
+    return render(
+        request,
+        "audit.html",
+        visitor,
+        rows=rows,
+        check=audit_chain.verify_chain(console_of(request).db),
+    )
 
 
 @router.get("/health", response_class=HTMLResponse)

@@ -47,6 +47,8 @@ def _shown(value: Any) -> str:
         except ValueError:
             return value
         return format_when(moment) if moment.tzinfo is not None else value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "; ".join(value) or "-"
     return json.dumps(value, ensure_ascii=False)
 
 

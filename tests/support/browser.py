@@ -76,8 +76,9 @@ class ConsoleThread:
             self.console.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
+# A test module imports these two (their names stay free for the tests' arguments).
+@pytest.fixture(scope="module", name="browser")
+def chromium() -> Iterator[Browser]:
     """One Chromium per test module."""
     with sync_playwright() as p:
         launched = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
@@ -87,8 +88,8 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+@pytest.fixture(name="page")
+def browser_page(browser: Browser) -> Iterator[Page]:
     """A fresh browser context (no cookies) per test."""
     context = browser.new_context(ignore_https_errors=True, timezone_id="Europe/Berlin")
     context.set_default_timeout(10_000)

@@ -25,7 +25,8 @@ function tick() {
 function localTimes() {
   const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
   const format = new Intl.DateTimeFormat(undefined, {
-    dateStyle: "medium", timeStyle: "short", timeZoneName: "short",
+    year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", timeZoneName: "short",
   });
   for (const el of document.querySelectorAll(".lift[data-lift] > .local")) {
     const when = new Date(el.parentElement.dataset.lift);
@@ -56,9 +57,9 @@ async function refresh(box) {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  localTimes();
   tick();
   setInterval(tick, 1000);
+  localTimes();
   for (const box of document.querySelectorAll("[data-refresh]")) {
     setInterval(() => refresh(box), 2000);
   }
