@@ -157,31 +157,39 @@ class Sequoia:
 
     # The keyring folder
 
+    def _folder_stamp(self) -> tuple[int, int]:
+        return (self._certs_dir.stat().st_mtime_ns, self._secret_dir.stat().st_mtime_ns)
+
     def _load(self) -> None:
-        """Read the folder again when a file was added or replaced (by this process or another)."""
-        stamp = (self._certs_dir.stat().st_mtime_ns, self._secret_dir.stat().st_mtime_ns)
+        """Read the folder again when a file was added or replaced by another process."""
+        stamp = self._folder_stamp()
         if stamp == self._stamp:
             return
-        certs: dict[str, pysequoia.Cert] = {}
-        index: dict[str, str] = {}
+        self._certs, self._index, self._secrets = {}, {}, {}
         for path in sorted(self._certs_dir.glob("*.pgp")):
             try:
-                cert = pysequoia.Cert.from_bytes(path.read_bytes())
+                self._remember(pysequoia.Cert.from_bytes(path.read_bytes()))
             except _REFUSED as exc:
                 raise CryptoError(f"unreadable certificate {path}: {_first_line(exc)}") from None
-            fingerprint = cert.fingerprint.upper()
-            certs[fingerprint] = cert
-            for packet in _packets(bytes(cert)):
-                if packet.tag in _KEY_TAGS:
-                    index[str(packet.fingerprint).lower()] = fingerprint
-                    index[str(packet.key_id).lower()] = fingerprint
-        secrets = {}
         for path in sorted(self._secret_dir.glob("*.pgp")):
             tsk = self._read_secret(path)
-            secrets[_tsk_fingerprint(tsk)] = tsk
-        self._certs, self._index, self._secrets = certs, index, secrets
+            self._secrets[_tsk_fingerprint(tsk)] = tsk
         self._described.clear()
         self._stamp = stamp
+
+    def _remember(self, cert: pysequoia.Cert) -> None:
+        fingerprint = cert.fingerprint.upper()
+        self._certs[fingerprint] = cert
+        self._described.pop(fingerprint, None)
+        for packet in _packets(bytes(cert)):
+            if packet.tag in _KEY_TAGS:
+                self._index[str(packet.fingerprint).lower()] = fingerprint
+                self._index[str(packet.key_id).lower()] = fingerprint
+
+    def _wrote(self, was_current: bool) -> None:
+        """After a write of ours: keep what is in memory (already updated) when nothing else
+        had changed the folder since it was read, else read it all again next time."""
+        self._stamp = self._folder_stamp() if was_current else None
 
     def _read_secret(self, path: Path) -> pysequoia.Tsk:
         data = path.read_bytes()
@@ -200,6 +208,7 @@ class Sequoia:
     def _write_cert(self, cert: pysequoia.Cert) -> None:
         """Write one certificate (public parts only) in place of its older copy, atomically."""
         fingerprint = cert.fingerprint.upper()
+        was_current = self._stamp == self._folder_stamp()
         fd, scratch = tempfile.mkstemp(dir=self._certs_dir, prefix=".new-")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -210,20 +219,26 @@ class Sequoia:
         except BaseException:
             Path(scratch).unlink(missing_ok=True)
             raise
-        self._stamp = None
+        self._remember(cert)
+        self._wrote(was_current)
 
     def _write_secret(self, tsk: pysequoia.Tsk) -> None:
         """Create the key's file once, mode 0600 from the start; never overwrite one."""
         data = bytes(tsk)
         if self._passphrase is not None:
             data = bytes(pysequoia.encrypt(data, passwords=[self._passphrase], armor=False))
-        path = self._secret_dir / f"{_tsk_fingerprint(tsk)}.pgp"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fingerprint = _tsk_fingerprint(tsk)
+        was_current = self._stamp == self._folder_stamp()
+        fd = os.open(
+            self._secret_dir / f"{fingerprint}.pgp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+        )
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        self._stamp = None
+        self._secrets[fingerprint] = tsk
+        self._described.pop(fingerprint, None)
+        self._wrote(was_current)
 
     def _lookup(self) -> _Lookup:
         self._load()
