@@ -669,3 +669,20 @@ def test_a_passphrase_keeps_the_secret_key_file_encrypted(
     armour = reopened.sign_encrypt(DATA, [alice.fingerprint], fingerprint)
     plaintext, status = alice_ring.decrypt(armour)
     assert plaintext == DATA and gpg_signer(status) == fingerprint
+
+
+def test_two_processes_on_one_keyring_folder_see_each_others_changes(
+    tmp_path: Path, alice: Key, bob: Key
+) -> None:
+    first = Sequoia(tmp_path / "keyring")
+    fingerprint = first.generate_key("Distributors", LIST)
+    second = Sequoia(tmp_path / "keyring")
+    assert [k.fingerprint for k in second.list_keys()] == [fingerprint]
+    second.import_keys(alice.public)
+    first.import_keys(bob.public)
+    for crypto in (first, second):
+        assert {k.fingerprint for k in crypto.list_keys()} == {
+            fingerprint,
+            alice.fingerprint,
+            bob.fingerprint,
+        }

@@ -3,8 +3,9 @@
 The folder holds `certs/` (one binary certificate per file, named by its fingerprint and
 replaced atomically on a merge) and `secret/` (each secret key of the list in a file of its
 own, created once with mode 0600 and never rewritten; with a passphrase, the file is an
-OpenPGP message encrypted under it, the same form `export_secret_key` writes). Nothing is
-fetched from the network.
+OpenPGP message encrypted under it, the same form `export_secret_key` writes). Writers
+take `lock` in turn and leave a new token in `generation`, which tells every other process
+on the folder to read it again. Nothing is fetched from the network.
 
 Verdicts and key descriptions follow gpg.py, including gpg's rules that Sequoia does not
 apply by itself: a signature by a key that has expired since it was made is refused, and an
@@ -15,11 +16,13 @@ NotImplementedError rather than guess.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parseaddr
@@ -146,7 +149,7 @@ class Sequoia:
         for folder in (self.home, self._certs_dir, self._secret_dir):
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: str | None = None  # the generation token the memory reflects
         self._certs: dict[str, pysequoia.Cert] = {}
         self._index: dict[str, str] = {}
         self._secrets: dict[str, pysequoia.Tsk] = {}
@@ -157,12 +160,30 @@ class Sequoia:
 
     # The keyring folder
 
-    def _folder_stamp(self) -> tuple[int, int]:
-        return (self._certs_dir.stat().st_mtime_ns, self._secret_dir.stat().st_mtime_ns)
+    def _generation(self) -> str:
+        """A token every write replaces (a folder's mtime is too coarse to tell two apart)."""
+        try:
+            return (self.home / "generation").read_text(encoding="ascii")
+        except FileNotFoundError:
+            return ""
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writer at a time, across processes: the folder read fresh under the lock, the
+        writes, then a new generation token, so every other process reads the folder again."""
+        with open(self.home / "lock", "ab") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            self._load()
+            try:
+                yield
+            finally:
+                token = os.urandom(16).hex()
+                _replace(self.home / "generation", token.encode("ascii"))
+                self._stamp = token  # what this process wrote is in memory already
 
     def _load(self) -> None:
-        """Read the folder again when a file was added or replaced by another process."""
-        stamp = self._folder_stamp()
+        """Read the folder again when another process wrote to it."""
+        stamp = self._generation()
         if stamp == self._stamp:
             return
         self._certs, self._index, self._secrets = {}, {}, {}
@@ -186,11 +207,6 @@ class Sequoia:
                 self._index[str(packet.fingerprint).lower()] = fingerprint
                 self._index[str(packet.key_id).lower()] = fingerprint
 
-    def _wrote(self, was_current: bool) -> None:
-        """After a write of ours: keep what is in memory (already updated) when nothing else
-        had changed the folder since it was read, else read it all again next time."""
-        self._stamp = self._folder_stamp() if was_current else None
-
     def _read_secret(self, path: Path) -> pysequoia.Tsk:
         data = path.read_bytes()
         if [p.tag for p in _packets(data)][:1] == [Tag.SKESK]:
@@ -206,29 +222,17 @@ class Sequoia:
             raise CryptoError(f"unreadable secret key file {path}: {_first_line(exc)}") from None
 
     def _write_cert(self, cert: pysequoia.Cert) -> None:
-        """Write one certificate (public parts only) in place of its older copy, atomically."""
-        fingerprint = cert.fingerprint.upper()
-        was_current = self._stamp == self._folder_stamp()
-        fd, scratch = tempfile.mkstemp(dir=self._certs_dir, prefix=".new-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(bytes(cert))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(scratch, self._certs_dir / f"{fingerprint}.pgp")
-        except BaseException:
-            Path(scratch).unlink(missing_ok=True)
-            raise
+        """Write one certificate (public parts only) in place of its older copy (in _writing)."""
+        _replace(self._certs_dir / f"{cert.fingerprint.upper()}.pgp", bytes(cert))
         self._remember(cert)
-        self._wrote(was_current)
 
     def _write_secret(self, tsk: pysequoia.Tsk) -> None:
-        """Create the key's file once, mode 0600 from the start; never overwrite one."""
+        """Create the key's file once, mode 0600 from the start; never overwrite one (in
+        _writing)."""
         data = bytes(tsk)
         if self._passphrase is not None:
             data = bytes(pysequoia.encrypt(data, passwords=[self._passphrase], armor=False))
         fingerprint = _tsk_fingerprint(tsk)
-        was_current = self._stamp == self._folder_stamp()
         fd = os.open(
             self._secret_dir / f"{fingerprint}.pgp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
         )
@@ -238,7 +242,6 @@ class Sequoia:
             os.fsync(out.fileno())
         self._secrets[fingerprint] = tsk
         self._described.pop(fingerprint, None)
-        self._wrote(was_current)
 
     def _lookup(self) -> _Lookup:
         self._load()
@@ -301,14 +304,15 @@ class Sequoia:
             raise KeyProblem("no OpenPGP public key found in the file")
         if any(secret for _, secret in found):
             raise KeyProblem("the file holds a secret key; give the public key only")
-        self._load()
-        for cert, _ in found:
-            held = self._certs.get(cert.fingerprint.upper())
-            try:
-                merged = cert if held is None else held.merge(cert)
-            except _REFUSED as exc:
-                raise KeyProblem(f"key {cert.fingerprint.upper()}: {_first_line(exc)}") from None
-            self._write_cert(merged)
+        with self._writing():
+            for cert, _ in found:
+                held = self._certs.get(cert.fingerprint.upper())
+                try:
+                    merged = cert if held is None else held.merge(cert)
+                except _REFUSED as exc:
+                    problem = _first_line(exc)
+                    raise KeyProblem(f"key {cert.fingerprint.upper()}: {problem}") from None
+                self._write_cert(merged)
         return [cert.fingerprint.upper() for cert, _ in found]
 
     def key_info(self, fingerprint: str) -> KeyInfo | None:
@@ -389,8 +393,9 @@ class Sequoia:
             )
         except _REFUSED as exc:
             raise CryptoError(f"key generation failed: {_first_line(exc)}") from None
-        self._write_secret(tsk)
-        self._write_cert(tsk.extract_certificate())
+        with self._writing():
+            self._write_secret(tsk)
+            self._write_cert(tsk.extract_certificate())
         return _tsk_fingerprint(tsk)
 
     def export_secret_key(self, fingerprint: str, passphrase: str) -> bytes:
@@ -425,17 +430,16 @@ class Sequoia:
             raise KeyProblem("the key file must hold exactly one secret key")
         tsk = pysequoia.Tsk.from_bytes(secret)
         fingerprint = _tsk_fingerprint(tsk)
-        self._load()
-        present = set(self._secrets)
-        if present - {fingerprint}:
-            raise KeyProblem(
-                f"this keyring already holds another secret key ({', '.join(sorted(present))})"
-            )
-        if fingerprint not in present:
-            self._write_secret(tsk)
-        cert = tsk.extract_certificate()
-        held = self._certs.get(fingerprint)
-        self._write_cert(cert if held is None else held.merge(cert))
+        with self._writing():
+            present = set(self._secrets)
+            if present - {fingerprint}:
+                held_keys = ", ".join(sorted(present))
+                raise KeyProblem(f"this keyring already holds another secret key ({held_keys})")
+            if fingerprint not in present:
+                self._write_secret(tsk)
+            cert = tsk.extract_certificate()
+            held = self._certs.get(fingerprint)
+            self._write_cert(cert if held is None else held.merge(cert))
         return fingerprint
 
     # Signatures and encryption
@@ -619,6 +623,20 @@ class Sequoia:
 _MORE_THAN_ONE = Signature(
     False, None, "more than one signature; exactly one is required", "NEWSIG"
 )
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write `data` as `path`, atomically (a reader sees the old file or the new one)."""
+    fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=".new-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(scratch, path)
+    except BaseException:
+        Path(scratch).unlink(missing_ok=True)
+        raise
 
 
 def _encrypts_to(cert: pysequoia.Cert) -> bool:
