@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -262,3 +265,33 @@ def test_the_audit_page_shows_the_chain_check(console: ConsoleThread, relay: Cli
             )
         broken = client.get("/audit").text
         assert 'class="chain broken"' in broken and f"BROKEN at row {first}" in broken
+
+
+def test_an_unexpected_error_is_a_plain_500_page(console: ConsoleThread, relay: CliRelay):
+    with _logged_in(console.url) as (client, _):
+        with relay.db.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE incidents RENAME TO incidents_away"))
+        try:
+            answer = client.get("/incidents")
+        finally:
+            with relay.db.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE incidents_away RENAME TO incidents"))
+    assert answer.status_code == 500
+    assert "could not answer this request" in answer.text
+    assert "Traceback" not in answer.text and "incidents_away" not in answer.text
+    assert answer.headers["content-security-policy"] == CSP
+
+
+def test_relay_web_serves_the_console_until_sigterm(tmp_path: Path, keys: KeyFactory):
+    relay = web_relay(tmp_path, keys)
+    command = [sys.executable, "-m", "relay", "--config", str(relay.config), "web"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=tmp_path) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            found = re.search(r"console on (http://127\.0\.0\.1:\d+);", line)
+            assert found, line
+            assert httpx.get(f"{found.group(1)}/login").status_code == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
