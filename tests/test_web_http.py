@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -295,3 +296,41 @@ def test_relay_web_serves_the_console_until_sigterm(tmp_path: Path, keys: KeyFac
         finally:
             proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_members_are_suspended_and_resumed_from_the_console(
+    console: ConsoleThread, relay: CliRelay
+):
+    member = "security@distro1.example"
+    with _logged_in(console.url) as (client, csrf):
+        page = client.get("/members").text
+        assert member in page and "expires" not in page  # the test keys never expire
+        done = client.post(
+            f"/members/{member}/suspend", data={"csrf": csrf, "reason": "key compromised"}
+        )
+        shown = client.get(done.headers["location"]).text
+        assert f"member suspended: {member}" in shown
+        assert re.search(
+            rf'data-member="{re.escape(member)}">\s*<td>[^<]*</td><td>[^<]*</td>'
+            r'<td class="state suspended">',
+            shown,
+        )
+        # The notice queued for it is cancelled with the suspension.
+        with relay.db.transaction() as s:
+            statuses = s.scalars(select(Delivery.status).where(Delivery.recipient == member))
+            assert set(statuses) == {"failed"}
+        refused = client.post(f"/members/{member}/remove", data={"csrf": csrf, "reason": "x"})
+        assert "not &#39;remove&#39;" in client.get(refused.headers["location"]).text
+        client.post(f"/members/{member}/resume", data={"csrf": csrf, "reason": "new key"})
+        assert f"member resumed: {member}" in client.get("/members").text
+    actors = {a for a, _, _ in audit_rows(relay, "member.suspended")}
+    actors |= {a for a, _, _ in audit_rows(relay, "member.resumed")}
+    assert actors == {f"web:{ADMIN}"}
+
+
+def test_a_session_ends_after_its_idle_time(tmp_path: Path, keys: KeyFactory):
+    relay = web_relay(tmp_path, keys, web='session_idle = "1s"')
+    with ConsoleThread(relay.settings) as console, _logged_in(console.url) as (client, _):
+        assert client.get("/").status_code == 200
+        time.sleep(1.5)  # the idle time is the server's clock: nothing to poll for
+        assert client.get("/").headers["location"] == "/login"
