@@ -334,3 +334,47 @@ def test_a_session_ends_after_its_idle_time(tmp_path: Path, keys: KeyFactory):
         assert client.get("/").status_code == 200
         time.sleep(1.5)  # the idle time is the server's clock: nothing to poll for
         assert client.get("/").headers["location"] == "/login"
+
+
+def test_create_set_public_text_lift_and_cancel_through_the_forms(
+    console: ConsoleThread, relay: CliRelay
+):
+    with _logged_in(console.url) as (client, csrf):
+        made = client.post(
+            "/advisories",
+            data={
+                "csrf": csrf,
+                "advisory_id": "CVE-2026-5151",
+                "title": "Race in <b>auth</b>",
+                "lift": "2026-12-24 09:00",
+                "tz": "America/New_York",
+            },
+        )
+        assert made.headers["location"] == "/advisories/CVE-2026-5151"
+        page = client.get(made.headers["location"]).text
+        assert "advisory CVE-2026-5151 created" in page
+        assert "Race in &lt;b&gt;auth&lt;/b&gt;" in page and "<b>auth" not in page
+        assert "2026-12-24 14:00 UTC" in page  # 09:00 in New York
+        texted = client.post(
+            "/advisories/CVE-2026-5151/public-text",
+            data={"csrf": csrf, "text": "Fixed in 1.2.3.\r\nUpgrade.\r\n"},
+        )
+        assert "(25 characters)" in client.get(texted.headers["location"]).text
+        lifted = client.post(
+            "/advisories/CVE-2026-5151/lift", data={"csrf": csrf, "reason": "broken"}
+        )
+        page = client.get(lifted.headers["location"]).text
+        assert "advisory CVE-2026-5151 lifted" in page and 'id="state">lifted' in page
+        again = client.post("/advisories/CVE-2026-5151/cancel", data={"csrf": csrf})
+        assert 'class="flash error"' in client.get(again.headers["location"]).text
+        gone = client.post(f"/advisories/{ADVISORY}/cancel", data={"csrf": csrf, "reason": "x"})
+        assert f"advisory {ADVISORY} cancelled" in client.get(gone.headers["location"]).text
+        assert ADVISORY not in client.get("/").text  # only embargoed ones by default
+        assert ADVISORY in client.get("/?all=1").text
+        for action in ["/held/0123456789abcdef/release", "/queue/999999/retry"]:
+            refused = client.post(action, data={"csrf": csrf, "reason": "x"})
+            assert refused.status_code == 303
+            assert 'class="flash error"' in client.get(refused.headers["location"]).text
+    with relay.db.transaction() as s:
+        states = {i: st for i, st in s.execute(select(Advisory.id, Advisory.state))}
+    assert states == {ADVISORY: "cancelled", "CVE-2026-5151": "lifted"}
