@@ -31,8 +31,14 @@ test-postgresql: $(STAMP) | system-packages test-packages
 	scripts/ensure_postgres.sh
 	RELAY_TEST_DATABASE=postgresql $(VENV)/bin/pytest
 
-# Benchmarks print their tables; they are not part of the test suite.
+# Benchmarks print their tables; they are not part of the test suite. The fan-out benchmark
+# runs Debian's Schleuder beside the relay (in a scratch folder, never the system's config).
 bench: $(STAMP) | system-packages
+	@[ -x /usr/bin/schleuder ] || { \
+		echo "installing: schleuder"; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends schleuder; \
+	}
 	$(VENV)/bin/python -m bench.fanout
 	$(VENV)/bin/python -m bench.scan
 	$(VENV)/bin/python -m bench.flood
