@@ -183,7 +183,7 @@ def test_the_openapi_document_describes_every_endpoint_and_its_auth(api: Api) ->
     assert doc["components"]["securitySchemes"]["bearer"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "A token issued to an administrator (relay admin token issue).",
+        "description": "A token issued to an administrator by `relay admin token NAME`.",
     }
     assert set(doc["paths"]) == {
         f"{V1}{p}"

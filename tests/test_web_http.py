@@ -360,14 +360,37 @@ def test_create_set_public_text_lift_and_cancel_through_the_forms(
             data={"csrf": csrf, "text": "Fixed in 1.2.3.\r\nUpgrade.\r\n"},
         )
         assert "(25 characters)" in client.get(texted.headers["location"]).text
+        # Lifting early is not undone: without the ID typed, nothing changes.
+        for typed in ["", "CVE-2026-515", ADVISORY]:
+            stray = client.post(
+                "/advisories/CVE-2026-5151/lift",
+                data={"csrf": csrf, "reason": "broken", "confirm": typed},
+            )
+            page = client.get(stray.headers["location"]).text
+            assert "nothing changed: type CVE-2026-5151 in the confirmation box" in page
+            assert 'id="state">embargoed' in page
+        earlier = client.post(
+            "/advisories/CVE-2026-5151/schedule",
+            data={"csrf": csrf, "lift": "2026-12-23 09:00", "tz": "UTC", "reason": "sooner"},
+        )
+        page = client.get(earlier.headers["location"]).text
+        assert "to move the lift earlier" in page and "2026-12-24 14:00 UTC" in page
         lifted = client.post(
-            "/advisories/CVE-2026-5151/lift", data={"csrf": csrf, "reason": "broken"}
+            "/advisories/CVE-2026-5151/lift",
+            data={"csrf": csrf, "reason": "broken", "confirm": "CVE-2026-5151"},
         )
         page = client.get(lifted.headers["location"]).text
         assert "advisory CVE-2026-5151 lifted" in page and 'id="state">lifted' in page
-        again = client.post("/advisories/CVE-2026-5151/cancel", data={"csrf": csrf})
-        assert 'class="flash error"' in client.get(again.headers["location"]).text
-        gone = client.post(f"/advisories/{ADVISORY}/cancel", data={"csrf": csrf, "reason": "x"})
+        again = client.post(
+            "/advisories/CVE-2026-5151/cancel", data={"csrf": csrf, "confirm": "CVE-2026-5151"}
+        )
+        assert "is already lifted" in client.get(again.headers["location"]).text
+        unconfirmed = client.post(f"/advisories/{ADVISORY}/cancel", data={"csrf": csrf})
+        assert "to cancel it" in client.get(unconfirmed.headers["location"]).text
+        gone = client.post(
+            f"/advisories/{ADVISORY}/cancel",
+            data={"csrf": csrf, "reason": "x", "confirm": ADVISORY},
+        )
         assert f"advisory {ADVISORY} cancelled" in client.get(gone.headers["location"]).text
         assert ADVISORY not in client.get("/").text  # only embargoed ones by default
         assert ADVISORY in client.get("/?all=1").text

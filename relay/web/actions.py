@@ -54,6 +54,17 @@ def _page(advisory_id: str) -> str:
     return f"/advisories/{advisory_id}"
 
 
+class NotConfirmed(RelayError):
+    """An irreversible step without the advisory's ID typed to confirm it."""
+
+
+def _confirmed(advisory_id: str, typed: str, what: str) -> None:
+    """An early lift is the worst outcome and cannot be taken back: the advisory's ID,
+    typed, tells a deliberate step from a stray click on the wrong page or button."""
+    if typed.strip() != advisory_id:
+        raise NotConfirmed(f"nothing changed: type {advisory_id} in the confirmation box to {what}")
+
+
 # Logging in and out
 
 
@@ -144,12 +155,16 @@ def schedule(
     lift: Text = "",
     tz: Text = "",
     reason: Text = "",
+    confirm: Text = "",
 ) -> Response:
     console = console_of(request)
 
     def work() -> list[tuple[str, str]]:
         now = utcnow()
         lift_at = advisory_admin.read_lift_time(lift, tz or None, now)
+        current = advisory_admin.advisory_report(console.db, advisory_id).advisory.lift_at
+        if current is not None and now < lift_at < current:  # a past time: refused below
+            _confirmed(advisory_id, confirm, "move the lift earlier")
         change = advisory_admin.schedule_advisory(
             console.db,
             console.spool,
@@ -190,10 +205,13 @@ def confirm(request: Request, visitor: Acting, advisory_id: str, reason: Text = 
 
 
 @router.post("/advisories/{advisory_id}/lift")
-def lift(request: Request, visitor: Acting, advisory_id: str, reason: Text = "") -> Response:
+def lift(
+    request: Request, visitor: Acting, advisory_id: str, reason: Text = "", confirm: Text = ""
+) -> Response:
     console = console_of(request)
 
     def work() -> list[tuple[str, str]]:
+        _confirmed(advisory_id, confirm, "lift it now")
         done = advisory_admin.lift_advisory(
             console.db,
             console.spool,
@@ -213,10 +231,13 @@ def lift(request: Request, visitor: Acting, advisory_id: str, reason: Text = "")
 
 
 @router.post("/advisories/{advisory_id}/cancel")
-def cancel(request: Request, visitor: Acting, advisory_id: str, reason: Text = "") -> Response:
+def cancel(
+    request: Request, visitor: Acting, advisory_id: str, reason: Text = "", confirm: Text = ""
+) -> Response:
     console = console_of(request)
 
     def work() -> list[tuple[str, str]]:
+        _confirmed(advisory_id, confirm, "cancel it")
         view = advisory_admin.cancel_advisory(
             console.db, advisory_id, visitor.actor, reason.strip() or None
         )
