@@ -363,7 +363,7 @@ def median_run(runs: list[Run]) -> Run:
 def print_table(size: int, rows: list[tuple[int, Run]], repeat: int, peer_repeat: int) -> None:
     print(
         f"\nOne {size_label(size)} signed advisory ({size:,} bytes of text), {WORKERS} workers; "
-        f"median of {repeat} runs, Schleuder {peer_repeat}; the text compresses "
+        f"median of {repeat} runs (Schleuder ran in {peer_repeat}); the text compresses "
         f"{compression(advisory_body(size)):.1f}:1 (zlib)\n"
     )
     header = (
@@ -443,9 +443,13 @@ def main() -> None:
         help="list sizes Schleuder runs at (it is slow)",
     )
     parser.add_argument(
-        "--peer-repeat", type=int, default=1, help="Schleuder's runs per size (the first ones)"
+        "--peer-repeat",
+        type=int,
+        default=None,
+        help="Schleuder's runs per size, in the first runs (default: --repeat)",
     )
     args = parser.parse_args()
+    peer_repeat = min(args.repeat if args.peer_repeat is None else args.peer_repeat, args.repeat)
     if args.no_peer:
         peer_sizes: set[int] = set()
         peer_note = "--no-peer"
@@ -475,10 +479,11 @@ def main() -> None:
                 bench = Bench(factory, members, body)
                 runs = []
                 for attempt in range(args.repeat):
-                    peer = members in peer_sizes and attempt < args.peer_repeat
+                    peer = members in peer_sizes and attempt < peer_repeat
                     print(
                         f"{size:,} bytes, {members} members, run {attempt + 1}"
-                        + (" with Schleuder" if peer else ""),
+                        + (" with Schleuder" if peer else "")
+                        + f" (load average {load()})",
                         file=sys.stderr,
                     )
                     root = Path(scratch) / f"a{size}-n{members}-{attempt}"
@@ -486,7 +491,7 @@ def main() -> None:
                 rows.append((members, median_run(runs)))
             tables[size] = rows
     for size, rows in tables.items():
-        print_table(size, rows, args.repeat, min(args.peer_repeat, args.repeat))
+        print_table(size, rows, args.repeat, peer_repeat if peer_sizes else 0)
     goals(tables, peer_note)
     print(f"\nload average at end: {load()}")
 
