@@ -42,7 +42,7 @@ import aiosmtplib
 
 from bench import schleuder
 from relay.core.crypto import Crypto
-from relay.core.gpg import GnuPG
+from relay.core.gpg import GnuPG, stop_agent
 from relay.core.sequoia import Sequoia
 from tests.support.keys import KeyFactory, Keyring, TestKey
 from tests.support.mail import pgp_mime_signed, text_entity
@@ -222,6 +222,7 @@ class Bench:
         finally:
             sink.send_signal(signal.SIGTERM)
             sink.wait(10)
+            stop_agents(root)
 
     def relay(self, config: Path, log: Path, out: Path, data: bytes) -> tuple[float, list[Path]]:
         """Seconds from the relay's 250 to the sink's last copy, and the copies."""
@@ -332,6 +333,13 @@ def export_secret(gnupg_home: Path) -> bytes:
     ).stdout
 
 
+def stop_agents(folder: Path) -> None:
+    """Stop the gpg-agents of every GnuPG home under `folder` (gpg leaves one running per
+    home it used, and hundreds of them would outlive the benchmark)."""
+    for socket in folder.rglob("S.gpg-agent"):
+        stop_agent(socket.parent)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -427,6 +435,40 @@ def goals(tables: dict[int, list[tuple[int, Run]]], peer_note: str) -> None:
             )
 
 
+def measure(
+    scratch: Path,
+    sizes: list[int],
+    advisories: list[int],
+    repeat: int,
+    peer_sizes: set[int],
+    peer_repeat: int,
+    tables: dict[int, list[tuple[int, Run]]],
+) -> None:
+    """Fill `tables` (advisory size: rows of list size and median run)."""
+    factory = KeyFactory(scratch / "keys")
+    print(f"generating {max(sizes) + 1} keys ...", file=sys.stderr)
+    factory.make("src", SENDER)
+    for n in range(max(sizes)):
+        factory.make(f"m{n}", f"security@m{n}.example")
+    for size in advisories:
+        rows = []
+        body = advisory_body(size)
+        for members in sizes:
+            bench = Bench(factory, members, body)
+            runs = []
+            for attempt in range(repeat):
+                peer = members in peer_sizes and attempt < peer_repeat
+                print(
+                    f"{size:,} bytes, {members} members, run {attempt + 1}"
+                    + (" with Schleuder" if peer else "")
+                    + f" (load average {load()})",
+                    file=sys.stderr,
+                )
+                runs.append(bench.once(scratch / f"a{size}-n{members}-{attempt}", peer))
+            rows.append((members, median_run(runs)))
+        tables[size] = rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="members")
@@ -467,29 +509,18 @@ def main() -> None:
     )
     tables: dict[int, list[tuple[int, Run]]] = {}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as scratch:
-        factory = KeyFactory(Path(scratch) / "keys")
-        print(f"generating {max(args.sizes) + 1} keys ...", file=sys.stderr)
-        factory.make("src", SENDER)
-        for n in range(max(args.sizes)):
-            factory.make(f"m{n}", f"security@m{n}.example")
-        for size in args.advisories:
-            rows = []
-            body = advisory_body(size)
-            for members in args.sizes:
-                bench = Bench(factory, members, body)
-                runs = []
-                for attempt in range(args.repeat):
-                    peer = members in peer_sizes and attempt < peer_repeat
-                    print(
-                        f"{size:,} bytes, {members} members, run {attempt + 1}"
-                        + (" with Schleuder" if peer else "")
-                        + f" (load average {load()})",
-                        file=sys.stderr,
-                    )
-                    root = Path(scratch) / f"a{size}-n{members}-{attempt}"
-                    runs.append(bench.once(root, peer))
-                rows.append((members, median_run(runs)))
-            tables[size] = rows
+        try:
+            measure(
+                Path(scratch),
+                args.sizes,
+                args.advisories,
+                args.repeat,
+                peer_sizes,
+                peer_repeat,
+                tables,
+            )
+        finally:
+            stop_agents(Path(scratch))
     for size, rows in tables.items():
         print_table(size, rows, args.repeat, peer_repeat if peer_sizes else 0)
     goals(tables, peer_note)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
+
+from relay.core.gpg import stop_agent
 
 SCHLEUDER = "/usr/bin/schleuder"
 # The installed library: its Rakefile creates the database (`rake db:init`).
@@ -127,7 +128,7 @@ class Schleuder:
             ["gpg", "--homedir", str(listdir), "--batch", "--quiet", "--import"],
             data=list_secret_key + b"\n" + b"\n".join(public_keys),
         )
-        _stop_agent(listdir)
+        stop_agent(listdir)
         list_fpr = _secret_fingerprint(listdir)
         wanted = self.root / f"{local}.subscriptions.json"
         wanted.write_text(json.dumps(subscriptions))
@@ -145,7 +146,7 @@ class Schleuder:
 
     def close(self) -> None:
         for listdir in self.lists.glob("*/*"):
-            _stop_agent(listdir)
+            stop_agent(listdir)
 
 
 def _list_defaults() -> dict[str, object]:
@@ -192,12 +193,3 @@ def _secret_fingerprint(home: Path) -> str:
         check=True,
     ).stdout
     return next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
-
-
-def _stop_agent(home: Path) -> None:
-    if shutil.which("gpgconf"):
-        subprocess.run(
-            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
-            capture_output=True,
-            check=False,
-        )
