@@ -401,3 +401,22 @@ def test_create_set_public_text_lift_and_cancel_through_the_forms(
     with relay.db.transaction() as s:
         states = {i: st for i, st in s.execute(select(Advisory.id, Advisory.state))}
     assert states == {ADVISORY: "cancelled", "CVE-2026-5151": "lifted"}
+
+
+def test_a_request_for_another_host_name_is_refused(tmp_path: Path, keys: KeyFactory):
+    """DNS rebinding: a page whose name now points at the console sends its own name as
+    Host; the console answers only to its names (loopback's and [web] server_names)."""
+    relay = web_relay(tmp_path, keys, web='server_names = ["console.example.org"]')
+    with ConsoleThread(relay.settings) as running, httpx.Client(base_url=running.url) as client:
+        rebound = client.post(
+            "/login",
+            data={"name": ADMIN, "password": PASSWORD},
+            headers={"Host": "attacker.example"},
+        )
+        assert rebound.status_code == 400
+        assert "relay_session" not in rebound.headers.get("set-cookie", "")
+        assert rebound.headers["content-security-policy"] == CSP
+        for name in ["console.example.org", "localhost", "127.0.0.1"]:
+            page = client.get("/login", headers={"Host": name})
+            assert page.status_code == 200, name
+    assert audit_rows(relay, "login") == []  # the rebound login never reached the check

@@ -325,6 +325,10 @@ class WebSettings(_Section):
     port: int = Field(8025, ge=0, le=65535)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # The names browsers reach the console by (a proxy's, say), besides `host` and the
+    # loopback names: a request naming another Host is refused, so a page that rebinds
+    # its own DNS name to the console's address gets nothing from it.
+    server_names: list[str] = []
     # A login session ends after this long without a request, and at the latest after
     # session_max however busy it is.
     session_idle: Duration = timedelta(minutes=30)

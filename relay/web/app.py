@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay.app.advisories import UnknownAdvisory
@@ -71,7 +72,7 @@ class Guard:
 
 def _internal_error(scope: Scope) -> Response:
     if str(scope["path"]).startswith("/api/"):
-        return JSONResponse({"detail": "internal error; see the relay's log"}, 500)
+        return JSONResponse({"error": "internal error; see the relay's log"}, 500)
     page = render_plain("error.html", title="Internal error", message=None, status=500)
     return HTMLResponse(page, 500)
 
@@ -107,13 +108,19 @@ async def _refused(request: Request, exc: Exception) -> Response:
     )
 
 
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(console: Console) -> list[str]:
+    """The Host names the console answers to: its own, loopback's and `server_names`."""
+    web = console.settings.web
+    return sorted({web.host, *_LOOPBACK_NAMES, *web.server_names})
+
+
 def create_app(console: Console) -> FastAPI:
-    app = FastAPI(
-        title="Embargo Relay console",
-        openapi_url="/api/v1/openapi.json",
-        docs_url=None,
-        redoc_url=None,
-    )
+    # The API's router serves its own OpenAPI document (/api/v1/openapi.json): the
+    # console's pages are no part of it.
+    app = FastAPI(title="Embargo Relay console", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.console = console
     app.state.flashes = Flashes()
     app.add_exception_handler(NotLoggedIn, _not_logged_in)
@@ -123,5 +130,6 @@ def create_app(console: Console) -> FastAPI:
     app.include_router(pages.router)
     app.include_router(actions.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(Guard, https=console.settings.web.https)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(console))
+    app.add_middleware(Guard, https=console.settings.web.https)  # outermost: every answer
     return app
