@@ -1,7 +1,7 @@
 """The console in a real browser (headless Chromium through Playwright): logging in, a
 countdown that ticks, moving a lift from a form, the delivery matrix filling in during a
-fan-out, releasing a held post, and the session cookie over HTTPS. One browser for the
-module; each test its own relay, console and browser context."""
+fan-out, releasing a held post, a forged CSRF token refused, and the session cookie over
+HTTPS. One browser for the module; each test its own relay, console and browser context."""
 
 from __future__ import annotations
 
@@ -180,3 +180,25 @@ def test_over_https_the_session_cookie_is_secure(page: Page, tmp_path: Path, key
         page.context.clear_cookies()
         page.goto(f"{console.url}/members")
         expect(page).to_have_url(f"{console.url}/login?next=/members")
+
+
+def test_a_form_with_a_wrong_csrf_token_changes_nothing(page: Page, tmp_path: Path, keys):
+    """A form whose security token is not the session's (a forged page's, or one from a
+    session that ended) is refused with 403, and the lift stays where it was."""
+    relay = _relay(tmp_path, keys)
+    with relay.db.transaction() as s:
+        before = s.scalar(select(Advisory.lift_at).where(Advisory.id == ADVISORY))
+    with ConsoleThread(relay.settings) as console:
+        log_in(page, console.url)
+        page.goto(f"{console.url}/advisories/{ADVISORY}")
+        form = page.locator("form#schedule")
+        form.locator("input[name=csrf]").evaluate("(field) => { field.value = 'forged' }")
+        form.locator("input[name=lift]").fill("2027-02-02 16:00")
+        form.locator("input[name=tz]").fill("UTC")
+        with page.expect_response(f"{console.url}/advisories/{ADVISORY}/schedule") as answer:
+            form.locator("button[type=submit]").click()
+        assert answer.value.status == 403
+        expect(page.locator("main")).to_contain_text("security token is missing or wrong")
+    with relay.db.transaction() as s:
+        assert s.scalar(select(Advisory.lift_at).where(Advisory.id == ADVISORY)) == before
+    assert audit_rows(relay, "advisory.moved") == []
