@@ -14,7 +14,7 @@ from typing import (
     cast,
 )
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -40,6 +40,20 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def sqlite_foreign_keys_off(connection: Connection) -> None:
+    """For a migration that rebuilds a referenced SQLite table: foreign keys off.
+
+    The pragma is ignored inside a transaction, and an earlier step of the same run may
+    have opened one (pysqlite begins one at the first data change): that work is
+    committed first. The connection is detached from the pool, so it is closed
+    afterwards instead of being reused with foreign keys off."""
+    connection.connection.detach()
+    raw = connection.connection.dbapi_connection
+    if raw is not None and raw.in_transaction:
+        raw.commit()
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
 
 
 def rowcount(result: Result[Any]) -> int:

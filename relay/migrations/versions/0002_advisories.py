@@ -13,6 +13,8 @@ instead of a batch rebuild: rebuilding `messages` drops a table that
 import sqlalchemy as sa
 from alembic import op
 
+from relay.core.database import sqlite_foreign_keys_off
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -71,8 +73,7 @@ def downgrade() -> None:
         # `messages` drops a referenced table, so foreign keys must be off. The pragma
         # cannot be turned back on inside the transaction: the connection is detached
         # from the pool so that it is closed afterwards instead of being reused.
-        op.get_bind().connection.detach()
-        op.execute("PRAGMA foreign_keys=OFF")
+        sqlite_foreign_keys_off(op.get_bind())
     for table in ("deliveries", "messages"):
         op.drop_index(f"ix_{table}_advisory_id", table_name=table)
         if sqlite:

@@ -11,6 +11,8 @@ with server defaults, so existing rows get an empty list and an empty mapping.
 import sqlalchemy as sa
 from alembic import op
 
+from relay.core.database import sqlite_foreign_keys_off
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -69,8 +71,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         # Dropping a column rebuilds `members`, which other tables reference: foreign
         # keys must be off, and the connection is detached so it is not reused with them off.
-        op.get_bind().connection.detach()
-        op.execute("PRAGMA foreign_keys=OFF")
+        sqlite_foreign_keys_off(op.get_bind())
         with op.batch_alter_table("members", recreate="always") as batch:
             for column in ("vouched_by", "criteria", "domains"):
                 batch.drop_column(column)

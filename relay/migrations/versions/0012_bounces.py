@@ -17,6 +17,7 @@ Batch mode, because SQLite cannot add a NOT NULL unique column in place.
 import sqlalchemy as sa
 from alembic import op
 
+from relay.core.database import sqlite_foreign_keys_off
 from relay.core.verp import new_token
 
 revision = "0012"
@@ -62,8 +63,7 @@ def downgrade() -> None:
         # Dropping a column rebuilds `members` and `deliveries`, which other tables
         # reference: foreign keys must be off (as in 0003), and the connection is detached
         # so it is not reused with them off.
-        op.get_bind().connection.detach()
-        op.execute("PRAGMA foreign_keys=OFF")
+        sqlite_foreign_keys_off(op.get_bind())
     with op.batch_alter_table("members") as batch:
         batch.drop_column("bouncing_since")
     with op.batch_alter_table("deliveries") as batch:
