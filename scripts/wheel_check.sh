@@ -71,11 +71,13 @@ echo "built $(basename "$wheel")"
 step "checking the wheel's package data"
 listing=$("$venv/bin/python" -m zipfile -l "$wheel" | awk 'NR > 1 {print $1}')
 expected=(relay/py.typed relay/migrations/env.py relay/migrations/script.py.mako)
-for file in "$repo"/relay/migrations/versions/*.py "$repo"/relay/policies/*.toml; do
+for file in "$repo"/relay/migrations/versions/*.py "$repo"/relay/policies/*.toml \
+  "$repo"/relay/web/templates/*.html "$repo"/relay/web/static/*; do
   expected+=("${file#"$repo"/}")
 done
 [[ " ${expected[*]} " == *" relay/migrations/versions/"* ]] || fail "no migrations in the source"
 [[ " ${expected[*]} " == *" relay/policies/"* ]] || fail "no policies in the source"
+[[ " ${expected[*]} " == *" relay/web/templates/"* ]] || fail "no console templates in the source"
 for file in "${expected[@]}"; do
   grep -qxF "$file" <<<"$listing" || fail "the wheel lacks $file"
 done
@@ -110,6 +112,11 @@ home = "state/gnupg"
 [embargo]
 # A shipped policy by name: read from the installed package.
 policy = "kubernetes-distributors"
+
+[web]
+# The console, from the installed package's templates and static files.
+enabled = true
+port = 0
 EOF
 
 installed=$("$venv/bin/python" -c 'import relay; print(relay.__file__)')
@@ -134,6 +141,26 @@ for _ in $(seq 1 300); do
 done
 [[ -n "$port" ]] || { cat serve.log >&2; fail "relay serve did not listen within 30 s"; }
 echo "listening on port $port"
+web=""
+for _ in $(seq 1 300); do
+  web=$(sed -n 's/.*web listening url=\(http:[^ ]*\).*/\1/p' serve.log | head -n 1)
+  [[ -n "$web" ]] && break
+  sleep 0.1
+done
+[[ -n "$web" ]] || { cat serve.log >&2; fail "the console did not listen within 30 s"; }
+"$venv/bin/python" - "$web" <<'EOF'
+import sys
+import urllib.request
+
+base = sys.argv[1]
+with urllib.request.urlopen(f"{base}/login", timeout=10) as answer:
+    page = answer.read().decode()
+    assert answer.status == 200 and 'name="password"' in page, answer.status
+    assert "default-src 'self'" in answer.headers["Content-Security-Policy"]
+with urllib.request.urlopen(f"{base}/static/console.js", timeout=10) as answer:
+    assert answer.status == 200 and answer.read(), answer.status
+print(f"console at {base}: the login page and its script answered 200")
+EOF
 
 "$venv/bin/python" - "$port" <<'EOF'
 import smtplib
