@@ -135,6 +135,18 @@ BAD = [
         "delivery.min_backoff: expected a duration",
     ),
     ("not toml", "[smtp]\n", "[smtp\n", "not valid TOML"),
+    (
+        "console off loopback without HTTPS",
+        'host = "127.0.0.1"\nport = 8480',
+        'host = "192.0.2.10"\nport = 8480',
+        "[web] host '192.0.2.10' is not loopback: set tls_cert and tls_key (HTTPS)",
+    ),
+    (
+        "console certificate without its key",
+        '# tls_cert = "/etc/embargo-relay/web.crt"',
+        'tls_cert = "/etc/embargo-relay/web.crt"',
+        "[web] tls_cert and tls_key go together",
+    ),
 ]
 
 

@@ -322,7 +322,7 @@ class WebSettings(_Section):
     # HTTP API under /api/v1. Loopback by default; any other host needs tls_cert/tls_key.
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = Field(8025, ge=0, le=65535)
+    port: int = Field(8480, ge=0, le=65535)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # The names browsers reach the console by (a proxy's, say), besides `host` and the
