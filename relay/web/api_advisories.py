@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 
 from relay.app import advisory_admin
-from relay.app.advisory_admin import AdvisoryView, PendingChangeView
+from relay.app.advisory_admin import AdvisoryView
 from relay.core.errors import RelayError
 from relay.core.times import countdown
 from relay.model import AdvisoryState, utcnow
@@ -59,30 +59,6 @@ def advisory_out(view: AdvisoryView, now: datetime) -> AdvisoryOut:
         lifted_at=view.lifted_at,
         public_release=view.public_release,
         public_text_chars=view.public_text_chars,
-    )
-
-
-def pending_out(p: PendingChangeView) -> PendingChangeOut:
-    return PendingChangeOut(
-        id=p.id,
-        lift_at=p.lift_at,
-        old_lift_at=p.old_lift_at,
-        requested_by=p.requested_by,
-        requested_at=p.requested_at,
-    )
-
-
-def audit_row_out(row: audit.AuditView) -> AuditRowOut:
-    return AuditRowOut(
-        id=row.id,
-        at=row.at,
-        actor=row.actor,
-        action=row.action,
-        subject=row.subject,
-        old=row.old,
-        new=row.new,
-        reason=row.reason,
-        detail=row.detail,
     )
 
 
@@ -177,31 +153,10 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         base = advisory_out(report.advisory, utcnow())
         return AdvisoryDetailOut(
             **base.model_dump(),
-            pending_changes=[pending_out(p) for p in report.pending],
-            history=[audit_row_out(r) for r in report.history],
-            deliveries=[
-                AdvisoryDeliveryOut(
-                    recipient=d.recipient,
-                    message_id=d.message_id,
-                    kind=d.kind,
-                    status=d.status,
-                    attempts=d.attempts,
-                    last_code=d.last_code,
-                )
-                for d in report.deliveries
-            ],
-            contributions=[
-                ContributionOut(
-                    member=s.member,
-                    name=s.name,
-                    member_state=s.member_state,
-                    status=s.status,
-                    text=s.text,
-                    updated_at=s.updated_at,
-                    updated_by=s.updated_by,
-                )
-                for s in report.statuses
-            ],
+            pending_changes=[PendingChangeOut.model_validate(p) for p in report.pending],
+            history=[AuditRowOut.model_validate(r) for r in report.history],
+            deliveries=[AdvisoryDeliveryOut.model_validate(d) for d in report.deliveries],
+            contributions=[ContributionOut.model_validate(s) for s in report.statuses],
         )
 
     @router.post(
@@ -240,7 +195,9 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         pending, view = advisory_admin.confirm_change(
             db, spool, settings, advisory_id, audit.web_actor(name), reason
         )
-        return ConfirmedOut(change=pending_out(pending), advisory=advisory_out(view, utcnow()))
+        return ConfirmedOut(
+            change=PendingChangeOut.model_validate(pending), advisory=advisory_out(view, utcnow())
+        )
 
     @router.post(
         "/advisories/{advisory_id}/lift",

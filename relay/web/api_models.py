@@ -38,7 +38,9 @@ WHEN_FORMS = ACCEPTED_FORMS.replace("(--tz)", '("tz")')
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # from_attributes: a shape is read straight off the use-case's view (`Out.model_validate
+    # (view)`), which names its fields the same, instead of a copy written out field by field.
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
 
 
 class ErrorOut(Model):

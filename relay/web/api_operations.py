@@ -16,10 +16,9 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from relay.app import admin as admin_app
 from relay.app import advisory_admin, audit_chain, incidents, members, moderation
-from relay.app.membership import Move, StateChange, change_state
+from relay.app.membership import Move, change_state
 from relay.core.errors import RelayError
 from relay.store import audit
-from relay.web.api_advisories import audit_row_out
 from relay.web.api_errors import Refused, require_known, responses, status_of
 from relay.web.api_models import (
     NO_NUL,
@@ -44,64 +43,6 @@ DeliveryId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The delivery's
 _FILTER = {"pattern": NO_NUL}
 
 
-def delivery_out(d: admin_app.DeliveryView) -> DeliveryOut:
-    return DeliveryOut(
-        id=d.id,
-        message_id=d.message_id,
-        recipient=d.recipient,
-        status=d.status,
-        attempts=d.attempts,
-        next_attempt_at=d.next_attempt_at,
-        last_code=d.last_code,
-        last_reason=d.last_reason,
-    )
-
-
-def member_out(m: members.MemberView) -> MemberOut:
-    return MemberOut(
-        address=m.address,
-        name=m.name,
-        state=m.state,
-        fingerprints=m.fingerprints,
-        key_count=m.key_count,
-        usable=m.usable,
-        problem=m.problem,
-        created_at=m.created_at,
-        domains=m.domains,
-        criteria=m.criteria,
-        vouched_by=m.vouched_by,
-        incidents=m.incidents,
-    )
-
-
-def state_change_out(change: StateChange) -> StateChangeOut:
-    return StateChangeOut(
-        address=change.address, old=change.old, new=change.new, cancelled=change.cancelled
-    )
-
-
-def incident_out(i: incidents.IncidentView) -> IncidentOut:
-    return IncidentOut(
-        id=i.id,
-        at=i.at,
-        advisory_id=i.advisory_id,
-        member=i.member,
-        sender=i.sender,
-        recipients=i.recipients,
-        kind=i.kind,
-        message_id=i.message_id,
-        score=i.score,
-        identifiers=i.identifiers,
-        excerpts=i.excerpts,
-        note=i.note,
-        recorded_by=i.recorded_by,
-        report_message_id=i.report_message_id,
-        resolved_at=i.resolved_at,
-        resolved_by=i.resolved_by,
-        resolution=i.resolution,
-    )
-
-
 def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -> None:
     Admin = Annotated[str, Depends(admin)]
     db = console.db
@@ -112,17 +53,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         "/held", tags=["moderation"], summary="Posts waiting for a moderator", responses=responses()
     )
     def held_posts(_admin: Admin) -> list[HeldPostOut]:
-        return [
-            HeldPostOut(
-                id=p.id,
-                advisory_id=p.advisory_id,
-                mail_from=p.mail_from,
-                signer=p.signer,
-                received_at=p.received_at,
-                copies=p.copies,
-            )
-            for p in moderation.held_posts(db)
-        ]
+        return [HeldPostOut.model_validate(p) for p in moderation.held_posts(db)]
 
     @router.post(
         "/held/{message_id}/release",
@@ -159,7 +90,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         _admin: Admin,
         include_sent: Annotated[bool, Query(description="Also the deliveries sent.")] = False,
     ) -> list[DeliveryOut]:
-        return [delivery_out(d) for d in admin_app.list_deliveries(db, include_sent)]
+        return [DeliveryOut.model_validate(d) for d in admin_app.list_deliveries(db, include_sent)]
 
     @router.post(
         "/deliveries/{delivery_id}/retry",
@@ -169,7 +100,9 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
     )
     def retry_delivery(delivery_id: DeliveryId, name: Admin) -> DeliveryOut:
         require_known(db, "delivery", delivery_id)
-        return delivery_out(admin_app.retry_delivery(db, delivery_id, audit.web_actor(name)))
+        return DeliveryOut.model_validate(
+            admin_app.retry_delivery(db, delivery_id, audit.web_actor(name))
+        )
 
     # Members
 
@@ -184,7 +117,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         include_removed: Annotated[bool, Query(description="Also removed members.")] = False,
     ) -> list[MemberOut]:
         views = members.list_members(db, console.crypto, include_removed=include_removed)
-        return [member_out(m) for m in views]
+        return [MemberOut.model_validate(m) for m in views]
 
     def moved(address: str, move: Move, name: str, reason: str | None) -> StateChangeOut:
         require_known(db, "member", address)
@@ -194,7 +127,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
             # Refused without a reason: the input; with one: the member's state.
             plain = HTTPStatus.UNPROCESSABLE_ENTITY if not (reason or "").strip() else None
             raise Refused(status_of(exc, plain or HTTPStatus.CONFLICT), str(exc)) from None
-        return state_change_out(change)
+        return StateChangeOut.model_validate(change)
 
     @router.post(
         "/members/{address}/suspend",
@@ -240,7 +173,7 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
         if advisory is not None:
             require_known(db, "advisory", advisory)
         found = incidents.list_incidents(db, member=member, advisory_id=advisory)
-        return [incident_out(i) for i in found]
+        return [IncidentOut.model_validate(i) for i in found]
 
     @router.get(
         "/audit",
@@ -257,7 +190,9 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
     ) -> list[AuditRowOut]:
         if advisory is not None:
             require_known(db, "advisory", advisory)
-        return [audit_row_out(r) for r in advisory_admin.audit_trail(db, advisory, limit)]
+        return [
+            AuditRowOut.model_validate(r) for r in advisory_admin.audit_trail(db, advisory, limit)
+        ]
 
     @router.get(
         "/audit/verify",
@@ -268,10 +203,4 @@ def add_routes(router: APIRouter, console: Console, admin: Callable[..., str]) -
     )
     def verify_audit(_admin: Admin) -> ChainCheckOut:
         check = audit_chain.verify_chain(db)
-        return ChainCheckOut(
-            ok=check.ok,
-            rows=check.rows,
-            first_bad=check.first_bad,
-            reason=check.reason,
-            head=check.head,
-        )
+        return ChainCheckOut.model_validate(check)
