@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.utils import parseaddr
 from typing import Protocol
+
+from relay.core.errors import KeyProblem
 
 MIN_RSA_BITS = 2048
 
@@ -90,3 +93,19 @@ class Crypto(Protocol):
     def sign_encrypt(self, data: bytes, recipients: Iterable[str], signer: str) -> bytes: ...
     def sign_detached(self, data: bytes, signer: str) -> tuple[bytes, str]: ...
     def encrypt(self, data: bytes, recipients: Iterable[str]) -> bytes: ...
+
+
+def exportable(
+    info: KeyInfo | None, fingerprint: str, address: str | None, only_encryption_subkeys: bool
+) -> KeyInfo:
+    """The key `export_public_key` may publish, or KeyProblem saying why not (every
+    backend refuses the same way)."""
+    if info is None:
+        raise KeyProblem(f"no key {fingerprint} in the keyring")
+    if address is not None and not any(
+        parseaddr(uid)[1].lower() == address.lower() for uid in info.uids
+    ):
+        raise KeyProblem(f"key {info.fingerprint} has no user ID for {address}")
+    if only_encryption_subkeys and not info.can_encrypt:
+        raise KeyProblem(f"key {info.fingerprint} has no usable encryption subkey")
+    return info

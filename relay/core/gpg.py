@@ -14,12 +14,11 @@ import tempfile
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from email.utils import parseaddr
 from pathlib import Path
 
 import gnupg
 
-from relay.core.crypto import Decrypted, KeyInfo, Signature
+from relay.core.crypto import Decrypted, KeyInfo, Signature, exportable
 from relay.core.errors import CryptoError, KeyProblem
 
 # Algorithms GnuPG reports by number in --with-colons output (RFC 4880 §9.1, RFC 9580).
@@ -254,15 +253,7 @@ class GnuPG:
         no third-party signatures, nothing secret); with `address`, only the user IDs of that
         address; with `only_encryption_subkeys`, only the subkeys that can encrypt now (an
         Autocrypt header's keydata). Binary unless `armor`."""
-        info = self.key_info(fingerprint)
-        if info is None:
-            raise KeyProblem(f"no key {fingerprint} in the keyring")
-        if address is not None and not any(
-            parseaddr(uid)[1].lower() == address.lower() for uid in info.uids
-        ):
-            raise KeyProblem(f"key {info.fingerprint} has no user ID for {address}")
-        if only_encryption_subkeys and not info.can_encrypt:
-            raise KeyProblem(f"key {info.fingerprint} has no usable encryption subkey")
+        info = exportable(self.key_info(fingerprint), fingerprint, address, only_encryption_subkeys)
         args = ["--export-options", "export-minimal"]
         if address is not None:
             args += ["--export-filter", f"keep-uid=mbox = {address.lower()}"]

@@ -25,14 +25,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
 import pysequoia
 from pysequoia.packet import Packet, PacketPile, SignatureType, Tag
 
-from relay.core.crypto import Decrypted, KeyInfo, Signature
+from relay.core.crypto import Decrypted, KeyInfo, Signature, exportable
 from relay.core.errors import CryptoError, KeyProblem
 
 # pysequoia raises RuntimeError for what Sequoia refuses; ValueError for input it cannot take.
@@ -356,15 +355,7 @@ class Sequoia:
         no third-party signatures, nothing secret); with `address`, only the user IDs of that
         address; with `only_encryption_subkeys`, only the subkeys that can encrypt now (an
         Autocrypt header's keydata). Binary unless `armor`."""
-        info = self.key_info(fingerprint)
-        if info is None:
-            raise KeyProblem(f"no key {fingerprint} in the keyring")
-        if address is not None and not any(
-            parseaddr(uid)[1].lower() == address.lower() for uid in info.uids
-        ):
-            raise KeyProblem(f"key {info.fingerprint} has no user ID for {address}")
-        if only_encryption_subkeys and not info.can_encrypt:
-            raise KeyProblem(f"key {info.fingerprint} has no usable encryption subkey")
+        info = exportable(self.key_info(fingerprint), fingerprint, address, only_encryption_subkeys)
         packets = _minimal(_packets(bytes(self._cert(info.fingerprint))), address)
         if only_encryption_subkeys:
             packets = _encryption_subkeys_only(packets, _now())
