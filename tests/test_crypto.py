@@ -164,6 +164,85 @@ def test_signing_without_the_signers_secret_key_is_refused(
             relay.crypto.sign_encrypt(DATA, [alice.fingerprint], alice.fingerprint)
 
 
+# A list key whose primary only certifies and whose subkey signs (as the Sequoia backend
+# makes them): the subkey signs, and the primary is the signer a member's client reports.
+
+
+def gpg_in(home: Path, *args: str, commands: str | None = None) -> str:
+    """gpg in `home`, in batch mode without a passphrase; its colon-format output."""
+    command = [
+        *("gpg", "--homedir", str(home), "--batch", "--with-colons"),
+        *("--passphrase", "", "--pinentry-mode", "loopback"),
+        *(["--command-fd", "0"] if commands is not None else []),
+        *args,
+    ]
+    return subprocess.run(
+        command, input=commands, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def subkey_signed_list(
+    home: Path, sign_expires: str = "never", at: str | None = None
+) -> tuple[GnuPG, str, str]:
+    """A relay home with such a list key, made at `at` (gpg's faked time) if given: the
+    backend, the primary's and the signing subkey's fingerprints."""
+    crypto = GnuPG(home)
+    faked = ["--faked-system-time", at] if at else []
+    gpg_in(home, *faked, "--quick-gen-key", f"Distributors <{LIST}>", "ed25519", "cert", "never")
+    (primary,) = [
+        r.split(":")[9] for r in gpg_in(home, "--list-keys").splitlines() if r.startswith("fpr")
+    ]
+    gpg_in(home, *faked, "--quick-add-key", primary, "ed25519", "sign", sign_expires)
+    gpg_in(home, *faked, "--quick-add-key", primary, "cv25519", "encr", "never")
+    listing = gpg_in(home, "--with-subkey-fingerprint", "--list-secret-keys", primary)
+    fingerprints = [r.split(":")[9] for r in listing.splitlines() if r.startswith("fpr")]
+    assert len(fingerprints) == 3 and fingerprints[0] == primary
+    return crypto, primary, fingerprints[1]
+
+
+def test_a_list_key_with_a_signing_subkey_signs_as_its_primary(tmp_path: Path, alice: Key) -> None:
+    crypto, primary, subkey = subkey_signed_list(tmp_path / "relay")
+    crypto.import_keys(alice.public)
+    member = ring(tmp_path / "alice", alice, crypto.export_public(primary))
+    try:
+        signature, micalg = crypto.sign_detached(DATA, primary)
+        line = validsig(verify(member, DATA, signature))
+        assert (line[1], line[-1], MICALG[line[8]]) == (subkey, primary, micalg)
+        assert verdict_of(crypto.verify_detached(DATA, signature)) == (True, primary, "GOODSIG")
+
+        plaintext, status = member.decrypt(crypto.sign_encrypt(DATA, [alice.fingerprint], primary))
+        assert plaintext == DATA
+        assert (validsig(status)[1], validsig(status)[-1]) == (subkey, primary)
+        # The signer is a primary key: naming the subkey itself is refused.
+        with pytest.raises(CryptoError, match="no usable secret signing key"):
+            crypto.sign_detached(DATA, subkey)
+    finally:
+        crypto.close()
+
+
+@pytest.mark.parametrize("state", ["expired", "revoked"])
+def test_a_list_key_whose_signing_subkey_is_unusable_cannot_sign(
+    state: str, tmp_path: Path, alice: Key
+) -> None:
+    home = tmp_path / "relay"
+    if state == "expired":  # made in 2020, the signing subkey for one day
+        crypto, primary, _ = subkey_signed_list(home, "1d", at="20200101T000000!")
+    else:
+        crypto, primary, _ = subkey_signed_list(home)
+        crypto.sign_detached(DATA, primary)  # signs, and caches its signing key
+        gpg_in(home, "--edit-key", primary, commands="key 1\nrevkey\ny\n0\n\ny\nsave\n")
+        listing = gpg_in(home, "--list-secret-keys", primary)
+        assert [r.split(":")[1] for r in listing.splitlines() if r.startswith("ssb")] == ["r", "u"]
+    crypto.import_keys(alice.public)
+    try:
+        with pytest.raises(CryptoError, match=f"no usable secret signing key for {primary}"):
+            crypto.sign_detached(DATA, primary)
+        with pytest.raises(CryptoError, match="no usable secret signing key"):
+            crypto.sign_encrypt(DATA, [alice.fingerprint], primary)
+    finally:
+        crypto.close()
+
+
 # Encryption
 
 

@@ -149,6 +149,8 @@ class GnuPG:
             raise CryptoError(f"cannot run GnuPG ({binary}): {exc}") from None
         self._gpg.encoding = "utf-8"
         self._listing: tuple[tuple[int, int], float, list[KeyInfo]] | None = None
+        # Signer primary -> (keyring stamp, when, the fingerprint of the key that signs).
+        self._signing: dict[str, tuple[tuple[int, int], float, str]] = {}
 
     @staticmethod
     def version_text(binary: str = "gpg") -> str:
@@ -224,6 +226,24 @@ class GnuPG:
             keys = [_key_from_listing(k, k["fingerprint"] in secret) for k in self._gpg.list_keys()]
             self._listing = (stamp, now, keys)
         return list(self._listing[2])
+
+    def signing_key(self, signer: str) -> str:
+        """The fingerprint of the key that signs for the primary `signer`: the primary when
+        it can sign, else its newest usable signing subkey. Cached like `list_keys`, as
+        every copy of a fan-out signs."""
+        signer = signer.upper()
+        stamp = self._keyring_stamp()
+        now = time.monotonic()
+        cached = self._signing.get(signer)
+        if cached is not None and cached[0] == stamp and now - cached[1] <= 60:
+            return cached[2]
+        args = ["--with-subkey-fingerprint", "--list-secret-keys", signer]
+        listing = subprocess.run(self._gpg.make_args(args, False), capture_output=True, check=False)
+        key = signing_key_from_listing(listing.stdout.decode(errors="replace"), signer)
+        if key is None:
+            raise CryptoError(f"no usable secret signing key for {signer} in the keyring")
+        self._signing[signer] = (stamp, now, key)
+        return key
 
     def _keyring_stamp(self) -> tuple[int, int]:
         stamps = []
@@ -385,17 +405,18 @@ class GnuPG:
         targets = list(recipients)
         if not targets:
             raise CryptoError("no recipient key to encrypt to")
+        key = self.signing_key(signer)
         result = self._gpg.encrypt(
             data,
             targets,
-            sign=signer,
+            sign=key,
             always_trust=True,
             armor=True,
-            extra_args=["--local-user", f"{signer}!"],
+            extra_args=["--local-user", f"{key}!"],
         )
         status = _status(result.stderr)
         keywords = {s[0] for s in status}
-        if not result.ok or "END_ENCRYPTION" not in keywords or not _signed_by(status, signer):
+        if not result.ok or "END_ENCRYPTION" not in keywords or not _signed_by(status, key):
             problem = result.status or "unknown error"
             raise CryptoError(f"signing and encryption failed: {problem}")
         return bytes(result.data)
@@ -404,16 +425,17 @@ class GnuPG:
         """An armoured detached signature and its RFC 3156 micalg (from gpg's SIG_CREATED)."""
         # --local-user with "!" makes gpg use exactly this key or fail; python-gnupg's own
         # --default-key would silently fall back to another secret key.
+        key = self.signing_key(signer)
         result = self._gpg.sign(
             data,
-            keyid=signer,
+            keyid=key,
             detach=True,
             clearsign=False,
-            extra_args=["--local-user", f"{signer}!"],
+            extra_args=["--local-user", f"{key}!"],
         )
         status = _status(result.stderr)
         created = [s for s in status if s[0] == "SIG_CREATED"]
-        if len(created) != 1 or not _signed_by(status, signer) or not result.data:
+        if len(created) != 1 or not _signed_by(status, key) or not result.data:
             raise CryptoError(f"signing failed: {result.status or 'unknown error'}")
         micalg = _MICALG.get(int(created[0][3]))
         if micalg is None:
@@ -430,6 +452,56 @@ class GnuPG:
         if not result.ok or "END_ENCRYPTION" not in keywords:
             raise CryptoError(f"encryption failed: {result.status or 'unknown error'}")
         return bytes(result.data)
+
+
+def signing_key_from_listing(listing: str, primary: str) -> str | None:
+    """From `gpg --with-colons --with-subkey-fingerprint --list-secret-keys`, the key of
+    `primary` that signs: the primary if its own usage has 's', else its newest signing
+    subkey; only unexpired, unrevoked keys whose secret part is here. None if there is none.
+    The primary's own secret may be kept offline (a stub) when a subkey signs."""
+    keys = _secret_keys_of(listing, primary)
+    if not keys or not _valid(keys[0][0]):
+        return None  # no such secret key, or the whole key is expired or revoked
+    if _signs(keys[0][0]):
+        return keys[0][1]
+    subkeys = [(_created(row), n, fpr) for n, (row, fpr) in enumerate(keys[1:]) if _signs(row)]
+    return max(subkeys)[2] if subkeys else None
+
+
+def _secret_keys_of(listing: str, primary: str) -> list[tuple[list[str], str]]:
+    """The sec and ssb records of `primary` in a listing, each with its fingerprint."""
+    found: list[tuple[list[str], str]] = []
+    record: list[str] | None = None
+    for row in (line.split(":") for line in listing.splitlines()):
+        if row[0] == "sec":
+            if found:
+                break  # the next key
+            record = row
+        elif row[0] == "ssb":
+            record = row if found else None
+        elif row[0] == "fpr" and record is not None and len(row) > 9 and len(record) > 14:
+            if record[0] == "sec" and row[9].upper() != primary:
+                record = None  # gpg also lists a key by one of its subkeys' fingerprints
+                continue
+            found.append((record, row[9].upper()))
+            record = None
+    return found
+
+
+def _valid(row: list[str]) -> bool:
+    """Neither revoked, expired nor invalid (validity field, or expiry date passed)."""
+    expires = _epoch(row[6])
+    expired = row[1] == "e" or (expires is not None and expires <= datetime.now(UTC))
+    return row[1] not in ("r", "i") and not expired
+
+
+def _signs(row: list[str]) -> bool:
+    """Its own usage has 's', it is valid, and its secret part is here (not a stub)."""
+    return "s" in row[11] and _valid(row) and row[14] not in ("", "#")
+
+
+def _created(row: list[str]) -> int:
+    return int(row[5]) if row[5].isdigit() else 0
 
 
 def _signed_by(status: list[list[str]], signer: str) -> bool:
