@@ -22,12 +22,12 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from relay.app.key_vetting import import_vetted, key_problem, key_status, vet_keys
+from relay.core import keyrings
 from relay.core.addresses import normalise_address
 from relay.core.config import Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
-from relay.core.gpg import GnuPG
 from relay.core.logs import event
 from relay.model import Delivery, DeliveryStatus, MemberKey, MemberState, Sender, SenderKey
 from relay.store import at_rest, audit, data_keys, delivery_queue, key_owners, public_keys
@@ -83,8 +83,8 @@ def open_database(settings: Settings) -> Database:
     return Database(settings.storage.database_url)
 
 
-def open_keyring(settings: Settings) -> GnuPG:
-    return GnuPG(settings.gnupg.home, settings.gnupg.binary)
+def open_keyring(settings: Settings) -> Crypto:
+    return keyrings.open_keyring(settings.gnupg)
 
 
 def unseal(db: Database, crypto: Crypto) -> None:
@@ -120,8 +120,8 @@ def init_relay(settings: Settings, actor: str) -> InitReport:
             if data_keys.present(db):
                 # Another node's database: a new key here could never open its data keys.
                 raise RelayError(
-                    "the database belongs to a relay whose list key is not in this GnuPG home"
-                    f" ({settings.gnupg.home}): bring it with 'relay node export-key' on a"
+                    "the database belongs to a relay whose list key is not in this keyring"
+                    f" ({settings.gnupg.keyring_path}): bring it with 'relay node export-key' on a"
                     " running node and 'relay node import-key' here"
                 ) from None
             fingerprint = crypto.generate_key(settings.list.name, settings.list.address)

@@ -1,6 +1,6 @@
 """A new node for the relay: the list's secret key carried to it, never in the clear.
 
-A node is one more `relay serve` on the shared database, with a GnuPG home of its own. It
+A node is one more `relay serve` on the shared database, with a keyring of its own. It
 needs the list key (to sign copies and to open the database's data keys); members' and
 senders' keys reach it from the database by themselves (relay/store/public_keys.py).
 `export_list_key` writes the list key, encrypted under a passphrase by gpg, to a new file
@@ -60,7 +60,7 @@ def export_list_key(
 
 
 def import_list_key(settings: Settings, data: bytes, passphrase: str, actor: str) -> KeyTransfer:
-    """Import the list key from what `export_list_key` wrote into this node's GnuPG home."""
+    """Import the list key from what `export_list_key` wrote into this node's keyring."""
     db = admin.open_database(settings)
     try:
         if not db.is_current() or not data_keys.present(db):
@@ -76,8 +76,7 @@ def import_list_key(settings: Settings, data: bytes, passphrase: str, actor: str
         except SealingError:
             raise RelayError(
                 f"key {fingerprint} does not open this database's data keys: it is not the"
-                " list key of the relay using it; remove it with 'gpg --homedir"
-                f" {settings.gnupg.home} --delete-secret-and-public-key {fingerprint}'"
+                f" list key of the relay using it; {_removal(settings, fingerprint)}"
             ) from None
         with db.transaction() as session:
             audit.record(
@@ -89,9 +88,19 @@ def import_list_key(settings: Settings, data: bytes, passphrase: str, actor: str
                 host=socket.gethostname(),
                 already_present=fingerprint in before,
             )
-        return KeyTransfer(fingerprint, settings.gnupg.home, fingerprint in before)
+        return KeyTransfer(fingerprint, settings.gnupg.keyring_path, fingerprint in before)
     finally:
         db.dispose()
+
+
+def _removal(settings: Settings, fingerprint: str) -> str:
+    if settings.gnupg.backend == "sequoia":
+        folder = settings.gnupg.keyring
+        return f"remove {folder}/secret/{fingerprint}.pgp and {folder}/certs/{fingerprint}.pgp"
+    return (
+        f"remove it with 'gpg --homedir {settings.gnupg.home}"
+        f" --delete-secret-and-public-key {fingerprint}'"
+    )
 
 
 def _write_new(target: Path, data: bytes) -> None:

@@ -16,6 +16,7 @@ from relay.cli import (  # noqa: F401  (importing a module registers its command
     held,
     incidents,
     key,
+    keyring,
     members,
     node,
     roster,

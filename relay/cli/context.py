@@ -22,8 +22,8 @@ import click
 
 from relay.app import admin
 from relay.core.config import Settings, load
+from relay.core.crypto import Crypto
 from relay.core.database import Database
-from relay.core.gpg import GnuPG
 from relay.core.logs import TEXT_DATEFMT, TEXT_FORMAT, clean, formatter
 from relay.store.spool import Spool
 
@@ -137,7 +137,7 @@ class App:
         return self._db
 
     @cached_property
-    def crypto(self) -> GnuPG:
+    def crypto(self) -> Crypto:
         return admin.open_keyring(self.settings)
 
     @cached_property

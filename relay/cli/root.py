@@ -85,7 +85,7 @@ def cli(ctx: click.Context, config: str | None, log_file: str | None, verbose: b
 @cli.command()
 @click.pass_context
 def init(ctx: click.Context) -> None:
-    """Create the database, spool and GnuPG home, and the list key if there is none.
+    """Create the database, spool and keyring, and the list key if there is none.
 
     Safe to run again: nothing that exists is changed.
     """

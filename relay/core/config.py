@@ -229,8 +229,28 @@ class ClusterSettings(_Section):
 
 
 class GnupgSettings(_Section):
+    # Which OpenPGP implementation holds the list key: "gnupg" (the gpg program, in `home`)
+    # or "sequoia" (in-process pysequoia, in the `keyring` folder).
+    backend: Literal["gnupg", "sequoia"] = "gnupg"
     home: Path = Path("var/gnupg")
     binary: str = "gpg"
+    keyring: Path = Path("var/keyring")
+    # The Sequoia keyring's secret-key passphrase (whichever backend runs: `relay keyring
+    # migrate` writes that keyring): the first line of a file, or the value of an environment
+    # variable (its name here); neither: the key file is not encrypted.
+    passphrase_file: Path | None = None
+    passphrase_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _one_passphrase_source(self) -> GnupgSettings:
+        if self.passphrase_file is not None and self.passphrase_env is not None:
+            raise ValueError("give passphrase_file or passphrase_env, not both")
+        return self
+
+    @property
+    def keyring_path(self) -> Path:
+        """Where the chosen backend keeps its keys."""
+        return self.home if self.backend == "gnupg" else self.keyring
 
 
 class IntakeSettings(_Section):
@@ -462,7 +482,13 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
                 }
             ),
             "gnupg": settings.gnupg.model_copy(
-                update={"home": _resolve(base, settings.gnupg.home)}
+                update={
+                    "home": _resolve(base, settings.gnupg.home),
+                    "keyring": _resolve(base, settings.gnupg.keyring),
+                    "passphrase_file": None
+                    if settings.gnupg.passphrase_file is None
+                    else _resolve(base, settings.gnupg.passphrase_file),
+                }
             ),
             "source": chosen.resolve(),
         }

@@ -1,7 +1,8 @@
 """OpenPGP for the relay, behind one small interface (`Crypto`) and its value types.
 
-The one backend is relay/core/gpg.py (python-gnupg over the real GnuPG binary); no GnuPG
-detail leaves it, so an in-process backend can replace it later. Signers are identified by
+Two backends implement it: relay/core/gpg.py (python-gnupg over the real GnuPG binary) and
+relay/core/sequoia.py (pysequoia, in-process); relay/core/keyrings.py opens the one
+`[gnupg] backend` names, and no detail of either leaves its module. Signers are identified by
 their primary-key fingerprint (never by a user ID), keys are never fetched from the
 network, and every failure raises `CryptoError`: the caller must hold the message, never
 fall back to plaintext.
@@ -93,6 +94,8 @@ class Crypto(Protocol):
     def sign_encrypt(self, data: bytes, recipients: Iterable[str], signer: str) -> bytes: ...
     def sign_detached(self, data: bytes, signer: str) -> tuple[bytes, str]: ...
     def encrypt(self, data: bytes, recipients: Iterable[str]) -> bytes: ...
+    # Stop what the backend started (gpg-agent holds the list key in memory).
+    def close(self) -> None: ...
 
 
 def exportable(

@@ -14,4 +14,4 @@ class KeyProblem(RelayError):
 
 
 class CryptoError(RelayError):
-    """GnuPG refused an operation; the message is never sent in plaintext instead."""
+    """The OpenPGP backend refused an operation; the message is never sent in plaintext instead."""

@@ -7,6 +7,7 @@ made must be by exactly the key asked for, and gpg never looks a key up on the n
 
 from __future__ import annotations
 
+import codecs
 import os
 import shutil
 import subprocess
@@ -62,6 +63,37 @@ _S2K = [
     "AES256",
     "--no-symkey-cache",
 ]
+# gpg writes a signature's notation values raw on its status line (NOTATION_DATA), and
+# Sequoia puts a binary salt notation in every signature it makes; python-gnupg reads that
+# stream with the strict codec of its `encoding`, and a stray byte would kill its reader.
+# So its encoding is UTF-8 whose stream reader replaces what is not UTF-8 (the verdict is
+# read from the ASCII keywords and fingerprints of other lines).
+STATUS_ENCODING = "relay_utf8_status"
+
+
+def _status_codec(name: str) -> codecs.CodecInfo | None:
+    if name != STATUS_ENCODING:
+        return None
+    utf8 = codecs.lookup("utf-8")
+    base = utf8.streamreader
+
+    class Reader(base):  # type: ignore[valid-type,misc]
+        def __init__(self, stream: object, errors: str = "replace") -> None:
+            super().__init__(stream, "replace")
+
+    return codecs.CodecInfo(
+        utf8.encode,
+        utf8.decode,
+        streamreader=Reader,
+        streamwriter=utf8.streamwriter,
+        incrementalencoder=utf8.incrementalencoder,
+        incrementaldecoder=utf8.incrementaldecoder,
+        name=STATUS_ENCODING,
+    )
+
+
+codecs.register(_status_codec)
+
 _GPG_CONF = "no-auto-key-retrieve\nauto-key-locate local\nno-random-seed-file\n"
 
 
@@ -147,7 +179,7 @@ class GnuPG:
             self._gpg = gnupg.GPG(gpgbinary=binary, gnupghome=str(self.home), options=_GPG_OPTIONS)
         except (OSError, ValueError, RuntimeError) as exc:
             raise CryptoError(f"cannot run GnuPG ({binary}): {exc}") from None
-        self._gpg.encoding = "utf-8"
+        self._gpg.encoding = STATUS_ENCODING
         self._listing: tuple[tuple[int, int], float, list[KeyInfo]] | None = None
         # Signer primary -> (keyring stamp, when, the fingerprint of the key that signs).
         self._signing: dict[str, tuple[tuple[int, int], float, str]] = {}
@@ -184,6 +216,7 @@ class GnuPG:
             probe = gnupg.GPG(
                 gnupghome=scratch, gpgbinary=self._gpg.gpgbinary, options=_GPG_OPTIONS
             )
+            probe.encoding = STATUS_ENCODING
             try:
                 result = probe.import_keys(data)
                 if not result.fingerprints:

@@ -10,8 +10,9 @@ on the folder to read it again. Nothing is fetched from the network.
 Verdicts and key descriptions follow gpg.py, including gpg's rules that Sequoia does not
 apply by itself: a signature by a key that has expired since it was made is refused, and an
 expired or revoked certificate is never encrypted to (pysequoia's encrypt would fall back to
-its expired subkeys). Where pysequoia 0.1.35 cannot tell what gpg tells, the method raises
-NotImplementedError rather than guess.
+its expired subkeys). Where pysequoia 0.1.35 cannot tell what gpg tells (a signature inside
+an encrypted message: its creation time; inside compressed data: at all), the verdict is a
+refusal that says so, never a guess.
 """
 
 from __future__ import annotations
@@ -490,11 +491,10 @@ class Sequoia:
                 return self._decrypted_unverified(data, tsk, lookup, str(exc), recipients)
             if len(result.valid_sigs) > 1 or len(lookup.asked) > 1:
                 return Decrypted(result.bytes or b"", _MORE_THAN_ONE, recipients)
-            raise NotImplementedError(
-                "pysequoia 0.1.35 does not tell a signature's creation time inside an encrypted "
-                "message (its ValidSig holds the certificate and signing key only), and the relay "
-                "needs it; decrypt signed messages with the gnupg backend"
-            )
+            # pysequoia 0.1.35 does not tell a signature's creation time inside an encrypted
+            # message (its ValidSig holds the certificate and signing key only), and without
+            # it the relay cannot tell a fresh post from a replayed one.
+            return Decrypted(result.bytes or b"", _UNTIMED, recipients)
         raise CryptoError("the message is not encrypted to the list key")
 
     def _decrypted_unverified(
@@ -514,10 +514,9 @@ class Sequoia:
         if not lookup.asked:
             return Decrypted(plaintext, None, recipients)
         if "Unexpected message structure" in error:
-            raise NotImplementedError(
-                "pysequoia 0.1.35 cannot check a signature inside compressed data (what gpg "
-                "sends by default when signing and encrypting); use the gnupg backend"
-            )
+            # pysequoia 0.1.35 cannot check a signature inside compressed data (what gpg
+            # makes by default when signing and encrypting in one).
+            return Decrypted(plaintext, _UNCHECKABLE, recipients)
         if len(lookup.asked) > 1:
             return Decrypted(plaintext, _MORE_THAN_ONE, recipients)
         return Decrypted(plaintext, self._refused(lookup, None), recipients)
@@ -613,6 +612,18 @@ class Sequoia:
 
 _MORE_THAN_ONE = Signature(
     False, None, "more than one signature; exactly one is required", "NEWSIG"
+)
+# A signature inside the encryption this backend cannot judge fully: refused, with the form
+# it can judge named (PGP/MIME signed, then encrypted: RFC 3156 section 6.1).
+_INSIDE = (
+    "; this relay checks a signature inside the encryption only as a PGP/MIME signed part"
+    " (sign, then encrypt, as separate steps)"
+)
+_UNTIMED = Signature(
+    False, None, "the signature's creation time cannot be read" + _INSIDE, "ERRSIG"
+)
+_UNCHECKABLE = Signature(
+    False, None, "a signature inside compressed data cannot be checked" + _INSIDE, "ERRSIG"
 )
 
 

@@ -238,7 +238,9 @@ def _armoured(data: bytes, kind: bytes) -> bytes:
         and text.endswith(b"\n-----END PGP " + kind + b"-----")
         and text.count(b"-----BEGIN ") == 1
     ):
-        raise CryptoError(f"GnuPG did not return one armoured OpenPGP {kind.decode().lower()}")
+        raise CryptoError(
+            f"the OpenPGP backend did not return one armoured OpenPGP {kind.decode().lower()}"
+        )
     return text.replace(b"\n", _CRLF) + _CRLF
 
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from relay.core.config import Settings
 from relay.core.database import Database
 from relay.core.errors import RelayError
-from relay.core.gpg import GnuPG
+from relay.core.keyrings import open_keyring
 from relay.core.logs import event
 from relay.inbound.edge import ListHandler
 from relay.inbound.server import make_server_factory
@@ -56,7 +56,7 @@ class Relay:
         self.db = Database(settings.storage.database_url)
         if not self.db.is_current():
             raise RelayError("the database schema is not current; run 'relay init'")
-        self.crypto = GnuPG(settings.gnupg.home, settings.gnupg.binary)
+        self.crypto = open_keyring(settings.gnupg)
         # Embargoed text in the database opens only with the list key.
         data_keys.unwrap(self.db, self.crypto)
         self.spool = Spool(self.db)

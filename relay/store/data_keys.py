@@ -53,6 +53,21 @@ def unwrap(db: Database, crypto: Crypto) -> Sealer:
     return sealer
 
 
+def check_opens(db: Database, crypto: Crypto) -> int:
+    """Open every data key with `crypto` itself, past this process's memory of them (a
+    keyring about to replace another must open them on its own); how many there are."""
+    with db.transaction() as session:
+        rows = session.scalars(select(DataKey.wrapped)).all()
+    for wrapped in rows:
+        try:
+            blob = crypto.decrypt(wrapped).plaintext
+        except CryptoError as error:
+            raise SealingError(f"a data key does not open with this keyring: {error}") from None
+        if len(blob) != KEY_ID_BYTES + KEY_BYTES:
+            raise SealingError("a data key in the database is malformed")
+    return len(rows)
+
+
 def _load(db: Database, crypto: Crypto, sealer: Sealer) -> None:
     with db.transaction() as session:
         rows = session.execute(select(DataKey.wrapped).order_by(DataKey.created_at)).all()

@@ -1,7 +1,7 @@
 """Who owns which key: the list key, members' encryption keys, senders' signing keys, and
 the keys of people a member shared an advisory with (grants).
 
-Keys live in each node's GnuPG home, which follows the database's copies (relay/store/
+Keys live in each node's keyring, which follows the database's copies (relay/store/
 public_keys.py); ownership lives in the database. A member's usable keys are resolved at
 delivery time, so an expiry or revocation takes effect at once and never leads to plaintext.
 """
@@ -20,12 +20,12 @@ from relay.model import Grant, GrantState, Member, MemberKey, MemberState, Sende
 
 
 def list_key(crypto: Crypto) -> KeyInfo:
-    """The list's own key: the one secret key in the relay's GnuPG home."""
+    """The list's own key: the one secret key in the relay's keyring."""
     secret = [k for k in crypto.list_keys() if k.secret]
     if not secret:
         raise KeyProblem("the list has no key yet; run 'relay init'")
     if len(secret) > 1:
-        raise KeyProblem("more than one secret key in the GnuPG home; cannot tell the list key")
+        raise KeyProblem("more than one secret key in the keyring; cannot tell the list key")
     return secret[0]
 
 

@@ -1,5 +1,5 @@
 """Members', senders' and grant holders' public keys in the database, which every node's
-keyring follows: the GnuPG homes are per node, the database is shared.
+keyring follows: the keyrings are per node, the database is shared.
 
 Each import of such a key also stores it here as gpg exports it (`store`, in the caller's
 transaction), revocations included. Each node imports what changed since it last looked

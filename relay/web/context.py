@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from relay.app import admin
 from relay.core.config import Settings
+from relay.core.crypto import Crypto
 from relay.core.database import Database
-from relay.core.gpg import GnuPG
 from relay.store.spool import Spool
 
 
@@ -16,7 +16,7 @@ from relay.store.spool import Spool
 class Console:
     settings: Settings
     db: Database
-    crypto: GnuPG
+    crypto: Crypto
     spool: Spool
 
     @classmethod

@@ -32,10 +32,11 @@ from sqlalchemy import select
 from relay.cli import cli
 from relay.core import config as relay_config
 from relay.core.database import Database
-from relay.core.gpg import GnuPG, stop_agent
+from relay.core.gpg import stop_agent
+from relay.core.keyrings import open_keyring
 from relay.model import Delivery, Member, MemberKey, Sender, SenderKey
 from relay.store import data_keys
-from tests.support import databases
+from tests.support import backends, databases
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.mail import pgp_mime_signed, text_entity
 from tests.support.relayhome import CONTACT, LIST, smtp_post
@@ -87,9 +88,7 @@ connect_timeout = "5s"
 database_url = "{url}"
 spool_dir = "state/spool"
 
-[gnupg]
-home = "state/gnupg"
-
+{backends.config_section()}
 [embargo]
 reminders = []
 
@@ -197,14 +196,15 @@ class Cluster:
         self.list_fpr = self._set_up(self.nodes[0])
         for node in self.nodes[1:]:
             shutil.copytree(
-                self.nodes[0].folder / "state" / "gnupg",
-                node.folder / "state" / "gnupg",
+                self.nodes[0].folder / backends.keyring_folder(),
+                node.folder / backends.keyring_folder(),
                 ignore=shutil.ignore_patterns(*_NOT_COPIED),
             )
         self.settings = relay_config.load(self.nodes[0].config)
         self.db = Database(self.url)
-        data_keys.unwrap(self.db, GnuPG(self.settings.gnupg.home))
-        list_public = GnuPG(self.settings.gnupg.home).export_public(self.list_fpr)
+        crypto = open_keyring(self.settings.gnupg)
+        data_keys.unwrap(self.db, crypto)
+        list_public = crypto.export_public(self.list_fpr)
         self._client = Keyring(
             self.root / "clients" / "src", self.sender, trusted_public=(list_public,)
         )
@@ -237,7 +237,7 @@ class Cluster:
         db = Database(self.url)
         try:
             db.upgrade()
-            crypto = GnuPG(settings.gnupg.home)
+            crypto = open_keyring(settings.gnupg)
             fingerprint = crypto.generate_key("Test distributors", LIST)
             data_keys.ensure(db, crypto, fingerprint)
             everyone = [self.sender, *self.member_keys]
@@ -250,7 +250,7 @@ class Cluster:
                     s.add(member)
         finally:
             db.dispose()
-        stop_agent(settings.gnupg.home)  # before the copies: no sockets of a live agent
+        stop_agent(settings.gnupg.keyring_path)  # before the copies: no sockets of a live agent
         return fingerprint
 
     # Running

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import gnupg
 
+from relay.core.gpg import STATUS_ENCODING
+
 
 @dataclass(frozen=True)
 class TestKey:
@@ -136,6 +138,8 @@ class Keyring:
         self.gpg = gnupg.GPG(
             gnupghome=str(home), options=["--no-random-seed-file", "--trust-model", "always"]
         )
+        # Copies signed by the Sequoia backend carry a binary salt notation (relay/core/gpg.py).
+        self.gpg.encoding = STATUS_ENCODING
         for key in keys:
             self.gpg.import_keys(key.secret)
         for public in trusted_public:

@@ -1,4 +1,4 @@
-"""A complete relay in a temporary folder: config file, database, spool, GnuPG home, keys."""
+"""A complete relay in a temporary folder: config file, database, spool, keyring, keys."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 from relay.core import config as relay_config
 from relay.core.database import Database
-from relay.core.gpg import GnuPG
+from relay.core.keyrings import open_keyring
 from relay.core.sealing import Sealer, attach, new_key, sealer_for
 from relay.model import Member, MemberKey, Sender, SenderKey
 from relay.runners.service import Relay
 from relay.store import data_keys
 from relay.store.spool import Spool
-from tests.support import databases, template
+from tests.support import backends, databases, template
 from tests.support.keys import KeyFactory, Keyring, TestKey
 
 LIST = "distributors@example.org"
@@ -52,8 +52,7 @@ connect_timeout = "5s"
 database_url = "{databases.database_for(root)}"
 spool_dir = "state/spool"
 
-[gnupg]
-home = "state/gnupg"
+{backends.config_section()}
 {extra}
 """,
         encoding="utf-8",
@@ -75,7 +74,7 @@ def _migrate_and_make_key(settings: relay_config.Settings) -> str:
     """An empty database at the newest revision, the list key, and the data key wrapped to
     it (as `relay init` leaves them); the list key's fingerprint."""
     _migrate(settings)
-    crypto = GnuPG(settings.gnupg.home)
+    crypto = open_keyring(settings.gnupg)
     fingerprint = crypto.generate_key("Test distributors", LIST)
     db = Database(settings.storage.database_url)
     try:
@@ -102,7 +101,7 @@ def open_sealed(settings: relay_config.Settings) -> Database:
     """Another handle on a relay's database, as another process opens it: with the data
     key unwrapped by the list key."""
     db = Database(settings.storage.database_url)
-    data_keys.unwrap(db, GnuPG(settings.gnupg.home))
+    data_keys.unwrap(db, open_keyring(settings.gnupg))
     return db
 
 
@@ -126,7 +125,7 @@ class RelayHome:
             "migrated", self.settings, root, ("database", "gnupg"), _migrate_and_make_key
         ) or _migrate_and_make_key(self.settings)
         self.db = Database(self.settings.storage.database_url)
-        self.crypto = GnuPG(self.settings.gnupg.home)
+        self.crypto = open_keyring(self.settings.gnupg)
         data_keys.unwrap(self.db, self.crypto)
         self.spool = Spool(self.db)
         self.list_public = self.crypto.export_public(self.list_fpr)

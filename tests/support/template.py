@@ -34,7 +34,7 @@ def _sqlite_file(settings: Settings) -> Path | None:
 # The files a set-up may create, as the settings place them.
 _PARTS: dict[str, Callable[[Settings], Path | None]] = {
     "database": _sqlite_file,
-    "gnupg": lambda s: s.gnupg.home,
+    "gnupg": lambda s: s.gnupg.keyring_path,
     "spool": lambda s: s.storage.spool_dir,
     "outbox": lambda s: s.delivery.outbox,
 }
@@ -102,10 +102,10 @@ class Templates:
             assert layout is not None, f"template {kind}: its files must live in its folder"
             databases.ensure(settings.storage.database_url)
             fingerprint = build(settings)
-            stop_agent(settings.gnupg.home)
+            stop_agent(settings.gnupg.keyring_path)
             database = databases.name_of(settings.storage.database_url)
             self._built[kind] = Template(
-                root, parts, layout, settings.gnupg.home, fingerprint, database
+                root, parts, layout, settings.gnupg.keyring_path, fingerprint, database
             )
         return self._built[kind]
 
