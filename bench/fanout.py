@@ -1,23 +1,25 @@
-"""Fan-out benchmark: one signed advisory (20 KB, 1 MB) to 10, 50 and 200 members, against
-its floor and against Schleuder, all in the same run.
+"""Fan-out benchmark: one signed advisory (20 KB, 1 MB) to 10, 50 and 200 members, with
+each OpenPGP backend, against its floor and against Schleuder, all in the same run.
 
-Run: `make bench` (or `.venv/bin/python -m bench.fanout`; `--no-peer` skips Schleuder).
+Run: `make bench` (or `.venv/bin/python -m bench.fanout`; `--backend gnupg|sequoia|both`
+picks the relay's `[gnupg] backend`, both by default; `--no-peer` skips Schleuder).
 
-For each advisory and list size, the relay runs as a real `relay serve` process and a
-lean SMTP sink (`bench/sink.py`, standing in for the next-hop MTA) as another; the clock
-starts when the client reads the relay's `250` and stops when the sink accepts the last
-copy. Then, in the same run, on the same keys and the same sink:
+For each advisory, list size and backend, the relay runs as a real `relay serve` process
+with that backend and a lean SMTP sink (`bench/sink.py`, standing in for the next-hop MTA)
+as another; the clock starts when the client reads the relay's `250` and stops when the
+sink accepts the last copy. Then, in the same run, on the same keys and the same sink:
 
 - the floor, the bare cost of the same work with nothing around it: the same signed and
-  encrypted copies through the same backend (`relay.core.gpg.GnuPG`) and number of
-  workers, plus the bare SMTP transactions of the relay's copies (the same bytes) over as
-  many reused connections as the relay opens, to the last copy the sink accepted. The
-  ratio relay/floor is what the relay's own work (database, MIME, queue) adds;
-- beside it, the crypto part with the Sequoia backend (`relay.core.sequoia.Sequoia`, not
-  yet wired into the relay), for comparison only;
-- the peer, when Debian's `schleuder` is installed (`bench/schleuder.py`): a list with
-  the same list key and members' keys, one `schleuder work` per post of the same message,
-  from its start to the last copy the sink accepted.
+  encrypted copies through the same backend, on the relay's own keyring
+  (`relay.core.keyrings.open_keyring`), with as many workers, plus the bare SMTP
+  transactions of the relay's copies (the same bytes) over as many reused connections as
+  the relay opens, to the last copy the sink accepted. The ratio relay/floor is what the
+  relay's own work (database, MIME, queue) adds;
+- the peer, once per advisory and list size, when Debian's `schleuder` is installed
+  (`bench/schleuder.py`): a list with the relay's list key (of the last backend measured;
+  both make ed25519/cv25519 keys) and the members' keys, one `schleuder work` per post of
+  the same message, from its start to the last copy the sink accepted. Each backend's relay
+  time is compared with it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import aiosmtplib
@@ -43,7 +47,7 @@ import aiosmtplib
 from bench import schleuder
 from relay.core.crypto import Crypto
 from relay.core.gpg import GnuPG, stop_agent
-from relay.core.sequoia import Sequoia
+from relay.core.keyrings import open_keyring
 from tests.support.keys import KeyFactory, Keyring, TestKey
 from tests.support.mail import pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome
@@ -51,7 +55,8 @@ from tests.support.relayhome import LIST, RelayHome
 SIZES = (10, 50, 200)
 ADVISORIES = (20 * 1024, 1024 * 1024)  # bytes of advisory text
 WORKERS = 2
-BACKEND = "gnupg (relay.core.gpg.GnuPG)"  # what the relay runs, and its floor
+# The relay's `[gnupg] backend`s, each with the class that does its crypto and its floor's.
+BACKENDS = {"gnupg": "relay.core.gpg.GnuPG", "sequoia": "relay.core.sequoia.Sequoia"}
 # The goals of the issue, judged on this run's numbers.
 PEER_GOAL, PEER_AIM, PEER_GOAL_MEMBERS = 50, 100, 50
 FLOOR_GOAL, FLOOR_GOAL_MEMBERS = 1.3, 200
@@ -156,16 +161,22 @@ def recipient(path: Path) -> str:
 
 
 @dataclass
-class Run:
+class Side:
+    """One backend's fan-out: the relay's time and its floor's parts."""
+
     relay: float
     crypto: float
     smtp: float
-    sequoia: float
-    peer: float | None
 
     @property
     def floor(self) -> float:
         return self.crypto + self.smtp
+
+
+@dataclass
+class Run:
+    sides: dict[str, Side]  # by backend
+    peer: float | None
 
 
 class Bench:
@@ -186,50 +197,58 @@ class Bench:
             to=LIST,
         )
 
-    def once(self, root: Path, peer: bool) -> Run:
-        """One fan-out through the relay, its floor and, with `peer`, through Schleuder."""
+    def once(self, root: Path, backends: Sequence[str], peer: bool) -> Run:
+        """One fan-out through the relay with each of `backends`, their floors and, with
+        `peer`, through Schleuder, all to one sink."""
         out = root / "sink"
         out.mkdir(parents=True)
         sink, sink_port = start_sink(out)
         try:
-            home = RelayHome(root, self.factory, smarthost=f"127.0.0.1:{sink_port}")
-            config = home.config_path.read_text()
-            home.config_path.write_text(
-                config.replace("max_message_size = 1048576", f"max_message_size = {MAX_MESSAGE}")
-            )
-            home.add_sender(self.src)
-            for member in self.members:
-                home.add_member(member)
-            data = self.message(home)
-            gnupg_home = home.settings.gnupg.home
-            connections = home.settings.delivery.connections
-            home.db.dispose()
-
-            relay_s, copies = self.relay(home.config_path, root / "relay.log", out, data)
-            inner = self.inner(root, copies)
-            crypto_s = crypto_floor(GnuPG(gnupg_home), home.list_fpr, self.members, inner)
-            sequoia_s = crypto_floor(
-                sequoia_keyring(root / "sequoia", gnupg_home, home.list_fpr, self.members),
-                home.list_fpr,
-                self.members,
-                inner,
-            )
-            smtp_s = self.smtp_floor(sink_port, out, copies, connections)
-            peer_s = (
-                self.peer(root / "schleuder", sink_port, out, gnupg_home, data) if peer else None
-            )
-            return Run(relay_s, crypto_s, smtp_s, sequoia_s, peer_s)
+            sides = {}
+            for backend in backends:
+                home, data = self.set_up(root / backend, backend, sink_port)
+                sides[backend] = self.side(root / backend, home, data, sink_port, out)
+            # Schleuder gets the last relay's list key and message.
+            peer_s = self.peer(root / "schleuder", sink_port, out, home, data) if peer else None
+            return Run(sides, peer_s)
         finally:
             sink.send_signal(signal.SIGTERM)
             sink.wait(10)
             stop_agents(root)
 
+    def set_up(self, root: Path, backend: str, sink_port: int) -> tuple[RelayHome, bytes]:
+        """A relay with `backend`, the sender and the members, and the sender's post."""
+        root.mkdir()
+        home = RelayHome(root, self.factory, smarthost=f"127.0.0.1:{sink_port}", backend=backend)
+        config = home.config_path.read_text()
+        home.config_path.write_text(
+            config.replace("max_message_size = 1048576", f"max_message_size = {MAX_MESSAGE}")
+        )
+        home.add_sender(self.src)
+        for member in self.members:
+            home.add_member(member)
+        data = self.message(home)
+        home.db.dispose()
+        return home, data
+
+    def side(self, root: Path, home: RelayHome, data: bytes, port: int, out: Path) -> Side:
+        """The relay's fan-out of `data`, then its floor with the same backend and keyring."""
+        relay_s, copies = self.relay(home.config_path, root / "relay.log", out, data)
+        crypto = open_keyring(home.settings.gnupg)
+        try:
+            crypto_s = crypto_floor(crypto, home.list_fpr, self.members, self.inner(root, copies))
+        finally:
+            crypto.close()
+        smtp_s = self.smtp_floor(port, out, copies, home.settings.delivery.connections)
+        return Side(relay_s, crypto_s, smtp_s)
+
     def relay(self, config: Path, log: Path, out: Path, data: bytes) -> tuple[float, list[Path]]:
         """Seconds from the relay's 250 to the sink's last copy, and the copies."""
+        before = frozenset(out.glob("*.eml"))
         relay, port = start_relay(config, log)
         try:
             acknowledged = asyncio.run(post(port, data))
-            copies = wait_for(out, len(self.members))
+            copies = wait_for(out, len(self.members), besides=before)
         finally:
             relay.send_signal(signal.SIGTERM)
             relay.wait(30)
@@ -258,14 +277,14 @@ class Bench:
         sent = wait_for(out, len(messages), besides=before)
         return (max(arrived(f) for f in sent) - started) / 1e9
 
-    def peer(self, root: Path, port: int, out: Path, gnupg_home: Path, data: bytes) -> float:
-        """Schleuder with the same list key, members' keys, message and sink: seconds from
-        the start of `schleuder work` to the last copy the sink accepted."""
+    def peer(self, root: Path, port: int, out: Path, home: RelayHome, data: bytes) -> float:
+        """Schleuder with `home`'s list key, the members' keys, the same message and sink:
+        seconds from the start of `schleuder work` to the last copy the sink accepted."""
         peer = schleuder.Schleuder(root, port)
         try:
             peer.create_list(
                 LIST,
-                export_secret(gnupg_home),
+                list_secret(home, root / "list-key"),
                 [self.src.public, *(m.public for m in self.members)],
                 [(m.address, m.fingerprint) for m in self.members],
                 admin=(self.src.address, self.src.fingerprint),
@@ -315,17 +334,15 @@ def crypto_floor(crypto: Crypto, list_fpr: str, members: list[TestKey], inner: b
     return elapsed
 
 
-def sequoia_keyring(home: Path, gnupg_home: Path, list_fpr: str, members: list[TestKey]) -> Sequoia:
-    """A Sequoia keyring with the relay's list key and the members' public keys."""
-    keyring = Sequoia(home)
-    keyring.import_secret_key(GnuPG(gnupg_home).export_secret_key(list_fpr, "bench"), "bench")
-    for member in members:
-        keyring.import_keys(member.public)
-    return keyring
+def list_secret(home: RelayHome, folder: Path) -> bytes:
+    """The relay's list key, armoured and unprotected, for Schleuder's keyring: moved
+    through a GnuPG home of its own (`folder`) whichever backend holds it."""
+    GnuPG(folder).import_secret_key(home.crypto.export_secret_key(home.list_fpr, "bench"), "bench")
+    return export_secret(folder)
 
 
 def export_secret(gnupg_home: Path) -> bytes:
-    """The relay's list key, armoured, for Schleuder's keyring."""
+    """The list key of a GnuPG home, armoured, as gpg exports it."""
     return subprocess.run(
         ["gpg", "--homedir", str(gnupg_home), "--batch", "--armor", "--export-secret-keys"],
         capture_output=True,
@@ -354,18 +371,48 @@ def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
-def median_run(runs: list[Run]) -> Run:
+def median_side(sides: list[Side]) -> Side:
     """Each measure's median over the runs; the floor's parts from its median run, so that
     they add up."""
-    floor_run = sorted(runs, key=lambda r: r.floor)[len(runs) // 2]
+    floor_side = sorted(sides, key=lambda r: r.floor)[len(sides) // 2]
+    return Side(statistics.median(r.relay for r in sides), floor_side.crypto, floor_side.smtp)
+
+
+def median_run(runs: list[Run]) -> Run:
     peers = [r.peer for r in runs if r.peer is not None]
     return Run(
-        statistics.median(r.relay for r in runs),
-        floor_run.crypto,
-        floor_run.smtp,
-        statistics.median(r.sequoia for r in runs),
+        {b: median_side([r.sides[b] for r in runs]) for b in runs[0].sides},
         statistics.median(peers) if peers else None,
     )
+
+
+HEADER = (
+    "members",
+    "backend",
+    "relay s",
+    "floor s",
+    "= crypto s",
+    "+ SMTP s",
+    "relay/floor",
+    "Schleuder s",
+    "Schleuder/relay",
+)
+WIDTHS = [max(len(h), 8) for h in HEADER]
+
+
+def row(members: int, backend: str, side: Side, peer: float | None) -> str:
+    values = (
+        members,
+        backend,
+        f"{side.relay:.3f}",
+        f"{side.floor:.3f}",
+        f"{side.crypto:.3f}",
+        f"{side.smtp:.3f}",
+        f"{side.relay / side.floor:.2f}",
+        "-" if peer is None else f"{peer:.2f}",
+        "-" if peer is None else f"{peer / side.relay:.1f}x",
+    )
+    return "  ".join(f"{v:>{w}}" for v, w in zip(values, WIDTHS, strict=True))
 
 
 def print_table(size: int, rows: list[tuple[int, Run]], repeat: int, peer_repeat: int) -> None:
@@ -374,106 +421,108 @@ def print_table(size: int, rows: list[tuple[int, Run]], repeat: int, peer_repeat
         f"median of {repeat} runs (Schleuder ran in {peer_repeat}); the text compresses "
         f"{compression(advisory_body(size)):.1f}:1 (zlib)\n"
     )
-    header = (
-        "members",
-        "relay s",
-        "floor s",
-        "= crypto s",
-        "+ SMTP s",
-        "relay/floor",
-        "sequoia crypto s",
-        "Schleuder s",
-        "Schleuder/relay",
+    print("  ".join(f"{h:>{w}}" for h, w in zip(HEADER, WIDTHS, strict=True)))
+    for members, run in rows:
+        for backend, side in run.sides.items():
+            print(row(members, backend, side, run.peer))
+
+
+def peer_goal(label: str, at: Side | None, peer: float | None, peer_note: str) -> str:
+    goal = f"- {label}, {PEER_GOAL_MEMBERS} members, at least {PEER_GOAL}x faster than Schleuder"
+    if at is None:
+        return f"{goal}: not measured (no {PEER_GOAL_MEMBERS}-member run)"
+    if peer is None:
+        return f"{goal}: not measured ({peer_note})"
+    times = peer / at.relay
+    verdict = "met" if times >= PEER_GOAL else "NOT met"
+    aim = "met" if times >= PEER_AIM else "NOT met"
+    return (
+        f"{goal} in the same run: {verdict}: {times:.1f}x (relay {at.relay:.3f} s, "
+        f"Schleuder {peer:.2f} s); the aim of {PEER_AIM}x: {aim}"
     )
-    widths = [max(len(h), 8) for h in header]
-    print("  ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
-    for members, r in rows:
-        values = (
-            members,
-            f"{r.relay:.3f}",
-            f"{r.floor:.3f}",
-            f"{r.crypto:.3f}",
-            f"{r.smtp:.3f}",
-            f"{r.relay / r.floor:.2f}",
-            f"{r.sequoia:.3f}",
-            "-" if r.peer is None else f"{r.peer:.2f}",
-            "-" if r.peer is None else f"{r.peer / r.relay:.1f}x",
-        )
-        print("  ".join(f"{v:>{w}}" for v, w in zip(values, widths, strict=True)))
 
 
-def goals(tables: dict[int, list[tuple[int, Run]]], peer_note: str) -> None:
-    print(f"\nGoals (relay and floor with the {BACKEND} backend):")
-    for size, rows in tables.items():
-        label = size_label(size)
-        by_members = dict(rows)
-        at = by_members.get(PEER_GOAL_MEMBERS)
-        if at is None or at.peer is None:
-            print(
-                f"- {label}, {PEER_GOAL_MEMBERS} members, at least {PEER_GOAL}x faster than "
-                f"Schleuder: not measured ({peer_note})"
-            )
-        else:
-            times = at.peer / at.relay
-            verdict = "met" if times >= PEER_GOAL else "NOT met"
-            aim = "met" if times >= PEER_AIM else "NOT met"
-            print(
-                f"- {label}, {PEER_GOAL_MEMBERS} members, at least {PEER_GOAL}x faster than "
-                f"Schleuder in the same run: {verdict}: {times:.1f}x (relay {at.relay:.3f} s, "
-                f"Schleuder {at.peer:.2f} s); the aim of {PEER_AIM}x: {aim}"
-            )
-        at = by_members.get(FLOOR_GOAL_MEMBERS)
-        if at is None:
-            print(f"- {label}, relay/floor at {FLOOR_GOAL_MEMBERS} members: not measured")
-        else:
-            ratio = at.relay / at.floor
-            verdict = "met" if ratio <= FLOOR_GOAL else "NOT met"
-            print(
-                f"- {label}, relay/floor at most {FLOOR_GOAL} at {FLOOR_GOAL_MEMBERS} members: "
-                f"{verdict}: {ratio:.2f} (relay {at.relay:.3f} s, floor {at.floor:.3f} s = "
-                f"crypto {at.crypto:.3f} s + SMTP {at.smtp:.3f} s)"
-            )
+def floor_goal(label: str, at: Side | None) -> str:
+    goal = f"- {label}, relay/floor at most {FLOOR_GOAL} at {FLOOR_GOAL_MEMBERS} members"
+    if at is None:
+        return f"{goal}: not measured"
+    ratio = at.relay / at.floor
+    verdict = "met" if ratio <= FLOOR_GOAL else "NOT met"
+    return (
+        f"{goal}: {verdict}: {ratio:.2f} (relay {at.relay:.3f} s, floor {at.floor:.3f} s = "
+        f"crypto {at.crypto:.3f} s + SMTP {at.smtp:.3f} s)"
+    )
 
 
-def measure(
-    scratch: Path,
-    sizes: list[int],
-    advisories: list[int],
-    repeat: int,
-    peer_sizes: set[int],
-    peer_repeat: int,
-    tables: dict[int, list[tuple[int, Run]]],
-) -> None:
-    """Fill `tables` (advisory size: rows of list size and median run)."""
+def goals(tables: dict[int, list[tuple[int, Run]]], backends: Sequence[str], note: str) -> None:
+    for backend in backends:
+        print(f"\nGoals with the {backend} backend ({BACKENDS[backend]}), relay and floor:")
+        for size, rows in tables.items():
+            label = size_label(size)
+            by_members = dict(rows)
+            at_peer = by_members.get(PEER_GOAL_MEMBERS)
+            at_floor = by_members.get(FLOOR_GOAL_MEMBERS)
+            peer = at_peer.peer if at_peer else None
+            print(peer_goal(label, at_peer.sides[backend] if at_peer else None, peer, note))
+            print(floor_goal(label, at_floor.sides[backend] if at_floor else None))
+
+
+@dataclass
+class Plan:
+    """What to measure: list sizes, advisory sizes, backends, runs, and Schleuder's share."""
+
+    sizes: list[int]
+    advisories: list[int]
+    backends: tuple[str, ...]
+    repeat: int
+    peer_sizes: set[int]
+    peer_repeat: int
+
+
+def make_keys(scratch: Path, members: int) -> KeyFactory:
     factory = KeyFactory(scratch / "keys")
-    print(f"generating {max(sizes) + 1} keys ...", file=sys.stderr)
+    print(f"generating {members + 1} keys ...", file=sys.stderr)
     factory.make("src", SENDER)
-    for n in range(max(sizes)):
+    for n in range(members):
         factory.make(f"m{n}", f"security@m{n}.example")
-    for size in advisories:
+    return factory
+
+
+def measure(scratch: Path, plan: Plan, tables: dict[int, list[tuple[int, Run]]]) -> None:
+    """Fill `tables` (advisory size: rows of list size and median run)."""
+    factory = make_keys(scratch, max(plan.sizes))
+    for size in plan.advisories:
         rows = []
         body = advisory_body(size)
-        for members in sizes:
+        for members in plan.sizes:
             bench = Bench(factory, members, body)
             runs = []
-            for attempt in range(repeat):
-                peer = members in peer_sizes and attempt < peer_repeat
+            for attempt in range(plan.repeat):
+                peer = members in plan.peer_sizes and attempt < plan.peer_repeat
                 print(
-                    f"{size:,} bytes, {members} members, run {attempt + 1}"
-                    + (" with Schleuder" if peer else "")
+                    f"{size:,} bytes, {members} members, run {attempt + 1}, "
+                    + ", ".join(plan.backends)
+                    + (", Schleuder" if peer else "")
                     + f" (load average {load()})",
                     file=sys.stderr,
                 )
-                runs.append(bench.once(scratch / f"a{size}-n{members}-{attempt}", peer))
+                root = scratch / f"a{size}-n{members}-{attempt}"
+                runs.append(bench.once(root, plan.backends, peer))
             rows.append((members, median_run(runs)))
         tables[size] = rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="members")
     parser.add_argument(
         "--advisories", type=int, nargs="+", default=list(ADVISORIES), help="bytes of text"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=[*BACKENDS, "both"],
+        default="both",
+        help="the relay's [gnupg] backend (and its floor's)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per size; the median is shown")
     parser.add_argument("--no-peer", action="store_true", help="skip Schleuder")
@@ -490,8 +539,11 @@ def main() -> None:
         default=None,
         help="Schleuder's runs per size, in the first runs (default: --repeat)",
     )
-    args = parser.parse_args()
-    peer_repeat = min(args.repeat if args.peer_repeat is None else args.peer_repeat, args.repeat)
+    return parser.parse_args()
+
+
+def plan_of(args: argparse.Namespace) -> tuple[Plan, str]:
+    """The plan, and why Schleuder runs where it does."""
     if args.no_peer:
         peer_sizes: set[int] = set()
         peer_note = "--no-peer"
@@ -501,29 +553,30 @@ def main() -> None:
     else:
         peer_sizes = set(args.peer_sizes)
         peer_note = f"Schleuder ran at {sorted(peer_sizes)} members only"
+    repeat = args.repeat
+    peer_repeat = min(repeat if args.peer_repeat is None else args.peer_repeat, repeat)
+    backends = tuple(BACKENDS) if args.backend == "both" else (args.backend,)
+    plan = Plan(args.sizes, args.advisories, backends, repeat, peer_sizes, peer_repeat)
+    return plan, peer_note
 
+
+def main() -> None:
+    plan, peer_note = plan_of(parse_args())
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; load average at start: {load()}")
     print(
         f"Python {platform.python_version()}, gpg {GnuPG.version_text()}, "
-        + ("Schleuder not run" if not peer_sizes else f"Schleuder {schleuder.version()}")
+        f"pysequoia {metadata.version('pysequoia')}, "
+        + ("Schleuder not run" if not plan.peer_sizes else f"Schleuder {schleuder.version()}")
     )
     tables: dict[int, list[tuple[int, Run]]] = {}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as scratch:
         try:
-            measure(
-                Path(scratch),
-                args.sizes,
-                args.advisories,
-                args.repeat,
-                peer_sizes,
-                peer_repeat,
-                tables,
-            )
+            measure(Path(scratch), plan, tables)
         finally:
             stop_agents(Path(scratch))
     for size, rows in tables.items():
-        print_table(size, rows, args.repeat, peer_repeat if peer_sizes else 0)
-    goals(tables, peer_note)
+        print_table(size, rows, plan.repeat, plan.peer_repeat if plan.peer_sizes else 0)
+    goals(tables, plan.backends, peer_note)
     print(f"\nload average at end: {load()}")
 
 

@@ -18,10 +18,11 @@ if BACKEND not in (GNUPG, SEQUOIA):
     raise RuntimeError(f"RELAY_TEST_BACKEND must be {GNUPG} or {SEQUOIA}, not {BACKEND!r}")
 
 
-def config_section(folder: str = "state") -> str:
-    """The `[gnupg]` section of a test relay's configuration, for this session's backend."""
+def config_section(folder: str = "state", backend: str = BACKEND) -> str:
+    """The `[gnupg]` section of a test relay's configuration, for `backend` (by default this
+    session's)."""
     return (
-        f'[gnupg]\nbackend = "{BACKEND}"\nhome = "{folder}/gnupg"\nkeyring = "{folder}/keyring"\n'
+        f'[gnupg]\nbackend = "{backend}"\nhome = "{folder}/gnupg"\nkeyring = "{folder}/keyring"\n'
     )
 
 

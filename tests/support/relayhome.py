@@ -23,7 +23,9 @@ LIST = "distributors@example.org"
 CONTACT = "security@example.org"
 
 
-def write_config(root: Path, *, smarthost: str | None = None, extra: str = "") -> Path:
+def write_config(
+    root: Path, *, smarthost: str | None = None, extra: str = "", backend: str = backends.BACKEND
+) -> Path:
     target = f'smarthost = "{smarthost}"' if smarthost else 'outbox = "outbox"'
     path = root / "relay.toml"
     path.write_text(
@@ -52,7 +54,7 @@ connect_timeout = "5s"
 database_url = "{databases.database_for(root)}"
 spool_dir = "state/spool"
 
-{backends.config_section()}
+{backends.config_section(backend=backend)}
 {extra}
 """,
         encoding="utf-8",
@@ -114,11 +116,17 @@ def another_handle(db: Database) -> Database:
 
 class RelayHome:
     def __init__(
-        self, root: Path, keys: KeyFactory, *, smarthost: str | None = None, extra: str = ""
+        self,
+        root: Path,
+        keys: KeyFactory,
+        *,
+        smarthost: str | None = None,
+        extra: str = "",
+        backend: str = backends.BACKEND,
     ) -> None:
         self.root = root
         self.keys = keys
-        self.config_path = write_config(root, smarthost=smarthost, extra=extra)
+        self.config_path = write_config(root, smarthost=smarthost, extra=extra, backend=backend)
         self.settings = relay_config.load(self.config_path)
         # A copy of the session's template (made once), else made here.
         self.list_fpr = template.copy_set_up(
