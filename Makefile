@@ -1,5 +1,6 @@
 # `make serve` runs the relay on the example configuration; `make test` runs lint, the import
-# contract (the layering of relay/), the type check and the tests, on SQLite, then on PostgreSQL.
+# contract (the layering of relay/), the type check and the tests: on SQLite, on PostgreSQL,
+# and on SQLite again with the Sequoia backend.
 # Both bootstrap a fresh Debian machine: system packages when missing, then .venv, which is
 # rebuilt whenever pyproject.toml changes (the stamp file records the last install).
 
@@ -9,13 +10,14 @@ PYTHON := python3
 # apt-get needs root; use sudo only when not already root.
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: serve test test-postgresql bench system-packages test-packages clean
+.PHONY: serve test test-postgresql test-sequoia bench system-packages test-packages clean
 
 serve: $(STAMP) | system-packages
 	$(VENV)/bin/relay --config config.example.toml serve
 
 # The suite on SQLite, then on PostgreSQL (RELAY_TEST_DATABASE=postgresql: 127.0.0.1:5432, a
-# throwaway database per test). scripts/ensure_postgres.sh installs and starts a server when
+# throwaway database per test), then with the relays on the Sequoia backend
+# (RELAY_TEST_BACKEND=sequoia: `[gnupg] backend = "sequoia"`; members keep gpg). scripts/ensure_postgres.sh installs and starts a server when
 # none listens; it runs first because some tests use PostgreSQL on either pass (the
 # migrations' PostgreSQL cases, several nodes on one database).
 test: $(STAMP) | system-packages test-packages
@@ -25,11 +27,17 @@ test: $(STAMP) | system-packages test-packages
 	scripts/ensure_postgres.sh
 	$(VENV)/bin/pytest
 	RELAY_TEST_DATABASE=postgresql $(VENV)/bin/pytest
+	RELAY_TEST_BACKEND=sequoia $(VENV)/bin/pytest
 
 # The PostgreSQL pass alone.
 test-postgresql: $(STAMP) | system-packages test-packages
 	scripts/ensure_postgres.sh
 	RELAY_TEST_DATABASE=postgresql $(VENV)/bin/pytest
+
+# The Sequoia pass alone.
+test-sequoia: $(STAMP) | system-packages test-packages
+	scripts/ensure_postgres.sh
+	RELAY_TEST_BACKEND=sequoia $(VENV)/bin/pytest
 
 # Benchmarks print their tables; they are not part of the test suite. The fan-out benchmark
 # runs Debian's Schleuder beside the relay (in a scratch folder, never the system's config).

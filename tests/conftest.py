@@ -7,10 +7,14 @@ from pathlib import Path
 import pytest
 
 from relay.core.gpg import stop_agent
-from tests.support import databases, template
+from tests.support import backends, databases, template
 from tests.support.keys import KeyFactory
 from tests.support.relayhome import write_config
 from tests.support.smtpsink import SmtpSink
+
+
+def pytest_report_header() -> str:
+    return f"relays on: {backends.BACKEND} backend, {databases.BACKEND} database"
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from relay.app import advisories, embargo, reminders
 from relay.core import config as relay_config
 from relay.core.config import EmbargoSettings
 from relay.core.database import Database
-from relay.core.gpg import GnuPG
 from relay.model import (
     Advisory,
     AdvisoryState,
@@ -416,7 +415,7 @@ def test_member_decrypts_the_schedule_notice_sent_through_the_dispatcher(
         embargo.notify_schedule_change(
             s, spool, home.settings, change.advisory, change.old, change.new, "QA"
         )
-    dispatcher = Dispatcher(home.settings, home.db, spool, GnuPG(home.settings.gnupg.home))
+    dispatcher = Dispatcher(home.settings, home.db, spool, home.crypto)
     assert asyncio.run(dispatcher.run_once()) == 1
     [copy] = list(home.settings.delivery.outbox.glob("*.eml"))
     data = copy.read_bytes()

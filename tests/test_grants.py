@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from relay.cli.root import cli
 from relay.model import AuditEvent, Delivery, Grant, GrantState, Incident, Message
+from tests.support import backends
 from tests.support.keys import KeyFactory
 from tests.support.mail import OpenedCopy, crlf, pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome, RelayThread, distributors
@@ -238,7 +239,10 @@ def test_admin_share_and_external_copies_to_grant_holders(
         assert "not in the team" in share(outsider).output
         weak = keys.make("weak1", "weak@distro1.example", kind="rsa1024")
         refused = share(weak)
-        assert refused.exit_code == 1 and "too weak" in refused.output
+        # Refused by both backends; Sequoia's policy rejects RSA-1024 before its size is
+        # read, so it says there is no usable subkey (a difference the README lists).
+        why = "too weak" if backends.BACKEND == backends.GNUPG else "no usable encryption subkey"
+        assert refused.exit_code == 1 and why in refused.output
 
         token = _grant(home, dev.address).token
         assert _send(relay, home, dev, f"X-Accept: {token}\n\nAgreed.\n")[0] == 250

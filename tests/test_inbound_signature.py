@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from relay.core.crypto import Crypto
 from relay.core.gpg import GnuPG
+from relay.core.sequoia import Sequoia
 from relay.inbound import (
     Rejection,
     VerifiedPost,
@@ -20,6 +22,7 @@ from relay.inbound import (
     check_wire,
     freshness,
 )
+from tests.support import backends
 from tests.support import keys as support  # not TestKey by name: pytest would collect it
 
 SMTP = policy.SMTP
@@ -33,9 +36,9 @@ def crlf(data: bytes) -> bytes:
 
 @dataclass
 class Relay:
-    """The relay's GnuPG home plus the senders' mail client (one keyring holding their keys)."""
+    """The relay's keyring plus the senders' mail client (one keyring holding their keys)."""
 
-    crypto: GnuPG
+    crypto: Crypto
     list_fpr: str
     ring: support.Keyring
     people: dict[str, support.TestKey]
@@ -72,7 +75,12 @@ def relay(keys: support.KeyFactory, tmp_path_factory: pytest.TempPathFactory) ->
         "revoked": keys.revoked("inbound-revoked"),
     }
     root = Path(tmp_path_factory.mktemp("inbound"))
-    crypto = GnuPG(root / "relay-gnupg")
+    # The session's backend, as the relay runs it (RELAY_TEST_BACKEND).
+    crypto: Crypto = (
+        GnuPG(root / "relay-gnupg")
+        if backends.BACKEND == backends.GNUPG
+        else Sequoia(root / "relay-keyring")
+    )
     list_fpr = crypto.generate_key("Announce list", "announce@example.org")
     for name in ("poster", "outsider", "expired", "revoked"):
         crypto.import_keys(people[name].public)
@@ -372,6 +380,10 @@ def test_encrypted_inline_post_verifies(relay: Relay) -> None:
     assert check_structure(post.payload).get_content().replace("\r\n", "\n") == CLEARTEXT
 
 
+COMBINED = "Sequoia backend: a signature inside the encryption is refused (README)"
+
+
+@backends.sequoia_difference(COMBINED)
 def test_combined_signed_and_encrypted_post_yields_the_whole_entity(relay: Relay) -> None:
     inner = EmailMessage(policy=SMTP)
     inner.set_content(ADVISORY)
@@ -391,10 +403,39 @@ def test_combined_signed_and_encrypted_post_yields_the_whole_entity(relay: Relay
     )
 
 
+@backends.sequoia_difference(COMBINED)
 def test_combined_post_signed_by_unknown_key_is_rejected(relay: Relay) -> None:
     plaintext = content_entity(ADVISORY)
     ciphertext = relay.ring.sign_encrypt(plaintext, relay.fpr("stranger"), [relay.list_fpr])
     assert "unknown key" in relay.refuse(encrypted(ciphertext), "550 5.7.1 ")
+
+
+@pytest.mark.skipif(backends.BACKEND != backends.SEQUOIA, reason="the Sequoia backend's refusal")
+@pytest.mark.parametrize("compressed", [True, False], ids=["compressed", "uncompressed"])
+def test_a_combined_post_is_refused_on_sequoia_naming_the_form_it_takes(
+    relay: Relay, compressed: bool
+) -> None:
+    plaintext = content_entity(ADVISORY)
+    extra = [] if compressed else ["--compress-algo", "none"]
+    ciphertext, _ = relay.ring.status(
+        [
+            "--armor",
+            "--sign",
+            "--local-user",
+            relay.fpr("poster"),
+            "--encrypt",
+            "--recipient",
+            relay.list_fpr,
+            *extra,
+        ],
+        plaintext,
+    )
+    reply = relay.refuse(encrypted(ciphertext), "550 5.7.1 ")
+    assert "signature not accepted" in reply and "only as a PGP/MIME signed part" in reply
+    # The form it names is taken: PGP/MIME signed, then encrypted.
+    signed = multipart_signed(plaintext, relay.detach_sign(plaintext))
+    post = relay.post(encrypted(relay.ring.encrypt(signed, [relay.list_fpr])))
+    assert post.signer == relay.fpr("poster")
 
 
 def test_encrypted_but_unsigned_post_is_rejected(relay: Relay) -> None:

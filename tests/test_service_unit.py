@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from relay.core.gpg import stop_agent
+from tests.support import backends
 from tests.support.cluster import Cluster
 from tests.support.databases import on_postgresql
 from tests.support.keys import KeyFactory
@@ -125,6 +126,7 @@ def _agents_of(home: Path) -> list[int]:
     return found
 
 
+@backends.gnupg_only("no gpg-agent runs for the Sequoia backend")
 def test_relay_serve_stopped_with_sigterm_leaves_no_gpg_agent(
     tmp_path: Path, keys: KeyFactory
 ) -> None:

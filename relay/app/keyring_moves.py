@@ -62,6 +62,12 @@ def move_keyring(settings: Settings, target: Backend, actor: str) -> KeyringMove
                 f"the {target} keyring ({new_settings.keyring_path}) already holds another"
                 f" secret key ({', '.join(others)}); it can hold the list key only"
             )
+        try:  # before anything is written: a key that is not this database's stays put
+            data_keys.check_opens(db, old)
+        except SealingError as exc:
+            raise RelayError(
+                f"the {source} keyring's list key does not open the database: {exc}"
+            ) from None
         one_time = secrets.token_urlsafe(32)
         new.import_secret_key(old.export_secret_key(fingerprint, one_time), one_time)
         copied, refused = _copy_public_keys(old, new)
@@ -110,11 +116,17 @@ def _copy_public_keys(old: Crypto, new: Crypto) -> tuple[int, list[tuple[str, st
 
 
 def _check(db: Database, old: Crypto, new: Crypto, fingerprint: str) -> int:
-    """The new keyring opens the data keys and signs as the list key, by itself."""
+    """The new keyring opens the data keys (wrapped again if need be) and signs as the list
+    key, by itself."""
     try:
         opened = data_keys.check_opens(db, new)
-    except SealingError as exc:
-        raise RelayError(f"the moved key does not open the database: {exc}") from None
+    except SealingError:
+        # Wrapped by the other backend in a form this one cannot read: wrap them again.
+        try:
+            data_keys.rewrap(db, old, new, fingerprint)
+            opened = data_keys.check_opens(db, new)
+        except SealingError as exc:
+            raise RelayError(f"the moved key does not open the database: {exc}") from None
     probe = b"relay keyring migrate: a signature made by the new keyring\r\n"
     signature, _ = new.sign_detached(probe, fingerprint)
     verdict = old.verify_detached(probe, signature)

@@ -22,7 +22,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -440,7 +440,8 @@ class Sequoia:
         packets = [p for p in _packets(signature) if p.tag == Tag.Signature]
         if not packets:
             return Signature(False, None, "no signature found", "NOSIG")
-        if len(packets) > 1:
+        # Armoured blocks one after another: Sequoia reads the first only, gpg all of them.
+        if len(packets) > 1 or signature.count(b"-----BEGIN PGP ") > 1:
             return _MORE_THAN_ONE
         lookup = self._lookup()
         try:
@@ -548,6 +549,11 @@ class Sequoia:
         expires = None if signature is None else signature.signature_expiration_time
         if expires is not None and expires <= _now():
             return Signature(False, None, "the signature has expired", "EXPSIG")
+        created = None if signature is None else signature.signature_created
+        if created is not None and created > _now():
+            # Sequoia takes a signature from beyond its clock-skew tolerance for no signature;
+            # gpg calls it good and the relay refuses it for its date: say that, not "bad".
+            return Signature(False, None, "the signature is dated in the future", "ERRSIG")
         if info is None or not _policy_accepts(self._cert(info.fingerprint)):
             return Signature(False, None, "the signature cannot be checked", "ERRSIG")
         return Signature(False, None, "the signature does not match the signed content", "BADSIG")
@@ -730,12 +736,33 @@ def _subkeys(packets: list[Packet]) -> list[tuple[int, list[Packet]]]:
 
 def _encryption_subkeys_only(packets: list[Packet], now: datetime) -> list[Packet]:
     """Drop every subkey (with its signatures) that cannot encrypt now: no encryption flag,
-    expired, or revoked. Only drops: Sequoia checks what is kept when it parses it back."""
+    expired, or revoked. Only drops: Sequoia checks what is kept when it parses it back.
+
+    A live signing subkey stays when the primary does not sign (as in the keys this backend
+    makes): without it the export could not check the list's signatures."""
+    keep_signing = not _primary_signs(packets)
     dropped: set[int] = set()
     for index, signatures in _subkeys(packets):
-        if not _subkey_encrypts(packets[index], signatures, now):
-            dropped.update(range(index, index + 1 + len(signatures)))
+        subkey = packets[index]
+        if _subkey_encrypts(subkey, signatures, now):
+            continue
+        if keep_signing and _subkey_signs(subkey, signatures, now):
+            continue
+        dropped.update(range(index, index + 1 + len(signatures)))
     return [packet for index, packet in enumerate(packets) if index not in dropped]
+
+
+def _primary_signs(packets: list[Packet]) -> bool:
+    """The primary's own self-signatures give it the signing flag."""
+    primary = packets[0]
+    for packet in packets[1:]:
+        if packet.tag in (Tag.PublicSubkey, Tag.SecretSubkey):
+            break
+        if packet.tag == Tag.Signature and _self_issued(packet, primary):
+            flags = packet.key_flags
+            if flags is not None and flags.signing:
+                return True
+    return False
 
 
 def _has_live_encryption_subkey(cert: pysequoia.Cert, now: datetime) -> bool:
@@ -747,6 +774,20 @@ def _has_live_encryption_subkey(cert: pysequoia.Cert, now: datetime) -> bool:
 
 
 def _subkey_encrypts(subkey: Packet, signatures: list[Packet], now: datetime) -> bool:
+    return _subkey_live_for(
+        subkey, signatures, now, lambda f: f.transport_encryption or f.storage_encryption
+    )
+
+
+def _subkey_signs(subkey: Packet, signatures: list[Packet], now: datetime) -> bool:
+    return _subkey_live_for(subkey, signatures, now, lambda f: f.signing)
+
+
+def _subkey_live_for(
+    subkey: Packet, signatures: list[Packet], now: datetime, usage: Callable[[Any], bool]
+) -> bool:
+    """The subkey's latest binding gives it `usage`, and it has neither expired nor been
+    revoked."""
     if any(s.signature_type == SignatureType.SubkeyRevocation for s in signatures):
         return False
     bindings = [s for s in signatures if s.signature_type == SignatureType.SubkeyBinding]
@@ -755,7 +796,7 @@ def _subkey_encrypts(subkey: Packet, signatures: list[Packet], now: datetime) ->
     if binding is None:
         return False
     flags = binding.key_flags
-    if flags is None or not (flags.transport_encryption or flags.storage_encryption):
+    if flags is None or not usage(flags):
         return False
     period, created = binding.key_validity_period, subkey.key_created
     return period is None or created is None or created + period > now

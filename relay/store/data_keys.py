@@ -68,6 +68,30 @@ def check_opens(db: Database, crypto: Crypto) -> int:
     return len(rows)
 
 
+def rewrap(db: Database, old: Crypto, new: Crypto, list_fingerprint: str) -> int:
+    """Wrap every data key again, by `new`, to the list key: an encryption one backend made
+    may be one the other cannot read (Sequoia uses SEIPDv2 where the key allows it, which
+    GnuPG 2.2 does not read). Each new wrapping is checked to open before it replaces the
+    old one; all rows change in one transaction or none. How many there are."""
+    with db.transaction() as session:
+        rows = session.scalars(select(DataKey).with_for_update()).all()
+        for row in rows:
+            try:
+                blob = old.decrypt(row.wrapped).plaintext
+                wrapped = new.encrypt(blob, [list_fingerprint])
+                reopened = new.decrypt(wrapped).plaintext
+            except CryptoError as error:
+                raise SealingError(
+                    f"data key {row.id[:8]} cannot be wrapped again: {error}"
+                ) from None
+            if reopened != blob:
+                raise SealingError(
+                    f"data key {row.id[:8]} does not open the same when wrapped again"
+                )
+            row.wrapped = wrapped
+    return len(rows)
+
+
 def _load(db: Database, crypto: Crypto, sealer: Sealer) -> None:
     with db.transaction() as session:
         rows = session.execute(select(DataKey.wrapped).order_by(DataKey.created_at)).all()
