@@ -33,6 +33,7 @@ from relay.outbound.compose import (
     build_encrypted,
     build_encrypted_notice,
     build_plain_notice,
+    payload_root,
 )
 from relay.outbound.preface import copy_note, embargo_preface, poster_notes, wrap
 from tests.support.keys import KeyFactory, Keyring
@@ -714,3 +715,24 @@ def test_wrapping_keeps_paragraphs_and_list_items() -> None:
         "- a second item\n"
         "1. numbered\n"
     )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"Content-Type: text/plain\r\n\r\nbare LF\nhere\r\n",
+        b"Content-Type: text/plain\r\n\r\nbare CR\rhere\r\n",
+        b"Content-Type: text/plain\n\nLF only\n",
+        b"Content-Type: text/plain\r\n\r\nLF CR\n\rhere\r\n",
+    ],
+    ids=["bare-lf", "bare-cr", "lf-only", "lf-cr"],
+)
+def test_a_payload_with_a_line_end_other_than_crlf_is_refused(payload: bytes) -> None:
+    with pytest.raises(ValueError, match="CRLF line ends only"):
+        payload_root(make_copy(payload=payload), [])
+
+
+def test_a_megabyte_crlf_payload_is_taken_whole() -> None:
+    body = b"".join(b"line %d of a long advisory\r\n" % n for n in range(40_000))
+    root = payload_root(make_copy(payload=b"Content-Type: text/plain\r\n\r\n" + body), [])
+    assert body in root

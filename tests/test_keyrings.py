@@ -251,3 +251,22 @@ def test_migrate_without_a_list_key_says_so(tmp_path: Path) -> None:
     os.environ.pop("RELAY_TEST_KEYRING_PASS", None)
     result = relay(config, "keyring", "migrate", "--to", "sequoia", code=1)
     assert "the gnupg keyring" in result.output and "the list has no key yet" in result.output
+
+
+def test_a_sequoia_keyring_sees_what_another_process_wrote_at_once(
+    tmp_path: Path, keys: KeyFactory
+) -> None:
+    relay_side = Sequoia(tmp_path / "keyring")
+    cli_side = Sequoia(tmp_path / "keyring")  # as `relay key import` opens it, elsewhere
+    assert relay_side.list_keys() == []
+    first = keys.make("seen-first", "first@seen.example")
+    second = keys.make("seen-second", "second@seen.example")
+    cli_side.import_keys(first.public)
+    assert relay_side.key_info(first.fingerprint) is not None
+    # Two writes in quick succession, then a look: the second is seen too.
+    cli_side.import_keys(second.public)
+    cli_side.import_keys(first.public)
+    assert {k.fingerprint for k in relay_side.list_keys()} == {
+        first.fingerprint,
+        second.fingerprint,
+    }

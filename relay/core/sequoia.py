@@ -150,6 +150,9 @@ class Sequoia:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
         self._stamp: str | None = None  # the generation token the memory reflects
+        self._token: str | None = None  # the token last read, with its file's stat and time
+        self._seen: tuple[int, int, int] | None = None
+        self._read_at = 0.0
         self._certs: dict[str, pysequoia.Cert] = {}
         self._index: dict[str, str] = {}
         self._secrets: dict[str, pysequoia.Tsk] = {}
@@ -161,11 +164,26 @@ class Sequoia:
     # The keyring folder
 
     def _generation(self) -> str:
-        """A token every write replaces (a folder's mtime is too coarse to tell two apart)."""
+        """A token every write replaces (a folder's mtime is too coarse to tell two apart).
+
+        Read again only when the file's inode, mtime or size changed, or a second after the
+        last read (an inode reused within the mtime's granularity could hide a write): every
+        copy asks for keys, and reading a file each time cost more than signing the copy."""
+        path = self.home / "generation"
         try:
-            return (self.home / "generation").read_text(encoding="ascii")
+            info = os.stat(path)
+            seen: tuple[int, int, int] | None = (info.st_ino, info.st_mtime_ns, info.st_size)
         except FileNotFoundError:
-            return ""
+            seen = None
+        now = time.monotonic()
+        if self._token is not None and seen == self._seen and now - self._read_at < _RECHECK:
+            return self._token
+        try:
+            token = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            token = ""
+        self._seen, self._read_at, self._token = seen, now, token
+        return token
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -173,6 +191,7 @@ class Sequoia:
         writes, then a new generation token, so every other process reads the folder again."""
         with open(self.home / "lock", "ab") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            self._token = None  # under the lock: read the token itself, not its file's stat
             self._load()
             try:
                 yield
@@ -180,6 +199,7 @@ class Sequoia:
                 token = os.urandom(16).hex()
                 _replace(self.home / "generation", token.encode("ascii"))
                 self._stamp = token  # what this process wrote is in memory already
+                self._token = None
 
     def _load(self) -> None:
         """Read the folder again when another process wrote to it."""
@@ -615,6 +635,9 @@ class Sequoia:
         except _REFUSED as exc:
             raise CryptoError(f"encryption failed: {_first_line(exc)}") from None
 
+
+# How long the generation file's unchanged stat is trusted before the token is read again.
+_RECHECK = 1.0
 
 _MORE_THAN_ONE = Signature(
     False, None, "more than one signature; exactly one is required", "NEWSIG"
