@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -270,3 +271,39 @@ def test_a_sequoia_keyring_sees_what_another_process_wrote_at_once(
         first.fingerprint,
         second.fingerprint,
     }
+
+
+def test_threads_sharing_a_sequoia_keyring_never_see_it_half_read(
+    tmp_path: Path, keys: KeyFactory
+) -> None:
+    """The dispatcher's crypto workers and its event loop share one object; reloads (another
+    process wrote) happen under them. Each sees a whole keyring or the one before it."""
+    folder = tmp_path / "keyring"
+    writer = Sequoia(folder)
+    list_fpr = writer.generate_key("List", "list@example.org")
+    members = [keys.make(f"thread{n}", f"security@thread{n}.example") for n in range(12)]
+    for member in members:
+        writer.import_keys(member.public)
+    extra = [keys.make(f"late{n}", f"late{n}@example.net") for n in range(6)]
+    shared = Sequoia(folder)  # fresh: its first use by all threads at once loads the folder
+    failures: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for member in members[n % 4 :: 4]:
+                shared.sign_encrypt(b"copy\r\n", [member.fingerprint], list_fpr)
+        except BaseException as exc:
+            failures.append(exc)
+
+    def write() -> None:
+        for key in extra:  # each import makes every reader load the folder again
+            writer.import_keys(key.public)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    threads.append(threading.Thread(target=write))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert {k.fingerprint for k in extra} <= {k.fingerprint for k in shared.list_keys()}

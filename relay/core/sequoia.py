@@ -21,6 +21,7 @@ import fcntl
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -149,6 +150,7 @@ class Sequoia:
         for folder in (self.home, self._certs_dir, self._secret_dir):
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
+        self._mutex = threading.RLock()  # this process's threads: one reader or writer
         self._stamp: str | None = None  # the generation token the memory reflects
         self._token: str | None = None  # the token last read, with its file's stat and time
         self._seen: tuple[int, int, int] | None = None
@@ -189,7 +191,7 @@ class Sequoia:
     def _writing(self) -> Iterator[None]:
         """One writer at a time, across processes: the folder read fresh under the lock, the
         writes, then a new generation token, so every other process reads the folder again."""
-        with open(self.home / "lock", "ab") as lock:
+        with self._mutex, open(self.home / "lock", "ab") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             self._token = None  # under the lock: read the token itself, not its file's stat
             self._load()
@@ -202,30 +204,37 @@ class Sequoia:
                 self._token = None
 
     def _load(self) -> None:
-        """Read the folder again when another process wrote to it."""
-        stamp = self._generation()
-        if stamp == self._stamp:
-            return
-        self._certs, self._index, self._secrets = {}, {}, {}
-        for path in sorted(self._certs_dir.glob("*.pgp")):
-            try:
-                self._remember(pysequoia.Cert.from_bytes(path.read_bytes()))
-            except _REFUSED as exc:
-                raise CryptoError(f"unreadable certificate {path}: {_first_line(exc)}") from None
-        for path in sorted(self._secret_dir.glob("*.pgp")):
-            tsk = self._read_secret(path)
-            self._secrets[_tsk_fingerprint(tsk)] = tsk
-        self._described.clear()
-        self._stamp = stamp
+        """Read the folder again when another process wrote to it.
+
+        One thread reads at a time, into new tables swapped in whole: the crypto workers
+        and the event loop share this object, and none may see a keyring half read."""
+        with self._mutex:
+            stamp = self._generation()
+            if stamp == self._stamp:
+                return
+            certs: dict[str, pysequoia.Cert] = {}
+            index: dict[str, str] = {}
+            for path in sorted(self._certs_dir.glob("*.pgp")):
+                try:
+                    cert = pysequoia.Cert.from_bytes(path.read_bytes())
+                except _REFUSED as exc:
+                    problem = _first_line(exc)
+                    raise CryptoError(f"unreadable certificate {path}: {problem}") from None
+                _remember(certs, index, cert)
+            secrets = {}
+            for path in sorted(self._secret_dir.glob("*.pgp")):
+                tsk = self._read_secret(path)
+                secrets[_tsk_fingerprint(tsk)] = tsk
+            self._certs, self._index, self._secrets = certs, index, secrets
+            self._described = {}
+            self._stamp = stamp
 
     def _remember(self, cert: pysequoia.Cert) -> None:
-        fingerprint = cert.fingerprint.upper()
-        self._certs[fingerprint] = cert
-        self._described.pop(fingerprint, None)
-        for packet in _packets(bytes(cert)):
-            if packet.tag in _KEY_TAGS:
-                self._index[str(packet.fingerprint).lower()] = fingerprint
-                self._index[str(packet.key_id).lower()] = fingerprint
+        """Copy on write: another thread may be going through the tables."""
+        certs, index = dict(self._certs), dict(self._index)
+        _remember(certs, index, cert)
+        self._certs, self._index = certs, index
+        self._described.pop(cert.fingerprint.upper(), None)
 
     def _read_secret(self, path: Path) -> pysequoia.Tsk:
         data = path.read_bytes()
@@ -260,7 +269,7 @@ class Sequoia:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        self._secrets[fingerprint] = tsk
+        self._secrets = {**self._secrets, fingerprint: tsk}  # copy on write, as _remember
         self._described.pop(fingerprint, None)
 
     def _lookup(self) -> _Lookup:
@@ -668,6 +677,18 @@ def _replace(path: Path, data: bytes) -> None:
     except BaseException:
         Path(scratch).unlink(missing_ok=True)
         raise
+
+
+def _remember(
+    certs: dict[str, pysequoia.Cert], index: dict[str, str], cert: pysequoia.Cert
+) -> None:
+    """Add `cert` to the tables, indexed by each of its keys' fingerprint and key ID."""
+    fingerprint = cert.fingerprint.upper()
+    certs[fingerprint] = cert
+    for packet in _packets(bytes(cert)):
+        if packet.tag in _KEY_TAGS:
+            index[str(packet.fingerprint).lower()] = fingerprint
+            index[str(packet.key_id).lower()] = fingerprint
 
 
 def _encrypts_to(cert: pysequoia.Cert) -> bool:
