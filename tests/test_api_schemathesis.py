@@ -84,6 +84,22 @@ def test_every_operation_answers_by_its_schema_and_never_a_server_error(
         auth = {"Authorization": f"Bearer {api.token}"}
         schema = schemathesis.openapi.from_url(f"{api.url}/api/v1/openapi.json")
         answers: Counter[tuple[str, int]] = Counter()
+        # First, while the set-up is as made, each accepted body once, named: generated
+        # requests that come later may lift or cancel the advisory, and then a move is
+        # refused (409), which is right but would leave the success path untried.
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if (body := ACCEPTED.get(operation.label)) is None:
+                continue
+            held = {name: known[name] for name in re.findall(r"{(\w+)}", operation.path)}
+            case = operation.Case(path_parameters=held, body=body, media_type="application/json")
+            response = case.call_and_validate(
+                base_url=api.url,
+                headers=auth,
+                checks=[checks.not_a_server_error, checks.response_schema_conformance],
+            )
+            assert response.status_code < 300, (operation.label, response.text)
+            answers[(operation.label, response.status_code)] += 1
         ran = []
         for result in schema.get_all_operations():
             operation = result.ok()
