@@ -15,19 +15,15 @@ import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from relay.app import admin
 from relay.core import keyrings
-from relay.core.config import Settings
+from relay.core.config import Backend, Settings
 from relay.core.crypto import Crypto
 from relay.core.database import Database
 from relay.core.errors import KeyProblem, RelayError
 from relay.core.sealing import SealingError
 from relay.store import audit, data_keys, key_owners
-
-Backend = Literal["gnupg", "sequoia"]
-BACKENDS: tuple[Backend, ...] = ("gnupg", "sequoia")
 
 
 @dataclass(frozen=True)

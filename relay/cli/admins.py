@@ -19,6 +19,7 @@ from relay.cli.context import app_of
 from relay.cli.output import print_json, short_when, table
 from relay.cli.root import cli
 from relay.core.errors import RelayError
+from relay.core.secret_files import first_line
 from relay.store import audit
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
@@ -29,9 +30,8 @@ def _password(path: Path | None) -> str:
         value: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
         return value
     try:
-        value = next(iter(path.read_text(encoding="utf-8").splitlines()), "")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
+        value = first_line(path)
+    except ValueError as reason:
         raise RelayError(f"cannot read the password file {path}: {reason}") from None
     if not value:
         raise RelayError(f"no password: the first line of {path} is empty")

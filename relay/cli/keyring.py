@@ -11,6 +11,7 @@ import click
 from relay.app import keyring_moves
 from relay.cli.context import app_of
 from relay.cli.root import cli
+from relay.core.config import BACKENDS, Backend
 from relay.store import audit
 
 
@@ -24,11 +25,11 @@ def keyring() -> None:
     "--to",
     "target",
     required=True,
-    type=click.Choice(keyring_moves.BACKENDS),
+    type=click.Choice(BACKENDS),
     help="The backend whose keyring receives the keys ([gnupg] keyring or [gnupg] home).",
 )
 @click.pass_context
-def migrate(ctx: click.Context, target: keyring_moves.Backend) -> None:
+def migrate(ctx: click.Context, target: Backend) -> None:
     """Copy the list's secret key and the public keys from the other backend's keyring
     into TARGET's, and check that it opens the database and signs as the list key.
 

@@ -18,6 +18,7 @@ from relay.app import nodes
 from relay.cli.context import app_of
 from relay.cli.root import cli
 from relay.core.errors import RelayError
+from relay.core.secret_files import first_line
 from relay.store import audit
 
 PASSPHRASE_VAR = "RELAY_NODE_PASSPHRASE"
@@ -34,9 +35,8 @@ def _passphrase(path: Path | None) -> str:
         value = os.environ.get(PASSPHRASE_VAR, "")
     else:
         try:
-            value = next(iter(path.read_text(encoding="utf-8").splitlines()), "")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
+            value = first_line(path)
+        except ValueError as reason:
             raise RelayError(f"cannot read the passphrase file {path}: {reason}") from None
     if not value:
         raise RelayError(f"no passphrase: give --passphrase-file FILE or set ${PASSPHRASE_VAR}")

@@ -228,10 +228,15 @@ class ClusterSettings(_Section):
         return value
 
 
+# The OpenPGP implementations that can hold the list key (relay/core/keyrings.py).
+Backend = Literal["gnupg", "sequoia"]
+BACKENDS: tuple[Backend, ...] = ("gnupg", "sequoia")
+
+
 class GnupgSettings(_Section):
     # Which OpenPGP implementation holds the list key: "gnupg" (the gpg program, in `home`)
     # or "sequoia" (in-process pysequoia, in the `keyring` folder).
-    backend: Literal["gnupg", "sequoia"] = "gnupg"
+    backend: Backend = "gnupg"
     home: Path = Path("var/gnupg")
     binary: str = "gpg"
     keyring: Path = Path("var/keyring")

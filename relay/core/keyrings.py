@@ -15,6 +15,7 @@ from relay.core.config import GnupgSettings
 from relay.core.crypto import Crypto
 from relay.core.errors import ConfigError
 from relay.core.gpg import GnuPG
+from relay.core.secret_files import first_line
 from relay.core.sequoia import Sequoia
 
 
@@ -45,8 +46,8 @@ def read_passphrase(settings: GnupgSettings) -> str | None:
                 f"[gnupg] passphrase_file {path} is open to other users (mode"
                 f" {stat.S_IMODE(mode):04o}); make it 0600 or 0400"
             )
-        value = next(iter(path.read_text(encoding="utf-8").splitlines()), "")
-    except (OSError, UnicodeDecodeError) as exc:
+        value = first_line(path)
+    except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise ConfigError(f"[gnupg] passphrase_file: cannot read {path}: {reason}") from None
     if not value:
