@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import operator
 import os
 import platform
 import random
@@ -41,7 +42,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -52,6 +53,7 @@ from bench import schleuder
 from relay.core.crypto import Crypto
 from relay.core.gpg import GnuPG, stop_agent
 from relay.core.keyrings import open_keyring
+from relay.runners.crypto_workers import CryptoWorkers
 from tests.support.keys import KeyFactory, Keyring, TestKey
 from tests.support.mail import pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, RelayHome
@@ -229,6 +231,7 @@ class Bench:
         home.config_path.write_text(
             config.replace("max_message_size = 1048576", f"max_message_size = {MAX_MESSAGE}")
         )
+        assert home.settings.delivery.workers == WORKERS, "the floor runs the relay's workers"
         home.add_sender(self.src)
         for member in self.members:
             home.add_member(member)
@@ -242,7 +245,13 @@ class Bench:
         relay_s, first_s, copies = self.relay(home.config_path, root / "relay.log", out, data)
         crypto = open_keyring(home.settings.gnupg)
         try:
-            crypto_s = crypto_floor(crypto, home.list_fpr, self.members, self.inner(root, copies))
+            crypto_s = crypto_floor(
+                crypto,
+                home.list_fpr,
+                self.members,
+                self.inner(root, copies),
+                WORKERS,
+            )
         finally:
             crypto.close()
         smtp_s = self.smtp_floor(port, out, copies, home.settings.delivery.connections)
@@ -340,16 +349,30 @@ async def send_all(port: int, messages: list[tuple[str, bytes]], connections: in
     await asyncio.gather(*(session() for _ in range(min(connections, len(messages)))))
 
 
-def crypto_floor(crypto: Crypto, list_fpr: str, members: list[TestKey], inner: bytes) -> float:
-    """The same copies, bare: one signed and encrypted OpenPGP message per member, with the
-    relay's number of workers; `inner` is the protected root of the relay's copy."""
-    started = time.perf_counter()
-    with ThreadPoolExecutor(WORKERS) as pool:
-        copies = list(
-            pool.map(lambda m: crypto.sign_encrypt(inner, [m.fingerprint], list_fpr), members)
-        )
-    elapsed = time.perf_counter() - started
-    assert len(copies) == len(members)
+def crypto_floor(
+    crypto: Crypto, list_fpr: str, members: list[TestKey], inner: bytes, workers: int
+) -> float:
+    """The same copies, bare: one signed and encrypted OpenPGP message per member through
+    the relay's own crypto workers (relay/runners/crypto_workers.py: threads over gpg,
+    processes for Sequoia), as many as the relay runs, started before the clock starts;
+    `inner` is the protected root of the relay's copy."""
+    pool = CryptoWorkers(crypto, workers)
+    try:
+        futures.wait(pool.start())
+
+        async def all_copies() -> list[bytes]:
+            copy_for = [
+                operator.methodcaller("sign_encrypt", inner, [m.fingerprint], list_fpr)
+                for m in members
+            ]
+            return await asyncio.gather(*(pool.run(task) for task in copy_for))
+
+        started = time.perf_counter()
+        copies = asyncio.run(all_copies())
+        elapsed = time.perf_counter() - started
+    finally:
+        pool.close()
+    assert len(copies) == len(members) and all(c.startswith(b"-----BEGIN PGP") for c in copies)
     return elapsed
 
 

@@ -10,7 +10,7 @@ fall back to plaintext.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parseaddr
@@ -96,6 +96,10 @@ class Crypto(Protocol):
     def encrypt(self, data: bytes, recipients: Iterable[str]) -> bytes: ...
     # Stop what the backend started (gpg-agent holds the list key in memory).
     def close(self) -> None: ...
+    # How a worker process opens this keyring, for a backend that works in this process
+    # and holds the GIL meanwhile (relay/runners/crypto_workers.py); None where threads
+    # suffice (gpg works in processes of its own).
+    def worker_opener(self) -> Callable[[], Crypto] | None: ...
 
 
 def exportable(

@@ -207,6 +207,10 @@ class GnuPG:
         except (OSError, subprocess.SubprocessError):
             return
 
+    def worker_opener(self) -> None:
+        """None: gpg signs and encrypts in processes of its own, so threads run it in parallel."""
+        return None
+
     # Keys
 
     def inspect_keys(self, data: bytes) -> list[KeyInfo]:

@@ -18,6 +18,7 @@ refusal that says so, never a guess.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import re
 import tempfile
@@ -162,6 +163,13 @@ class Sequoia:
 
     def close(self) -> None:
         """Nothing to stop: no daemon runs for this backend."""
+
+    def worker_opener(self) -> Callable[[], Sequoia]:
+        """This keyring, opened again in a worker process: pysequoia holds the GIL while it
+        signs and encrypts, so threads would take turns (relay/runners/crypto_workers.py).
+        The passphrase travels in the worker's start-up pipe, never its arguments or
+        environment; the worker sees every write through the generation file."""
+        return functools.partial(Sequoia, self.home, self._passphrase)
 
     # The keyring folder
 

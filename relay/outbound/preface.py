@@ -9,6 +9,7 @@ own words included (a policy file wraps as its author liked); only a word longer
 
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 
@@ -83,10 +84,14 @@ def copy_note(recipient: str, reference: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def wrap(text: str) -> str:
     """`text` filled at `WIDTH`, each line ending in a newline: paragraphs (split at blank
     lines) keep their breaks, list items start their own lines with a hanging indent, and
-    no word is broken (an address longer than the width stands alone)."""
+    no word is broken (an address longer than the width stands alone).
+
+    Kept for the texts seen last: every copy of a post carries the same notice and policy
+    words, and filling them again cost more per copy than the rest of its preparation."""
     paragraphs = re.split(r"\n\s*\n", text.strip())
     return "\n".join("".join(_fill(item) for item in _items(p)) for p in paragraphs)
 

@@ -84,6 +84,11 @@ class Payloads:
         self._read: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
+    def kept(self, message_id: str) -> bytes | None:
+        """The payload if it is kept already (no disk read: fit for the event loop)."""
+        with self._lock:
+            return self._read.get(message_id)
+
     def get(self, message_id: str) -> bytes:
         with self._lock:
             data = self._read.get(message_id)
@@ -236,24 +241,15 @@ def decide(
     return Seal(keys)
 
 
-def seal(
-    settings: Settings,
-    notice: str | None,
-    job: Job,
-    payload: bytes,
-    crypto: Crypto,
-    signer: str,
-    keys: list[str],
-) -> bytes:
-    """The copy as sent: signed by `signer` and encrypted to `keys`, or without keys the
-    plain notice. Raises CryptoError or ValueError (see `unsealed`)."""
-    if not keys:
-        return plain_notice(settings, job, payload)
-    return compose.build_encrypted(build_copy(settings, notice, job, payload), crypto, signer, keys)
+def sealed(crypto: Crypto, copy: compose.Copy, signer: str, keys: list[str]) -> bytes:
+    """The copy as sent: signed by `signer` and encrypted to `keys` only. A crypto worker's
+    task (relay/runners/crypto_workers.py), so the worker's keyring comes first. Raises
+    CryptoError or ValueError (see `unsealed`)."""
+    return compose.build_encrypted(copy, crypto, signer, keys)
 
 
 def unsealed(exc: CryptoError | ValueError) -> Hold:
-    """The hold of a copy `seal` could not make: gpg failed, or compose refused the copy
+    """The hold of a copy `sealed` could not make: gpg failed, or compose refused the copy
     (a malformed field, say): fail closed."""
     if isinstance(exc, CryptoError):
         return Hold(f"encryption failed: {exc}", HoldReason.ENCRYPTION_FAILED)

@@ -7,11 +7,12 @@ until the lift and the leak reported; a recipient without a usable key is held (
 plaintext) and the security contact is told; `4xx` and connection errors are deferred on
 the backoff schedule; `5xx` fails at once.
 
-Three kinds of concurrency, each sized on its own: `workers` threads run gpg
-(one per core), `connections` tasks talk SMTP so sending overlaps encryption,
-and one recorder commits outcomes in batches so the disk syncs once per batch,
-not once per copy. Each copy is signed and encrypted in one gpg call, since each
-carries its own reference.
+Three kinds of concurrency, each sized on its own: `workers` crypto workers sign and
+encrypt (one per core; threads over gpg, processes for a backend that holds the GIL:
+relay/runners/crypto_workers.py), `connections` tasks talk SMTP so sending overlaps
+encryption, and one recorder commits outcomes in batches so the disk syncs once per batch,
+not once per copy. Each copy is signed and encrypted in one call, since each carries its
+own reference.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,6 +46,7 @@ from relay.outbound import gate, preparation
 from relay.outbound.preparation import Job
 from relay.outbound.transport import Outcome, SendResult, Transport, transports_for
 from relay.policy import forwarding
+from relay.runners.crypto_workers import CryptoWorkers
 from relay.runners.supervision import Backoff, Health, pause_or_stop
 from relay.store import delivery_queue, notices
 from relay.store.key_owners import list_key
@@ -104,9 +105,7 @@ class Dispatcher:
         self._payloads = preparation.Payloads(spool)
         self._inflight: dict[int, Job] = {}  # sent, outcome not yet recorded (for the log)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._crypto_pool = ThreadPoolExecutor(
-            settings.delivery.workers, thread_name_prefix="crypto"
-        )
+        self._workers = CryptoWorkers(crypto, settings.delivery.workers)
         d = settings.delivery
         self._retry = delivery_queue.Retry(
             d.min_backoff, d.max_backoff, d.queue_lifetime, d.max_errors
@@ -131,11 +130,8 @@ class Dispatcher:
         """Claim and deliver until `stop` is set; unstarted claims go back to the delivery_queue."""
         self._loop = asyncio.get_running_loop()
         self._stopping = False
-        # A fresh pool: a run the supervisor restarts finds the last one shut down.
-        self._crypto_pool.shutdown(wait=False)
-        self._crypto_pool = ThreadPoolExecutor(
-            self.settings.delivery.workers, thread_name_prefix="crypto"
-        )
+        # Started now, so the first copies do not wait for worker processes to start.
+        self._workers.start()
         work: asyncio.Queue[WorkItem] = asyncio.Queue()
         outcomes: asyncio.Queue[delivery_queue.Attempt | None] = asyncio.Queue()
         recorder = asyncio.create_task(self._recorder(outcomes), name="delivery-recorder")
@@ -193,29 +189,32 @@ class Dispatcher:
             self._stopping = True
             outcomes.put_nowait(None)
             await recorder
-            self._crypto_pool.shutdown(wait=False)
+            await asyncio.to_thread(self._workers.close)
 
     async def run_once(self) -> int:
         """Deliver everything due now by the injected clock; return the attempts made."""
         self._loop = asyncio.get_running_loop()
         done = 0
-        while jobs := await self._claim():
-            work: asyncio.Queue[WorkItem] = asyncio.Queue()
-            outcomes: asyncio.Queue[delivery_queue.Attempt | None] = asyncio.Queue()
-            for job in jobs:
-                work.put_nowait(self._start(job))
-            recorder = asyncio.create_task(self._recorder(outcomes))
-            senders = [
-                asyncio.create_task(self._sender(work, outcomes))
-                for _ in range(self.settings.delivery.connections)
-            ]
-            await work.join()
-            for task in senders:
-                task.cancel()
-            await asyncio.gather(*senders, return_exceptions=True)
-            outcomes.put_nowait(None)
-            await recorder
-            done += len(jobs)
+        try:
+            while jobs := await self._claim():
+                work: asyncio.Queue[WorkItem] = asyncio.Queue()
+                outcomes: asyncio.Queue[delivery_queue.Attempt | None] = asyncio.Queue()
+                for job in jobs:
+                    work.put_nowait(self._start(job))
+                recorder = asyncio.create_task(self._recorder(outcomes))
+                senders = [
+                    asyncio.create_task(self._sender(work, outcomes))
+                    for _ in range(self.settings.delivery.connections)
+                ]
+                await work.join()
+                for task in senders:
+                    task.cancel()
+                await asyncio.gather(*senders, return_exceptions=True)
+                outcomes.put_nowait(None)
+                await recorder
+                done += len(jobs)
+        finally:
+            await asyncio.to_thread(self._workers.close)
         return done
 
     async def _sender(
@@ -354,18 +353,27 @@ class Dispatcher:
 
     def _load(self, ids: list[int]) -> list[Job]:
         self._keys = {k.fingerprint: k for k in self.crypto.list_keys()}
-        return preparation.load_jobs(self.db, ids, self.clock(), self._ask_gate)
+        jobs = preparation.load_jobs(self.db, ids, self.clock(), self._ask_gate)
+        # Read here, off the event loop, what the copies will carry. A payload that cannot
+        # be read fails its own copies when they are sealed, not the whole claim.
+        for message_id in dict.fromkeys(job.message_id for job in jobs):
+            with contextlib.suppress(Exception):
+                self._payloads.get(message_id)
+        return jobs
 
     def _envelope_sender(self, job: Job) -> str:
         """The copy's VERP address, so its bounce names its delivery (relay/core/verp.py)."""
         return verp.bounce_address(self.settings.list.address, job.bounce_token)
 
-    def _seal(self, job: Job, keys: list[str]) -> bytes:
-        payload = self._payloads.get(job.message_id)
-        notice = self._policy.notice or None
-        return preparation.seal(
-            self.settings, notice, job, payload, self.crypto, self._list_fpr, keys
-        )
+    async def _seal(self, job: Job, keys: list[str]) -> bytes:
+        """The copy as sent: the plain notice without keys, else sealed by a crypto worker."""
+        payload = self._payloads.kept(job.message_id)
+        if payload is None:  # read in a thread: the spool is on disk, sealed
+            payload = await asyncio.to_thread(self._payloads.get, job.message_id)
+        if not keys:
+            return await asyncio.to_thread(preparation.plain_notice, self.settings, job, payload)
+        copy = preparation.build_copy(self.settings, self._policy.notice or None, job, payload)
+        return await self._workers.run(preparation.sealed, copy, self._list_fpr, keys)
 
     # One delivery
 
@@ -381,15 +389,16 @@ class Dispatcher:
         if isinstance(decision, preparation.Hold):
             await asyncio.to_thread(self._hold_unreachable, job, decision)
             return None
-        loop = asyncio.get_running_loop()
         try:
-            data = await loop.run_in_executor(self._crypto_pool, self._seal, job, decision.keys)
+            data = await self._seal(job, decision.keys)
         except (CryptoError, ValueError) as exc:
             await asyncio.to_thread(self._hold_unreachable, job, preparation.unsealed(exc))
             return None
         event(
             log,
             "decided",
+            # A sealed copy is the rule (its `sent` line follows); a plain notice is news.
+            logging.DEBUG if decision.keys else logging.INFO,
             id=job.delivery_id,
             msg=job.message_id,
             rcpt=job.recipient,

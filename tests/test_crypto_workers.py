@@ -1,0 +1,271 @@
+"""The dispatcher's crypto workers (relay/runners/crypto_workers.py): processes for Sequoia,
+which holds the GIL while it works, threads over gpg. Real pysequoia, real gpg, real worker
+processes killed for real; the dispatcher's recovery over a real SMTP sink."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from relay.core.errors import CryptoError
+from relay.core.gpg import GnuPG
+from relay.core.sequoia import Sequoia
+from relay.model import Delivery, DeliveryStatus
+from relay.runners.crypto_workers import CryptoWorkers, WorkerLost
+from tests.support.backends import BACKEND, SEQUOIA
+from tests.support.keys import KeyFactory, Keyring
+from tests.support.mail import pgp_mime_signed, text_entity
+from tests.support.relayhome import LIST, OffsetClock, RelayHome, RelayThread
+from tests.support.relayhome import smtp_post as post
+from tests.support.smtpsink import SmtpSink
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSPHRASE = "worker passphrase, never on a command line"
+COPY = b"Content-Type: text/plain\r\n\r\nThe copy.\r\n"
+
+
+# Tasks a worker runs: module-level, so a worker process is told them by name.
+
+
+def pid(crypto: object) -> int:
+    return os.getpid()
+
+
+def seal(crypto: Sequoia | GnuPG, recipient: str, signer: str) -> bytes:
+    return crypto.sign_encrypt(COPY, [recipient], signer)
+
+
+def die(crypto: object) -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def worker_pids(parent: int) -> set[int]:
+    """The spawned worker processes of `parent` (as `ps` shows them, not asked of the pool)."""
+    found = set()
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            except FileNotFoundError:
+                continue
+            if b"multiprocessing.spawn" in cmdline:
+                found.add(int(child))
+    return found
+
+
+def ignores_stop_signals(process: int) -> bool:
+    """Whether the kernel shows SIGTERM and SIGINT ignored by `process` (its SigIgn mask)."""
+    status = Path(f"/proc/{process}/status").read_text()
+    mask = int(
+        next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16
+    )
+    return all(mask & (1 << (sig - 1)) for sig in (signal.SIGTERM, signal.SIGINT))
+
+
+def alive(process: int) -> bool:
+    try:
+        state = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> tuple[Sequoia, str]:
+    crypto = Sequoia(tmp_path / "keyring", PASSPHRASE)
+    return crypto, crypto.generate_key("List", "list@example.org")
+
+
+@pytest.fixture
+def workers(keyring: tuple[Sequoia, str]) -> Iterator[CryptoWorkers]:
+    pool = CryptoWorkers(keyring[0], 2)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+def test_sequoia_copies_are_sealed_in_worker_processes_and_read_in_gpg(
+    tmp_path: Path, keys: KeyFactory, keyring: tuple[Sequoia, str], workers: CryptoWorkers
+) -> None:
+    crypto, list_fpr = keyring
+    member = keys.make("worker-m", "security@worker-m.example")
+    crypto.import_keys(member.public)
+    assert workers.in_processes
+    futures.wait(workers.start())
+    started = worker_pids(os.getpid())
+    assert len(started) == 2
+
+    async def both() -> tuple[list[int], bytes]:
+        pids = await asyncio.gather(*(workers.run(pid) for _ in range(8)))
+        return pids, await workers.run(seal, member.fingerprint, list_fpr)
+
+    pids, copy = asyncio.run(both())
+    assert set(pids) <= started and os.getpid() not in pids
+    client = Keyring(tmp_path / "client", member, trusted_public=(crypto.export_public(list_fpr),))
+    plain, status = client.decrypt(copy)
+    assert plain == COPY
+    # Signed by the list key (its signing subkey: VALIDSIG names the primary last).
+    assert any(line[0] == "VALIDSIG" and line[-1] == list_fpr for line in status), status
+
+
+def test_gnupg_workers_are_threads_of_the_relay(tmp_path: Path) -> None:
+    pool = CryptoWorkers(GnuPG(tmp_path / "gnupg"), 2)
+    try:
+        assert not pool.in_processes
+        assert pool.start() == []
+        assert asyncio.run(pool.run(pid)) == os.getpid()
+        assert worker_pids(os.getpid()) == set()
+    finally:
+        pool.close()
+
+
+def test_a_key_imported_after_the_workers_started_is_used_at_once(
+    keys: KeyFactory, keyring: tuple[Sequoia, str], workers: CryptoWorkers
+) -> None:
+    crypto, list_fpr = keyring
+    futures.wait(workers.start())
+    late = keys.make("worker-late", "security@worker-late.example")
+    crypto.import_keys(late.public)  # the relay's process writes; the workers read the folder
+    copy = asyncio.run(workers.run(seal, late.fingerprint, list_fpr))
+    assert copy.startswith(b"-----BEGIN PGP MESSAGE-----")
+
+
+def test_a_refusal_in_a_worker_is_raised_as_itself(
+    keyring: tuple[Sequoia, str], workers: CryptoWorkers
+) -> None:
+    _, list_fpr = keyring
+    with pytest.raises(CryptoError, match="no key"):
+        asyncio.run(workers.run(seal, "AB" * 20, list_fpr))
+    assert asyncio.run(workers.run(pid)) != os.getpid()  # the pool goes on
+
+
+def test_a_worker_that_dies_fails_its_copy_and_the_next_copy_gets_new_workers(
+    workers: CryptoWorkers,
+) -> None:
+    futures.wait(workers.start())
+    before = worker_pids(os.getpid())
+    with pytest.raises(WorkerLost, match="a crypto worker process died"):
+        asyncio.run(workers.run(die))
+    after = asyncio.run(workers.run(pid))
+    assert after not in before and after != os.getpid()
+
+
+def test_workers_ignore_sigterm_and_sigint_the_relay_stops_them_itself(
+    workers: CryptoWorkers,
+) -> None:
+    futures.wait(workers.start())
+    started = worker_pids(os.getpid())
+    assert len(started) == 2
+    deadline = time.monotonic() + 20  # a worker that ran no task yet may still be starting
+    while not all(ignores_stop_signals(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for process in started:
+        os.kill(process, signal.SIGTERM)
+        os.kill(process, signal.SIGINT)
+    time.sleep(0.3)
+    assert all(alive(p) for p in started)
+    assert asyncio.run(workers.run(pid)) in started
+    workers.close()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in started)
+
+
+def test_workers_end_when_the_relay_is_killed(keyring: tuple[Sequoia, str]) -> None:
+    """SIGKILL leaves the relay no chance to stop them; they hold the list key, and must go."""
+    crypto, _ = keyring
+    script = (
+        "import sys, time\n"
+        "from concurrent import futures\n"
+        "from relay.core.sequoia import Sequoia\n"
+        "from relay.runners.crypto_workers import CryptoWorkers\n"
+        "pool = CryptoWorkers(Sequoia(sys.argv[1], sys.argv[2]), 2)\n"
+        "futures.wait(pool.start())\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    relay = subprocess.Popen(
+        [sys.executable, "-c", script, str(crypto.home), PASSPHRASE],
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        assert relay.stdout is not None and relay.stdout.readline() == b"ready\n"
+        started = worker_pids(relay.pid)
+        assert len(started) == 2
+    finally:
+        relay.kill()
+        relay.wait(10)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in started)
+
+
+def test_the_passphrase_is_in_no_worker_arguments_or_environment(
+    workers: CryptoWorkers,
+) -> None:
+    futures.wait(workers.start())
+    started = worker_pids(os.getpid())
+    assert started
+    for process in started:
+        for view in ("cmdline", "environ"):
+            assert PASSPHRASE.encode() not in Path(f"/proc/{process}/{view}").read_bytes()
+
+
+@pytest.mark.skipif(BACKEND != SEQUOIA, reason="worker processes are the Sequoia backend's")
+def test_a_fan_out_whose_worker_was_killed_reaches_every_member_once(
+    tmp_path: Path, keys: KeyFactory
+) -> None:
+    members = [keys.make(f"wk{n}", f"security@wk{n}.example") for n in range(6)]
+    with SmtpSink() as sink:
+        home = RelayHome(tmp_path, keys, smarthost=f"127.0.0.1:{sink.port}")
+        src = keys.make("src", "src@example.org")
+        home.add_sender(src)
+        for member in members:
+            home.add_member(member)
+        clock = OffsetClock()
+        with RelayThread(home.settings, clock=clock, dispatch=False) as relay:
+            post_ = pgp_mime_signed(
+                home.client(src),
+                src.fingerprint,
+                text_entity("The embargoed text.\n"),
+                subject="[EMBARGOED] CVE-2026-4242: workers",
+                sender=src.address,
+                to=LIST,
+            )
+            relay.run(post(relay.port, post_))
+            dispatcher = relay.relay.dispatcher
+            futures.wait(dispatcher._workers.start())
+            for process in worker_pids(os.getpid()):
+                os.kill(process, signal.SIGKILL)  # out of memory, say
+            relay.run(dispatcher.run_once())
+            with home.db.transaction() as session:
+                lost = {
+                    d.recipient: d.last_reason or ""
+                    for d in session.execute(select(Delivery)).scalars()
+                    if d.status != DeliveryStatus.SENT
+                }
+            # Counted as the relay's own error, retried on the schedule: nothing was sent.
+            assert lost and all("a crypto worker process died" in r for r in lost.values())
+            clock.offset = timedelta(hours=1)
+            relay.run(dispatcher.run_once())
+        with home.db.transaction() as session:
+            deliveries = list(session.execute(select(Delivery)).scalars())
+        assert {d.status for d in deliveries} == {DeliveryStatus.SENT}
+        assert {d.recipient for d in deliveries if d.errors} == set(lost)
+        received = sorted(r for m in sink.messages for r in m.rcpt_tos)
+        assert received == sorted(m.address for m in members)
