@@ -42,7 +42,6 @@ import tempfile
 import time
 import zlib
 from collections.abc import Sequence
-from concurrent import futures
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -354,11 +353,12 @@ def crypto_floor(
 ) -> float:
     """The same copies, bare: one signed and encrypted OpenPGP message per member through
     the relay's own crypto workers (relay/runners/crypto_workers.py: threads over gpg,
-    processes for Sequoia), as many as the relay runs, started before the clock starts;
+    processes for Sequoia), as many as the relay runs, all started and each with its
+    keyring read before the clock starts;
     `inner` is the protected root of the relay's copy."""
     pool = CryptoWorkers(crypto, workers)
     try:
-        futures.wait(pool.start())
+        pool.wait_ready()
 
         async def all_copies() -> list[bytes]:
             copy_for = [

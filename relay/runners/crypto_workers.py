@@ -64,13 +64,27 @@ class CryptoWorkers:
             self._discard(pool)
             raise WorkerLost(f"a crypto worker process died: {exc}") from None
 
-    def start(self) -> list[Future[None]]:
+    def start(self) -> list[Future[int]]:
         """Start the workers now, so the first copy does not wait for them to start; each
         future is done once a worker has started and opened its keyring."""
         pool = self._current()
         if self._opener is None:
             return []
         return [pool.submit(_in_worker, _ready, ()) for _ in range(self._count)]
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until every worker process has started and read its keyring: `start`'s
+        futures may all be done by the first one up while another is still starting."""
+        if self._opener is None:
+            return
+        pool = self._current()
+        seen: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < self._count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._count - len(seen)} crypto workers did not start")
+            lot = [pool.submit(_in_worker, _ready, ()) for _ in range(self._count)]
+            seen |= {done.result(timeout) for done in lot}
 
     def close(self) -> None:
         """Stop the workers once the work they hold is done."""
@@ -132,6 +146,8 @@ def _in_worker(task: Task[T], args: tuple[object, ...]) -> T:
     return task(_keyring, *args)
 
 
-def _ready(crypto: Crypto) -> None:
-    """Read the keyring and describe its keys, as every copy asks (what it costs once)."""
+def _ready(crypto: Crypto) -> int:
+    """Read the keyring and describe its keys, as every copy asks (what it costs once); the
+    worker's process id."""
     crypto.list_keys()
+    return os.getpid()
