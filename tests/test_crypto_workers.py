@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -211,6 +212,36 @@ def test_workers_end_when_the_relay_is_killed(keyring: tuple[Sequoia, str]) -> N
     while any(alive(p) for p in started) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(p) for p in started)
+
+
+def test_a_process_holding_the_list_key_writes_no_core_file(
+    keyring: tuple[Sequoia, str], workers: CryptoWorkers
+) -> None:
+    """A crash must not put the key on disk: the relay (here a fresh process that opens the
+    keyring) and each worker run with a core file size limit of 0, hard and soft."""
+    crypto, _ = keyring
+    script = (
+        "import resource, sys\n"
+        "from relay.core.sequoia import Sequoia\n"
+        "print(resource.getrlimit(resource.RLIMIT_CORE))\n"
+        "Sequoia(sys.argv[1], sys.argv[2]).list_keys()\n"
+        "print(resource.getrlimit(resource.RLIMIT_CORE))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(crypto.home), PASSPHRASE],
+        capture_output=True,
+        check=True,
+        cwd=ROOT,
+        # A limit to lower, so the first line shows the change is the keyring's doing.
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, 1 << 20)),
+    )
+    assert done.stdout.decode().splitlines() == [f"({1 << 20}, {1 << 20})", "(0, 0)"]
+    workers.wait_ready()
+    for process in worker_pids(os.getpid()):
+        limits = Path(f"/proc/{process}/limits").read_text().splitlines()
+        assert next(line for line in limits if line.startswith("Max core file size")).split()[
+            4:6
+        ] == ["0", "0"]
 
 
 def test_the_passphrase_is_in_no_worker_arguments_or_environment(

@@ -21,6 +21,7 @@ import fcntl
 import functools
 import os
 import re
+import resource
 import tempfile
 import threading
 import time
@@ -233,6 +234,8 @@ class Sequoia:
             for path in sorted(self._secret_dir.glob("*.pgp")):
                 tsk = self._read_secret(path)
                 secrets[_tsk_fingerprint(tsk)] = tsk
+            if secrets:
+                _no_core_dumps()
             self._certs, self._index, self._secrets = certs, index, secrets
             self._described = {}
             self._stamp = stamp
@@ -654,6 +657,12 @@ class Sequoia:
 
 
 # How long the generation file's unchanged stat is trusted before the token is read again.
+def _no_core_dumps() -> None:
+    """This process holds a secret key in its memory from now on: a crash writes no core
+    file that would put it on disk, as gpg-agent disables them for the keys it holds."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 _RECHECK = 1.0
 
 _MORE_THAN_ONE = Signature(
