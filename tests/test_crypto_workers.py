@@ -218,7 +218,8 @@ def test_a_process_holding_the_list_key_writes_no_core_file(
     keyring: tuple[Sequoia, str], workers: CryptoWorkers
 ) -> None:
     """A crash must not put the key on disk: the relay (here a fresh process that opens the
-    keyring) and each worker run with a core file size limit of 0, hard and soft."""
+    keyring) and each worker run with a core file size limit of 0 (the soft limit, which a
+    crash obeys)."""
     crypto, _ = keyring
     script = (
         "import resource, sys\n"
@@ -235,13 +236,13 @@ def test_a_process_holding_the_list_key_writes_no_core_file(
         # A limit to lower, so the first line shows the change is the keyring's doing.
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (1 << 20, 1 << 20)),
     )
-    assert done.stdout.decode().splitlines() == [f"({1 << 20}, {1 << 20})", "(0, 0)"]
+    assert done.stdout.decode().splitlines() == [f"({1 << 20}, {1 << 20})", f"(0, {1 << 20})"]
     workers.wait_ready()
     for process in worker_pids(os.getpid()):
         limits = Path(f"/proc/{process}/limits").read_text().splitlines()
-        assert next(line for line in limits if line.startswith("Max core file size")).split()[
-            4:6
-        ] == ["0", "0"]
+        assert (
+            next(line for line in limits if line.startswith("Max core file size")).split()[4] == "0"
+        )
 
 
 def test_the_passphrase_is_in_no_worker_arguments_or_environment(

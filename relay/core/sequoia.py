@@ -659,8 +659,10 @@ class Sequoia:
 # How long the generation file's unchanged stat is trusted before the token is read again.
 def _no_core_dumps() -> None:
     """This process holds a secret key in its memory from now on: a crash writes no core
-    file that would put it on disk, as gpg-agent disables them for the keys it holds."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    file that would put it on disk, as gpg-agent disables them for the keys it holds. The
+    soft limit is the one a crash obeys; the hard one stays, for the processes it starts."""
+    _, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
 
 
 _RECHECK = 1.0
