@@ -1,8 +1,8 @@
 """A lean SMTP sink for the benchmark, standing in for the next-hop MTA.
 
 It reads DATA in bulk (not line by line) and writes each message to
-`OUT/<arrival ns>-<seq>-<recipient>.eml` after answering `250`, so the
-benchmark measures the relay, not a slow test server. Run:
+`OUT/<arrival ns>-<seq>-<recipient>.eml` (named `.part` until it is whole) after
+answering `250`, so the benchmark measures the relay, not a slow test server. Run:
 `python -m bench.sink --out DIR` (prints `listening on HOST:PORT`).
 """
 
@@ -37,7 +37,10 @@ async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, o
                 arrived = time.time_ns()
                 writer.write(b"250 2.0.0 OK\r\n")
                 name = f"{arrived:020d}-{next(_sequence):06d}-{recipients[0]}.eml"
-                (out / name).write_bytes(data[:-3].replace(b"\r\n..", b"\r\n."))
+                # Whole before it has its name: the benchmark reads what it counts.
+                part = out / f"{name}.part"
+                part.write_bytes(data[:-3].replace(b"\r\n..", b"\r\n."))
+                part.rename(out / name)
             elif verb == b"QUIT":
                 writer.write(b"221 2.0.0 bye\r\n")
                 break

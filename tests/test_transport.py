@@ -18,6 +18,7 @@ from relay.outbound.transport import (
     Outcome,
     SmtpTransport,
     clean_reason,
+    dot_stuffed,
     make_transport,
 )
 from tests.support.smtpsink import SmtpSink, wait_for_files
@@ -63,6 +64,32 @@ def test_accepted_copy_is_sent_and_arrives_byte_identical(sink: SmtpSink) -> Non
     (received,) = sink.wait_for(1)
     assert received.data == data
     assert (received.mail_from, received.rcpt_tos) == (LIST, (ALICE,))
+
+
+def test_dot_stuffing_is_what_aiosmtplib_would_send_for_a_crlf_message() -> None:
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    samples = [
+        message(),
+        b".first line is a dot line\r\n.\r\n..\r\n",
+        b"no final line end\r\n.dot",
+        b"a\r\n\r\n.\r\n",
+        b".",
+    ]
+    for sample in samples:
+        expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(sample)) + b".\r\n"
+        assert dot_stuffed(sample) == expected, sample
+    # A CR or LF outside a pair is left to aiosmtplib, which rewrites line ends.
+    assert dot_stuffed(b"bare\nline feed\r\n") is None
+    assert dot_stuffed(b"bare\rreturn\r\n") is None
+
+
+def test_a_copy_with_bare_line_feeds_still_arrives_with_crlf(sink: SmtpSink) -> None:
+    data = message().replace(b"\r\n", b"\n")
+    result = run(lambda t: t.send(LIST, ALICE, data), sink.port)
+    assert (result.outcome, result.code) == (Outcome.SENT, "250")
+    (received,) = sink.wait_for(1)
+    assert received.data == message()
 
 
 def test_one_connection_serves_successive_sends(sink: SmtpSink) -> None:

@@ -357,7 +357,15 @@ class Sequoia:
 
     def key_info(self, fingerprint: str) -> KeyInfo | None:
         self._load()
-        fingerprint = fingerprint.upper()
+        return self._info(fingerprint.upper())
+
+    def list_keys(self) -> list[KeyInfo]:
+        # The folder looked at once for the whole listing, not once per key.
+        self._load()
+        return [info for f in sorted(self._certs) if (info := self._info(f)) is not None]
+
+    def _info(self, fingerprint: str) -> KeyInfo | None:
+        """A key of the tables as read, described again once its description is old."""
         cert = self._certs.get(fingerprint)
         if cert is None:
             return None
@@ -367,10 +375,6 @@ class Sequoia:
         info = self._describe(cert, fingerprint in self._secrets)
         self._described[fingerprint] = (time.monotonic(), info)
         return info
-
-    def list_keys(self) -> list[KeyInfo]:
-        self._load()
-        return [info for f in sorted(self._certs) if (info := self.key_info(f)) is not None]
 
     def _cert(self, fingerprint: str) -> pysequoia.Cert:
         self._load()

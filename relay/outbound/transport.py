@@ -244,7 +244,7 @@ class SmtpTransport:
         smtp = self._smtp if reused else await self._connect()
         assert smtp is not None
         try:
-            await smtp.mail(sender)
+            await _command(smtp, 250, b"MAIL", b"FROM:<" + sender.encode("ascii") + b">")
         except aiosmtplib.SMTPResponseException as exc:
             if reused and exc.code == 421:  # the server is closing an idle connection
                 raise _NotStarted from exc
@@ -255,12 +255,30 @@ class SmtpTransport:
                 raise _NotStarted from exc
             raise
         try:
-            await smtp.rcpt(recipient)
-            response = await smtp.data(data)
+            await _command(smtp, 250, b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
+            response = await self._data(smtp, data)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset(smtp)
             return _reply(exc.code, exc.message)
         return _reply(response.code, response.message)
+
+    async def _data(self, smtp: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA with the copy as `dot_stuffed` makes it. aiosmtplib's own `data()` rewrites
+        every line end and looks for dots with regular expressions, 0.4 ms of the event
+        loop for a 30 KB copy, more than the rest of its transaction; a copy that is not
+        CRLF-only (never one the relay made) still goes through it."""
+        wire = dot_stuffed(data)
+        if wire is None:
+            return await smtp.data(data)
+        await _command(smtp, 354, b"DATA")
+        protocol = smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
+        protocol.write(wire)  # no await between the write and the read that follows
+        response = await protocol.read_response(timeout=self.timeout)
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
 
     async def _connect(self) -> aiosmtplib.SMTP:
         """A session ready for MAIL: connected, secured as configured, logged in."""
@@ -339,6 +357,31 @@ class SmtpTransport:
         if self._smtp is not None:
             self._smtp.close()
             self._smtp = None
+
+
+async def _command(smtp: aiosmtplib.SMTP, code: int, *words: bytes) -> aiosmtplib.SMTPResponse:
+    """One command and its reply, which must carry `code`. MAIL and RCPT go this way rather
+    than through `mail()`/`rcpt()`, which parse the address again with the email package
+    (0.1 ms a copy); `send` has checked both addresses already."""
+    response = await smtp.execute_command(*words)
+    if response.code != code:
+        raise aiosmtplib.SMTPResponseException(response.code, response.message)
+    return response
+
+
+def dot_stuffed(message: bytes) -> bytes | None:
+    """`message` as DATA carries it (RFC 5321 §4.5.2): a line that starts with a dot gets
+    another, the last line ends in CRLF, and `.` CRLF ends it; None if the message has a
+    CR or LF outside a CRLF pair (counted, not searched: copies run to megabytes)."""
+    pairs = message.count(b"\r\n")
+    if message.count(b"\r") != pairs or message.count(b"\n") != pairs:
+        return None
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed + b".\r\n"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]+")
