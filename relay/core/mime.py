@@ -23,3 +23,10 @@ def text_part(text: str) -> bytes:
     body = binascii.b2a_qp(normalised.encode("utf-8"), istext=True).replace(b"\n", _CRLF)
     # An mbox on the way would turn "From " into ">From "; qp lets us sidestep it.
     return _TEXT_HEAD + re.sub(rb"(?m)^From ", b"=46rom ", body)
+
+
+def crlf_only(data: bytes) -> bool:
+    """No CR or LF outside a CRLF pair: counted, not searched, as copies run to megabytes
+    (a regex with a look-behind costs more than signing them)."""
+    pairs = data.count(_CRLF)
+    return data.count(b"\r") == pairs and data.count(b"\n") == pairs

@@ -37,7 +37,7 @@ from email.utils import format_datetime
 from relay.app import list_key
 from relay.core.crypto import Crypto
 from relay.core.errors import CryptoError
-from relay.core.mime import text_part
+from relay.core.mime import crlf_only, text_part
 from relay.core.references import HEADER as REFERENCE_HEADER
 
 OBSCURED_SUBJECT = "[...]"
@@ -273,7 +273,7 @@ def _structural(name: str) -> bool:
 
 def _check_entity(entity: bytes) -> None:
     """The payload must be a CRLF MIME entity: header lines (maybe none), a blank line, a body."""
-    if not _crlf_only(entity):
+    if not crlf_only(entity):
         raise ValueError("the payload must use CRLF line ends only")
     if entity.startswith(_CRLF):
         return  # no header fields at all: text/plain; charset=us-ascii (RFC 2045 §5.2)
@@ -284,12 +284,5 @@ def _check_entity(entity: bytes) -> None:
 
 def _check_wire(message: bytes) -> None:
     """What leaves the relay is 7-bit with CRLF line ends (RFC 5322 §2.3)."""
-    if not message.isascii() or not _crlf_only(message) or b"\0" in message:
+    if not message.isascii() or not crlf_only(message) or b"\0" in message:
         raise ValueError("outgoing message is not 7-bit CRLF text")
-
-
-def _crlf_only(data: bytes) -> bool:
-    """No CR or LF outside a CRLF pair: counted, not searched, as copies run to megabytes
-    (a regex with a look-behind costs more than signing them)."""
-    pairs = data.count(_CRLF)
-    return data.count(b"\r") == pairs and data.count(b"\n") == pairs

@@ -42,6 +42,7 @@ import aiosmtplib
 from relay.core.config import DeliverySettings, is_loopback
 from relay.core.errors import ConfigError
 from relay.core.logs import event
+from relay.core.mime import crlf_only
 
 log = logging.getLogger("relay.transport")
 
@@ -372,9 +373,8 @@ async def _command(smtp: aiosmtplib.SMTP, code: int, *words: bytes) -> aiosmtpli
 def dot_stuffed(message: bytes) -> bytes | None:
     """`message` as DATA carries it (RFC 5321 §4.5.2): a line that starts with a dot gets
     another, the last line ends in CRLF, and `.` CRLF ends it; None if the message has a
-    CR or LF outside a CRLF pair (counted, not searched: copies run to megabytes)."""
-    pairs = message.count(b"\r\n")
-    if message.count(b"\r") != pairs or message.count(b"\n") != pairs:
+    CR or LF outside a CRLF pair."""
+    if not crlf_only(message):
         return None
     stuffed = message.replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):

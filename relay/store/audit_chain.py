@@ -164,8 +164,9 @@ def walk(session: Session) -> Walk:
         return Walk(count, prev, Break(None, "the chain's head record is missing"))
     if (head.seq, head.row_hash) != (seq, prev):
         cut = head.seq - seq
-        reason = f"the chain ends at row number {seq}; the head says {head.seq}" + (
-            f" ({cut} row(s) missing at the end)" if cut > 0 else ""
+        reason = (
+            f"the chain ends at row number {seq}; the head says {head.seq}"
+            + (f" ({cut} row(s) missing at the end)" if cut > 0 else "")
         )
         return Walk(count, prev, Break(None, reason))
     return Walk(count, None if count == 0 else prev, None)
@@ -217,10 +218,7 @@ def _rows(session: Session) -> Iterator[tuple[int, _Stored | None]]:
             except (SealingError, ValueError):  # ValueError: not JSON once opened
                 yield r.id, None
                 continue
-            yield (
-                r.id,
-                _Stored(
-                    r.id, r.seq, r.at, r.actor, r.action, r.subject, detail, r.prev_hash, r.row_hash
-                ),
+            yield r.id, _Stored(
+                r.id, r.seq, r.at, r.actor, r.action, r.subject, detail, r.prev_hash, r.row_hash
             )
         after = batch[-1].seq
