@@ -183,16 +183,17 @@ def test_workers_ignore_sigterm_and_sigint_the_relay_stops_them_itself(
     assert not any(alive(p) for p in started)
 
 
-def test_workers_end_when_the_relay_is_killed(keyring: tuple[Sequoia, str]) -> None:
-    """SIGKILL leaves the relay no chance to stop them; they hold the list key, and must go."""
-    crypto, _ = keyring
+def run_relay_and_kill_it(crypto: Sequoia, wait: str) -> set[int]:
+    """Start a relay-like process with two workers, `wait` for them (`futures.wait` for
+    started and keyring read, `pass` for not at all), SIGKILL it; its workers' ids."""
     script = (
         "import sys, time\n"
         "from concurrent import futures\n"
         "from relay.core.sequoia import Sequoia\n"
         "from relay.runners.crypto_workers import CryptoWorkers\n"
         "pool = CryptoWorkers(Sequoia(sys.argv[1], sys.argv[2]), 2)\n"
-        "futures.wait(pool.start())\n"
+        "lot = pool.start()\n"
+        f"{wait}\n"
         "print('ready', flush=True)\n"
         "time.sleep(120)\n"
     )
@@ -208,10 +209,29 @@ def test_workers_end_when_the_relay_is_killed(keyring: tuple[Sequoia, str]) -> N
     finally:
         relay.kill()
         relay.wait(10)
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in started) and time.monotonic() < deadline:
+    return started
+
+
+def wait_until_ended(processes: set[int], seconds: float) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in processes) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(alive(p) for p in started)
+    return {p for p in processes if alive(p)}
+
+
+def test_workers_end_when_the_relay_is_killed(keyring: tuple[Sequoia, str]) -> None:
+    """SIGKILL leaves the relay no chance to stop them; they hold the list key, and must go."""
+    started = run_relay_and_kill_it(keyring[0], "futures.wait(lot)")
+    assert wait_until_ended(started, 30) == set()
+
+
+def test_workers_still_starting_when_the_relay_is_killed_end_too(
+    keyring: tuple[Sequoia, str],
+) -> None:
+    """Killed before its workers have run a line of their own: each finds itself another's
+    child by then, and must still know whose it was."""
+    started = run_relay_and_kill_it(keyring[0], "pass")
+    assert wait_until_ended(started, 30) == set()
 
 
 def test_a_process_holding_the_list_key_writes_no_core_file(

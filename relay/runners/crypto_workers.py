@@ -108,7 +108,9 @@ class CryptoWorkers:
             # whose locks a forked child could inherit held.
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_open_keyring,
-            initargs=(self._opener,),
+            # This process's id, not the worker's parent as the worker later finds it: a
+            # worker still starting when the relay is killed is by then another's child.
+            initargs=(self._opener, os.getpid()),
         )
 
     def _discard(self, broken: Executor) -> None:
@@ -124,12 +126,14 @@ _keyring: Crypto | None = None
 _WATCH = 0.5  # seconds between looks at whether the relay still runs
 
 
-def _open_keyring(opener: Callable[[], Crypto]) -> None:
+def _open_keyring(opener: Callable[[], Crypto], relay: int) -> None:
     global _keyring
     # The relay stops its workers itself, after the copies in flight are sealed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
+    if os.getppid() != relay:  # killed while this worker started: never open the key
+        os._exit(1)
+    threading.Thread(target=_end_with, args=(relay,), daemon=True).start()
     _keyring = opener()
 
 
