@@ -48,6 +48,7 @@ bench: $(STAMP) | system-packages
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends schleuder; \
 	}
 	$(VENV)/bin/python -m bench.fanout
+	$(VENV)/bin/python -m bench.workers
 	$(VENV)/bin/python -m bench.scan
 	$(VENV)/bin/python -m bench.flood
 	$(VENV)/bin/python -m bench.cluster

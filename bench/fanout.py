@@ -373,8 +373,8 @@ def crypto_floor(
     crypto: Crypto, list_fpr: str, members: list[TestKey], inner: bytes, workers: int
 ) -> float:
     """The same copies, bare: one signed and encrypted OpenPGP message per member through
-    the relay's own crypto workers (relay/runners/crypto_workers.py: threads over gpg,
-    processes for Sequoia), as many as the relay runs, all started and each with its
+    the relay's own crypto workers (relay/runners/crypto_workers.py: processes of its
+    own for either backend), as many as the relay runs, all started and each with its
     keyring read before the clock starts;
     `inner` is the protected root of the relay's copy."""
     pool = CryptoWorkers(crypto, workers)

@@ -1,6 +1,6 @@
-"""The dispatcher's crypto workers (relay/runners/crypto_workers.py): processes for Sequoia,
-which holds the GIL while it works, threads over gpg. Real pysequoia, real gpg, real worker
-processes killed for real; the dispatcher's recovery over a real SMTP sink."""
+"""The dispatcher's crypto workers (relay/runners/crypto_workers.py): processes of the
+relay's own for either backend. Real pysequoia, real gpg, real worker processes killed for
+real; the dispatcher's recovery over a real SMTP sink."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,8 +22,7 @@ from relay.core.errors import CryptoError
 from relay.core.gpg import GnuPG
 from relay.core.sequoia import Sequoia
 from relay.model import Delivery, DeliveryStatus
-from relay.runners.crypto_workers import CryptoWorkers, WorkerLost
-from tests.support.backends import BACKEND, SEQUOIA
+from relay.runners.crypto_workers import DEPTH, CryptoWorkers, WorkerLost
 from tests.support.keys import KeyFactory, Keyring
 from tests.support.mail import pgp_mime_signed, text_entity
 from tests.support.relayhome import LIST, OffsetClock, RelayHome, RelayThread
@@ -51,6 +49,14 @@ def die(crypto: object) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def echo(crypto: object, data: bytes) -> bytes:
+    return data
+
+
+def nap(crypto: object, seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def worker_pids(parent: int) -> set[int]:
     """The spawned worker processes of `parent` (as `ps` shows them, not asked of the pool)."""
     found = set()
@@ -60,7 +66,7 @@ def worker_pids(parent: int) -> set[int]:
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             except FileNotFoundError:
                 continue
-            if b"multiprocessing.spawn" in cmdline:
+            if b"relay.runners.crypto_workers" in cmdline:
                 found.add(int(child))
     return found
 
@@ -103,8 +109,7 @@ def test_sequoia_copies_are_sealed_in_worker_processes_and_read_in_gpg(
     crypto, list_fpr = keyring
     member = keys.make("worker-m", "security@worker-m.example")
     crypto.import_keys(member.public)
-    assert workers.in_processes
-    futures.wait(workers.start())
+    workers.wait_ready()
     started = worker_pids(os.getpid())
     assert len(started) == 2
 
@@ -121,22 +126,39 @@ def test_sequoia_copies_are_sealed_in_worker_processes_and_read_in_gpg(
     assert any(line[0] == "VALIDSIG" and line[-1] == list_fpr for line in status), status
 
 
-def test_gnupg_workers_are_threads_of_the_relay(tmp_path: Path) -> None:
-    pool = CryptoWorkers(GnuPG(tmp_path / "gnupg"), 2)
+def test_gnupg_copies_are_sealed_in_worker_processes_too(tmp_path: Path, keys: KeyFactory) -> None:
+    crypto = GnuPG(tmp_path / "gnupg")
     try:
-        assert not pool.in_processes
-        assert pool.start() == []
-        assert asyncio.run(pool.run(pid)) == os.getpid()
-        assert worker_pids(os.getpid()) == set()
+        list_fpr = crypto.generate_key("List", "list@example.org")
+        member = keys.make("worker-g", "security@worker-g.example")
+        crypto.import_keys(member.public)
+        pool = CryptoWorkers(crypto, 2)
+        try:
+            started = set(pool.wait_ready())
+            assert worker_pids(os.getpid()) == started and os.getpid() not in started
+
+            async def sealed() -> tuple[int, bytes]:
+                return await pool.run(pid), await pool.run(seal, member.fingerprint, list_fpr)
+
+            sealed_in, copy = asyncio.run(sealed())
+        finally:
+            pool.close()
+        assert sealed_in in started
+        client = Keyring(
+            tmp_path / "client", member, trusted_public=(crypto.export_public(list_fpr),)
+        )
+        plain, status = client.decrypt(copy)
+        assert plain == COPY
+        assert any(line[0] == "VALIDSIG" and line[-1] == list_fpr for line in status), status
     finally:
-        pool.close()
+        crypto.close()
 
 
 def test_a_key_imported_after_the_workers_started_is_used_at_once(
     keys: KeyFactory, keyring: tuple[Sequoia, str], workers: CryptoWorkers
 ) -> None:
     crypto, list_fpr = keyring
-    futures.wait(workers.start())
+    workers.wait_ready()
     late = keys.make("worker-late", "security@worker-late.example")
     crypto.import_keys(late.public)  # the relay's process writes; the workers read the folder
     copy = asyncio.run(workers.run(seal, late.fingerprint, list_fpr))
@@ -152,15 +174,59 @@ def test_a_refusal_in_a_worker_is_raised_as_itself(
     assert asyncio.run(workers.run(pid)) != os.getpid()  # the pool goes on
 
 
-def test_a_worker_that_dies_fails_its_copy_and_the_next_copy_gets_new_workers(
+def test_a_worker_that_dies_fails_its_copy_and_a_new_worker_takes_its_place(
     workers: CryptoWorkers,
 ) -> None:
-    futures.wait(workers.start())
-    before = worker_pids(os.getpid())
-    with pytest.raises(WorkerLost, match="a crypto worker process died"):
+    before = set(workers.wait_ready())
+    with pytest.raises(WorkerLost, match=r"a crypto worker process died \(killed by SIGKILL\)"):
         asyncio.run(workers.run(die))
-    after = asyncio.run(workers.run(pid))
-    assert after not in before and after != os.getpid()
+
+    async def many() -> list[int]:
+        return await asyncio.gather(*(workers.run(pid) for _ in range(20)))
+
+    after = set(asyncio.run(many()))
+    assert len(after) == 2 and len(after & before) == 1  # the other worker went on
+    assert worker_pids(os.getpid()) == after
+
+
+def test_the_copy_queued_behind_the_one_that_killed_its_worker_is_sealed_by_another(
+    keyring: tuple[Sequoia, str],
+) -> None:
+    pool = CryptoWorkers(keyring[0], 1)
+    try:
+        (first,) = pool.wait_ready()
+
+        async def both() -> list[object]:
+            return await asyncio.gather(pool.run(die), pool.run(pid), return_exceptions=True)
+
+        died, sealed_by = asyncio.run(both())
+        assert isinstance(died, WorkerLost)
+        assert isinstance(sealed_by, int) and sealed_by not in (first, os.getpid())
+    finally:
+        pool.close()
+
+
+def test_a_copy_larger_than_the_pipe_goes_through_whole(workers: CryptoWorkers) -> None:
+    big = os.urandom(3 * 1024 * 1024)  # the pipe holds 64 KiB: written and read in parts
+
+    async def twice() -> list[bytes]:
+        return await asyncio.gather(workers.run(echo, big), workers.run(echo, big[::-1]))
+
+    assert asyncio.run(twice()) == [big, big[::-1]]
+
+
+def test_a_copy_given_up_on_leaves_the_workers_as_they_were(workers: CryptoWorkers) -> None:
+    workers.wait_ready()
+
+    async def give_up_then_ask() -> int:
+        slow = asyncio.ensure_future(workers.run(nap, 0.3))
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        return await workers.run(pid)
+
+    assert asyncio.run(give_up_then_ask()) in worker_pids(os.getpid())
 
 
 def test_workers_ignore_sigterm_and_sigint_the_relay_stops_them_itself(
@@ -184,16 +250,14 @@ def test_workers_ignore_sigterm_and_sigint_the_relay_stops_them_itself(
 
 
 def run_relay_and_kill_it(crypto: Sequoia, wait: str) -> set[int]:
-    """Start a relay-like process with two workers, `wait` for them (`futures.wait` for
-    started and keyring read, `pass` for not at all), SIGKILL it; its workers' ids."""
+    """Start a relay-like process with two workers (`wait`: `wait_ready` for them started
+    and their keyring open, `start` not to wait at all), SIGKILL it; its workers' ids."""
     script = (
         "import sys, time\n"
-        "from concurrent import futures\n"
         "from relay.core.sequoia import Sequoia\n"
         "from relay.runners.crypto_workers import CryptoWorkers\n"
         "pool = CryptoWorkers(Sequoia(sys.argv[1], sys.argv[2]), 2)\n"
-        "lot = pool.start()\n"
-        f"{wait}\n"
+        f"pool.{wait}()\n"
         "print('ready', flush=True)\n"
         "time.sleep(120)\n"
     )
@@ -221,7 +285,7 @@ def wait_until_ended(processes: set[int], seconds: float) -> set[int]:
 
 def test_workers_end_when_the_relay_is_killed(keyring: tuple[Sequoia, str]) -> None:
     """SIGKILL leaves the relay no chance to stop them; they hold the list key, and must go."""
-    started = run_relay_and_kill_it(keyring[0], "futures.wait(lot)")
+    started = run_relay_and_kill_it(keyring[0], "wait_ready")
     assert wait_until_ended(started, 30) == set()
 
 
@@ -230,7 +294,7 @@ def test_workers_still_starting_when_the_relay_is_killed_end_too(
 ) -> None:
     """Killed before its workers have run a line of their own: each finds itself another's
     child by then, and must still know whose it was."""
-    started = run_relay_and_kill_it(keyring[0], "pass")
+    started = run_relay_and_kill_it(keyring[0], "start")
     assert wait_until_ended(started, 30) == set()
 
 
@@ -268,7 +332,7 @@ def test_a_process_holding_the_list_key_writes_no_core_file(
 def test_the_passphrase_is_in_no_worker_arguments_or_environment(
     workers: CryptoWorkers,
 ) -> None:
-    futures.wait(workers.start())
+    workers.wait_ready()
     started = worker_pids(os.getpid())
     assert started
     for process in started:
@@ -276,7 +340,6 @@ def test_the_passphrase_is_in_no_worker_arguments_or_environment(
             assert PASSPHRASE.encode() not in Path(f"/proc/{process}/{view}").read_bytes()
 
 
-@pytest.mark.skipif(BACKEND != SEQUOIA, reason="worker processes are the Sequoia backend's")
 def test_a_fan_out_whose_worker_was_killed_reaches_every_member_once(
     tmp_path: Path, keys: KeyFactory
 ) -> None:
@@ -299,18 +362,28 @@ def test_a_fan_out_whose_worker_was_killed_reaches_every_member_once(
             )
             relay.run(post(relay.port, post_))
             dispatcher = relay.relay.dispatcher
-            futures.wait(dispatcher._workers.start())
-            for process in worker_pids(os.getpid()):
+            pool = dispatcher._workers
+            started = pool.wait_ready()
+            for process in started:
+                os.kill(process, signal.SIGSTOP)  # so each is killed holding copies
+            fan_out = asyncio.run_coroutine_threadsafe(dispatcher.run_once(), relay.loop)
+            deadline = time.monotonic() + 30
+            while not all(len(w.held) == DEPTH for w in pool._processes):
+                assert time.monotonic() < deadline, "the workers were never given copies"
+                time.sleep(0.01)
+            for process in started:
                 os.kill(process, signal.SIGKILL)  # out of memory, say
-            relay.run(dispatcher.run_once())
+            fan_out.result(60)
             with home.db.transaction() as session:
                 lost = {
                     d.recipient: d.last_reason or ""
                     for d in session.execute(select(Delivery)).scalars()
                     if d.status != DeliveryStatus.SENT
                 }
-            # Counted as the relay's own error, retried on the schedule: nothing was sent.
-            assert lost and all("a crypto worker process died" in r for r in lost.values())
+            # The copy each was sealing is counted as the relay's own error, retried on the
+            # schedule (nothing was sent); the one queued behind it went to a new worker.
+            assert len(lost) == 2
+            assert all("a crypto worker process died" in r for r in lost.values())
             clock.offset = timedelta(hours=1)
             relay.run(dispatcher.run_once())
         with home.db.transaction() as session:

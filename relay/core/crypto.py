@@ -96,10 +96,9 @@ class Crypto(Protocol):
     def encrypt(self, data: bytes, recipients: Iterable[str]) -> bytes: ...
     # Stop what the backend started (gpg-agent holds the list key in memory).
     def close(self) -> None: ...
-    # How a worker process opens this keyring, for a backend that works in this process
-    # and holds the GIL meanwhile (relay/runners/crypto_workers.py); None where threads
-    # suffice (gpg works in processes of its own).
-    def worker_opener(self) -> Callable[[], Crypto] | None: ...
+    # How a crypto worker process opens this keyring again (relay/runners/crypto_workers.py):
+    # picklable, and carrying any passphrase through the worker's pipe only.
+    def worker_opener(self) -> Callable[[], Crypto]: ...
 
 
 def exportable(

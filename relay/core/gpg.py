@@ -8,12 +8,13 @@ made must be by exactly the key asked for, and gpg never looks a key up on the n
 from __future__ import annotations
 
 import codecs
+import functools
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -174,6 +175,7 @@ class GnuPG:
 
     def __init__(self, home: Path, binary: str = "gpg") -> None:
         self.home = Path(home)
+        self._binary = binary
         prepare_home(self.home)
         try:
             self._gpg = gnupg.GPG(gpgbinary=binary, gnupghome=str(self.home), options=_GPG_OPTIONS)
@@ -207,9 +209,10 @@ class GnuPG:
         except (OSError, subprocess.SubprocessError):
             return
 
-    def worker_opener(self) -> None:
-        """None: gpg signs and encrypts in processes of its own, so threads run it in parallel."""
-        return None
+    def worker_opener(self) -> Callable[[], GnuPG]:
+        """This GnuPG home, opened again in a crypto worker process
+        (relay/runners/crypto_workers.py); its gpg-agent is the relay's."""
+        return functools.partial(GnuPG, self.home, self._binary)
 
     # Keys
 

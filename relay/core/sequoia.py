@@ -166,10 +166,10 @@ class Sequoia:
         """Nothing to stop: no daemon runs for this backend."""
 
     def worker_opener(self) -> Callable[[], Sequoia]:
-        """This keyring, opened again in a worker process: pysequoia holds the GIL while it
-        signs and encrypts, so threads would take turns (relay/runners/crypto_workers.py).
-        The passphrase travels in the worker's start-up pipe, never its arguments or
-        environment; the worker sees every write through the generation file."""
+        """This keyring, opened again in a crypto worker process
+        (relay/runners/crypto_workers.py). The passphrase travels in the worker's start-up
+        pipe, never its arguments or environment; the worker sees every write through the
+        generation file."""
         return functools.partial(Sequoia, self.home, self._passphrase)
 
     # The keyring folder
@@ -660,7 +660,6 @@ class Sequoia:
             raise CryptoError(f"encryption failed: {_first_line(exc)}") from None
 
 
-# How long the generation file's unchanged stat is trusted before the token is read again.
 def _no_core_dumps() -> None:
     """This process holds a secret key in its memory from now on: a crash writes no core
     file that would put it on disk, as gpg-agent disables them for the keys it holds. The
@@ -669,6 +668,7 @@ def _no_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
 
 
+# How long the generation file's unchanged stat is trusted before the token is read again.
 _RECHECK = 1.0
 
 _MORE_THAN_ONE = Signature(

@@ -8,8 +8,8 @@ plaintext) and the security contact is told; `4xx` and connection errors are def
 the backoff schedule; `5xx` fails at once.
 
 Three kinds of concurrency, each sized on its own: `workers` crypto workers sign and
-encrypt (one per core; threads over gpg, processes for a backend that holds the GIL:
-relay/runners/crypto_workers.py), `connections` tasks talk SMTP so sending overlaps
+encrypt (one per core, each a process of its own: relay/runners/crypto_workers.py),
+`connections` tasks talk SMTP so sending overlaps
 encryption, and one recorder commits outcomes in batches so the disk syncs once per batch,
 not once per copy. Each copy is signed and encrypted in one call, since each carries its
 own reference.
@@ -202,7 +202,7 @@ class Dispatcher:
             self._stopping = True
             outcomes.put_nowait(None)
             await recorder
-            await asyncio.to_thread(self._workers.close)
+            await self._workers.aclose()
 
     async def run_once(self) -> int:
         """Deliver everything due now by the injected clock; return the attempts made."""
@@ -227,7 +227,7 @@ class Dispatcher:
                 await recorder
                 done += len(jobs)
         finally:
-            await asyncio.to_thread(self._workers.close)
+            await self._workers.aclose()
         return done
 
     async def _sender(
