@@ -5,8 +5,9 @@ The workers are processes of the relay's own, each opening the keyring once
 holds Python's GIL while it signs and encrypts, so threads would take turns with each other
 and with the event loop that speaks SMTP; and python-gnupg, though gpg does the work in
 processes of its own, reads gpg's answers in Python threads that took the GIL from the
-event loop just as much (a 20 KB advisory to 200 members took the relay 1.76 s with two
-threads, 1.38 to 1.52 s with two processes, on a floor of 1.15 to 1.25 s: README).
+event loop just as much (a 20 KB advisory to 200 members took the relay 1.763 s with two
+threads on a floor of 1.220 s, and 1.450 s with two processes on a floor of 1.200 s: the
+medians of bench/fanout.py in the README).
 
 The event loop talks to each worker process over two pipes of its own, read and written
 without blocking from the loop itself: no feeder or result thread between, no lock, one
